@@ -1,0 +1,336 @@
+"""`normbench`: the command line.
+
+    normbench train [overrides]        train one model (a Hydra job)
+    normbench train -m [sweep]         a Hydra multirun: one job per combination
+    normbench prepare [overrides]      download and tokenize the data into the cache
+    normbench --help
+
+`train` checks every job's configuration (and that its data is available) before any job
+starts, so bad input gives one line on stderr, exit code 2, and no run directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import sys
+import traceback
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from normbench.errors import NormbenchError
+
+log = logging.getLogger("normbench")
+
+PROG = "normbench"
+USAGE = f"""usage: {PROG} <command> [options] [overrides]
+
+Train small GPT language models and compare where the normalization goes.
+
+commands:
+  train      train one model; `-m` runs a Hydra multirun sweep over comma-separated values
+  prepare    download and tokenize the data into the token cache (for offline compute nodes)
+
+examples:
+  {PROG} train norm=pre depth=48
+  {PROG} train -m norm=pre,post depth=6,12,24,48 optim.lr=3e-4,1e-3
+  {PROG} train data=text data.train_path=train.txt data.val_path=valid.txt
+  {PROG} train --cfg job          print the composed config ({PROG} train --help: all groups)
+  {PROG} prepare data=wikitext2
+
+Bad input exits with status 2 and a one-line message; HYDRA_FULL_ERROR=1 shows tracebacks.
+"""
+
+
+def config_dir() -> Path:
+    """configs/ beside the package (source checkout, editable install) or inside it (wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", here / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"normbench's configs/ folder was not found next to {here}")
+
+
+# --- one-line errors ------------------------------------------------------------------------
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line message for a configuration or input error, with the valid choices."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+        ValidationError,
+    )
+
+    from normbench.config import SCHEMA_NAMES
+
+    if isinstance(exc, NormbenchError):
+        return _one_line(str(exc))
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, name = exc.missing_cfg_file.rpartition("/")
+        options = sorted(o for o in (exc.options or []) if o not in SCHEMA_NAMES)
+        if group:
+            choices = ", ".join(options) if options else "(none defined)"
+            return f"unknown {group} '{name}'; choose one of: {choices}"
+        return _one_line(str(exc).split("\n")[0])
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override '{exc.override}': {_one_line(exc.message, 200)}"
+    cause = exc.__cause__
+    if isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
+        exc = cause
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and exc.full_key:
+        key = exc.full_key
+        parent, _, leaf = key.rpartition(".")
+        valid = _valid_keys(exc.object_type)
+        if valid is not None:
+            where = f" under {parent}" if parent else ""
+            close = difflib.get_close_matches(leaf, valid, n=1)
+            hint = f" (did you mean {'.'.join(filter(None, [parent, close[0]]))}?)" if close else ""
+            return f"unknown key '{key}'{hint}; valid keys{where}: {', '.join(valid)}"
+        return f"unknown key '{key}'"
+    if isinstance(exc, MissingMandatoryValue) and exc.full_key:
+        return f"{exc.full_key} is required; set {exc.full_key}=<value>"
+    if isinstance(exc, ValidationError) and exc.full_key:
+        message = str(exc).split("\n")[0]
+        return f"{exc.full_key}: {_one_line(message, 300)}"
+    if isinstance(exc, OmegaConfBaseException) and getattr(exc, "full_key", None):
+        return f"{exc.full_key}: {_one_line(str(exc).split(chr(10))[0], 300)}"
+    return _one_line(str(exc).split("\n\n")[0])
+
+
+def _valid_keys(object_type: Any) -> list[str] | None:
+    if is_dataclass(object_type):
+        return [f.name for f in fields(object_type)]
+    return None
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, (NormbenchError, HydraException, OmegaConfBaseException))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# --- preflight: compose and check every job before anything runs ---------------------------
+
+
+def _loader(args: Any) -> Any:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    search_path = create_automatic_config_search_path(None, None, str(config_dir()))
+    if args.config_dir is not None:
+        extra = Path(args.config_dir).resolve()
+        if not extra.is_dir():
+            raise NormbenchError(f"--config-dir {args.config_dir}: no such directory")
+        search_path.prepend("command-line", f"file://{extra}", SearchPathQuery(provider="schema"))
+    return ConfigLoaderImpl(config_search_path=search_path)
+
+
+def job_configs(args: Any, config_name: str) -> list[DictConfig]:
+    """The config of every job that `normbench train` with these arguments would run.
+
+    Mirrors Hydra: a single run composes once; a multirun with the basic sweeper takes the
+    cartesian product of the sweep overrides (and `hydra.sweeper.params`). Other sweepers
+    choose their jobs at run time, so only their base config is checked here.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    loader = _loader(args)
+    mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+    base = loader.load_configuration(config_name, list(args.overrides), run_mode=mode)
+    if not args.multirun and base.hydra.mode == RunMode.MULTIRUN:
+        mode = RunMode.MULTIRUN
+        base = loader.load_configuration(config_name, list(args.overrides), run_mode=mode)
+    if mode == RunMode.RUN:
+        return [base]
+    if not base.hydra.sweeper._target_.endswith("BasicSweeper"):
+        return []
+    params = [f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()]
+    parser = OverridesParser.create(config_loader=loader)
+    parsed = parser.parse_overrides(params + list(args.overrides))
+    jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    return [loader.load_sweep_config(base, job) for job in jobs]
+
+
+def preflight(args: Any, config_name: str = "train") -> None:
+    """Validate every job and make sure its data is tokenized, before any job starts."""
+    from normbench.config import validate
+    from normbench.data import load_tokens
+    from normbench.train import check_data_fits, resolve_device
+
+    checked_data: dict[str, Any] = {}
+    for cfg in job_configs(args, config_name):
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate(cfg)
+        resolve_device(str(cfg.device.value))
+        key = OmegaConf.to_yaml(cfg.data, resolve=True)
+        if key not in checked_data:
+            checked_data[key] = load_tokens(cfg.data)
+        check_data_fits(checked_data[key], cfg.model.context)
+
+
+# --- the Hydra task -------------------------------------------------------------------------
+
+
+def train_task(cfg: DictConfig) -> float:
+    """One Hydra job: train, write the run record, log to W&B; return the objective.
+
+    The objective (for sweepers that optimize) is the best validation loss, or ln(vocab),
+    the loss of a uniform guess, when the run diverged or failed: a finite penalty.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from normbench.config import to_container, validate
+    from normbench.data import load_tokens
+    from normbench.logger import make_logger
+    from normbench.record import RunRecord
+    from normbench.train import check_data_fits, train
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir).resolve()
+    group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
+    validate(cfg)
+    config = to_container(cfg)
+    record = RunRecord(run_dir)
+    record.write_config(config)
+    logger = make_logger(cfg, run_dir, group=group, config=config)
+    summary: dict[str, Any] = {"status": "failed"}
+    try:
+        tokens = load_tokens(cfg.data)
+        check_data_fits(tokens, cfg.model.context)
+        summary = train(cfg, tokens, record, logger)
+    except BaseException as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
+        if not _is_user_error(e):
+            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        summary = {"status": summary.pop("status"), **summary}
+        record.write_summary(summary)
+        record.close()
+        logger.finish(summary, failed=summary["status"] == "failed")
+        status = summary["status"]
+        if status == "diverged":
+            log.info(
+                "diverged at step %s (%s)",
+                summary["diverged_at_step"],
+                summary["divergence_reason"],
+            )
+        elif status == "completed":
+            log.info(
+                "done: val/loss %.4f, %s tokens/s, %.0f s",
+                summary["val_loss"],
+                f"{summary['tokens_per_s']:,.0f}",
+                summary["wall_s"],
+            )
+        print(f"run_dir: {run_dir}", flush=True)
+    best = summary.get("best_val_loss")
+    return best if status == "completed" and best is not None else math.log(50257)
+
+
+def _hydra_args(argv: list[str]) -> tuple[Any, Any]:
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog = f"{PROG} train"
+    return parser, parser.parse_args(argv)
+
+
+def cmd_train(argv: list[str]) -> None:
+    from hydra._internal.utils import _run_hydra
+
+    from normbench.config import register_configs
+
+    register_configs()
+    parser, args = _hydra_args(argv)
+    config_name = args.config_name or "train"
+    informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+    if not informational:
+        preflight(args, config_name)
+    _run_hydra(
+        args=args,
+        args_parser=parser,
+        task_function=train_task,
+        config_path=str(config_dir()),
+        config_name=config_name,
+    )
+
+
+def cmd_prepare(argv: list[str]) -> None:
+    """Tokenize the configured data into the cache; print where it went."""
+    from normbench.config import register_configs
+    from normbench.data import load_tokens
+
+    register_configs()
+    parser, args = _hydra_args(argv)
+    if args.multirun or args.cfg or args.info:
+        raise NormbenchError(
+            "prepare takes overrides only (e.g. data=wikitext2 data.cache_dir=...)"
+        )
+    for cfg in job_configs(args, args.config_name or "train"):
+        tokens = load_tokens(cfg.data)
+        print(
+            f"{cfg.data.label}: {len(tokens.train):,} train and {len(tokens.val):,} validation "
+            f"tokens in {tokens.directory}"
+        )
+
+
+COMMANDS = {"train": cmd_train, "prepare": cmd_prepare}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        _fail(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Hydra re-raises instead of printing its own multi-line report; we print one line.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        COMMANDS[command](rest)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as e:
+        if user_full_error:
+            raise
+        if _is_user_error(e):
+            _fail(describe_error(e))
+        _fail(
+            f"{type(e).__name__}: {_one_line(str(e), 300)} "
+            "(set HYDRA_FULL_ERROR=1 for the traceback)",
+            1,
+        )
+    finally:
+        if not user_full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -1,0 +1,245 @@
+"""Typed configuration: the schema behind `configs/`, and the checks run before any work.
+
+Each dataclass is the schema of one config group (`norm`, `model`, `optim`, `data`, `logger`)
+or of the loop settings under `train`. Hydra merges the YAML files into these schemas, so a
+misspelt key or an unknown enum value fails at composition time with the valid choices listed.
+`validate()` then checks what a schema cannot express (cross-field consistency) and turns it
+into a one-line `ConfigError` that says what to change.
+
+The schemas carry types, not values: the YAML files in `configs/` are the one place where
+defaults live (every field below is MISSING until a YAML file sets it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from normbench.errors import ConfigError
+from normbench.norm import KINDS, PLACEMENTS
+
+__all__ = ["ConfigError", "NormbenchConfig", "register_configs", "validate"]
+
+
+# Enums generated from the registries, so a new kind or placement needs no edit here.
+NormKind = Enum("NormKind", {name: name for name in KINDS}, type=str)
+Placement = Enum("Placement", {name: name for name in PLACEMENTS}, type=str)
+
+
+class Init(str, Enum):
+    gpt2 = "gpt2"  # N(0, 0.02); residual output projections N(0, 0.02/sqrt(2N))
+    xavier = "xavier"  # Xavier-uniform linear weights (2002.04745's analysis)
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    linear = "linear"
+    constant = "constant"
+    inverse_sqrt = "inverse_sqrt"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Documents(str, Enum):
+    file = "file"  # each file (or split) is one document
+    wikitext_articles = "wikitext_articles"  # a new document at each ` = Title = ` line
+
+
+@dataclass
+class NormConfig:
+    name: Placement = MISSING  # set by the chosen `norm=<placement>` file
+    kind: NormKind = MISSING
+    eps: Optional[float] = MISSING  # null: the kind's own default (layernorm 1e-5, rmsnorm 1e-6)
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = MISSING
+    n_heads: int = MISSING
+    context: int = MISSING
+    dropout: float = MISSING
+    init: Init = MISSING
+    vocab_size: int = MISSING  # GPT-2's 50,257 padded to a multiple of 64 (faster matmuls)
+    bias: bool = MISSING  # biases in linear layers, as in GPT-2
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    warmup_steps: int = MISSING
+    schedule: Schedule = MISSING
+    min_lr: float = MISSING
+    weight_decay: float = MISSING
+    betas: list[float] = MISSING
+    eps: float = MISSING
+    grad_clip: float = MISSING  # max global grad norm; 0 disables clipping
+
+
+@dataclass
+class TrainLoopConfig:
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    eval_every: int = MISSING
+    log_every: int = MISSING
+    eval_batch_size: Optional[int] = MISSING  # null: train.batch_size
+
+
+@dataclass
+class HubDataConfig:
+    """A dataset on the Hugging Face hub (or a local copy laid out like it), via `datasets`."""
+
+    source: str = "hub"
+    label: str = MISSING  # a short name for run names and records
+    path: str = MISSING  # `load_dataset(path, subset)`: hub id or local directory
+    subset: Optional[str] = MISSING
+    revision: Optional[str] = MISSING
+    train_split: str = MISSING
+    val_split: str = MISSING
+    text_column: str = MISSING
+    documents: Documents = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class TextDataConfig:
+    """Two local UTF-8 text files: one to train on, one held out."""
+
+    source: str = "text"
+    label: str = MISSING
+    train_path: str = MISSING
+    val_path: str = MISSING
+    documents: Documents = MISSING
+    cache_dir: str = MISSING
+
+
+@dataclass
+class WikitextFilesConfig(TextDataConfig):
+    """The official WikiText-2 split files in the folder `dir` (configs/data/wikitext2_files.yaml)."""
+
+    dir: str = MISSING
+
+
+@dataclass
+class WandbConfig:
+    backend: str = "wandb"
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+    group: Optional[str] = MISSING  # null: the multirun's sweep directory, or no group
+    job_type: str = MISSING
+    name: Optional[str] = MISSING  # null: a name built from the axes, e.g. pre-layernorm-d6-lr1e-3
+    tags: list[str] = MISSING
+    mode: Optional[str] = MISSING  # online|offline|disabled; WANDB_MODE in the environment wins
+
+
+@dataclass
+class NoLoggerConfig:
+    backend: str = "none"
+
+
+@dataclass
+class NormbenchConfig:
+    depth: int = MISSING
+    seed: int = MISSING
+    device: Device = MISSING
+    precision: Precision = MISSING
+    norm: NormConfig = field(default_factory=NormConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    data: Any = MISSING  # HubDataConfig or TextDataConfig, chosen by `data=...`
+    logger: Any = MISSING  # WandbConfig or NoLoggerConfig, chosen by `logger=...`
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore; the YAML files name them in their defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="normbench_schema", node=NormbenchConfig)
+    cs.store(group="norm", name="norm_schema", node=NormConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="data", name="hub_schema", node=HubDataConfig)
+    cs.store(group="data", name="text_schema", node=TextDataConfig)
+    cs.store(group="data", name="files_schema", node=WikitextFilesConfig)
+    cs.store(group="logger", name="wandb_schema", node=WandbConfig)
+    cs.store(group="logger", name="none_schema", node=NoLoggerConfig)
+
+
+SCHEMA_NAMES = {"normbench_schema", "norm_schema", "model_schema", "optim_schema"}
+SCHEMA_NAMES |= {"hub_schema", "text_schema", "files_schema", "wandb_schema", "none_schema"}
+
+
+def default_eps(kind: str) -> float:
+    return KINDS[kind].default_eps
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check cross-field consistency; raise a one-line ConfigError naming what to change.
+
+    Also fills in derived values (the norm's eps) so the saved config is the one that ran.
+    """
+    m, o, t = cfg.model, cfg.optim, cfg.train
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(cfg.depth >= 1, f"depth must be >= 1 (got {cfg.depth})")
+    need(m.d_model >= 1 and m.n_heads >= 1, "model.d_model and model.n_heads must be >= 1")
+    need(
+        m.d_model % m.n_heads == 0,
+        f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; pick "
+        f"n_heads from {', '.join(str(h) for h in range(1, 65) if m.d_model % h == 0)}",
+    )
+    need(m.context >= 1, f"model.context must be >= 1 (got {m.context})")
+    need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})")
+    need(
+        m.vocab_size >= 50257,
+        f"model.vocab_size={m.vocab_size} is smaller than the GPT-2 vocabulary (50257)",
+    )
+    need(math.isfinite(o.lr) and o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
+    need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (got {o.min_lr})")
+    need(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {o.warmup_steps})")
+    need(t.max_steps >= 1, f"train.max_steps must be >= 1 (got {t.max_steps})")
+    need(
+        o.warmup_steps <= t.max_steps,
+        f"optim.warmup_steps={o.warmup_steps} exceeds train.max_steps={t.max_steps}; "
+        "lower the warmup or raise max_steps",
+    )
+    need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {o.weight_decay})")
+    need(
+        len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+        f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})",
+    )
+    need(o.grad_clip >= 0, f"optim.grad_clip must be >= 0, 0 disables it (got {o.grad_clip})")
+    need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
+    need(t.eval_every >= 1, f"train.eval_every must be >= 1 (got {t.eval_every})")
+    need(t.log_every >= 1, f"train.log_every must be >= 1 (got {t.log_every})")
+    need(
+        t.eval_batch_size is None or t.eval_batch_size >= 1,
+        f"train.eval_batch_size must be >= 1 (got {t.eval_batch_size})",
+    )
+    if cfg.norm.eps is None:
+        cfg.norm.eps = default_eps(cfg.norm.kind.value)
+    need(cfg.norm.eps > 0, f"norm.eps must be > 0 (got {cfg.norm.eps})")
+    if cfg.logger.backend == "wandb" and cfg.logger.mode is not None:
+        modes = ("online", "offline", "disabled")
+        need(cfg.logger.mode in modes, f"logger.mode must be one of {', '.join(modes)} or null")
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python values (enums as their names)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True, enum_to_str=True)  # type: ignore[return-value]

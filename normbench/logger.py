@@ -1,0 +1,151 @@
+"""Experiment tracking (`logger=wandb|none`).
+
+W&B conventions (docs/conventions.md): one run per Hydra job, finished with exit code 1 when
+the job fails; the comparison axes as shallow config keys beside the full config under `cfg`;
+`step` as the x-axis of every metric; `val/loss` summarised as min and last; files inside the
+run directory. Online when credentials exist, otherwise offline; WANDB_MODE always wins.
+Every W&B call is guarded: a tracking failure prints one warning and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+
+class NullLogger:
+    """logger=none: the local run record only."""
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, summary: dict[str, Any], failed: bool) -> None:
+        pass
+
+
+def wandb_credentials_present() -> bool:
+    """True when an API key is in the environment or in the netrc entry of the W&B host.
+
+    Only checks presence; the key itself is never read into anything that is logged.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host or "")
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+class WandbLogger:
+    """One W&B run; every call is guarded so that W&B problems never stop training."""
+
+    def __init__(
+        self,
+        logger_cfg: Any,
+        run_dir: Path,
+        *,
+        name: str,
+        group: str | None,
+        tags: list[str],
+        axes: dict[str, Any],
+        config: dict[str, Any],
+    ) -> None:
+        self.run: Any = None
+        try:
+            import wandb
+
+            mode = None  # lets WANDB_MODE win
+            if "WANDB_MODE" not in os.environ:
+                mode = logger_cfg.mode
+                if mode is None and not wandb_credentials_present():
+                    mode = "offline"
+            self.run = wandb.init(
+                project=logger_cfg.project,
+                entity=logger_cfg.entity,
+                group=group,
+                job_type=logger_cfg.job_type,
+                name=name,
+                tags=tags,
+                config={**axes, "cfg": config},
+                dir=str(run_dir),
+                mode=mode,
+                reinit="finish_previous",
+            )
+            self.run.define_metric("step")
+            for pattern in ("train/*", "val/*", "lr", "grad_norm", "tokens", "tokens_per_s"):
+                self.run.define_metric(pattern, step_metric="step")
+            self.run.define_metric("val/loss", step_metric="step", summary="min,last")
+            if (mode or os.environ.get("WANDB_MODE")) in ("offline", "dryrun"):
+                offline_dir = Path(self.run.dir).parent
+                log.info(
+                    "W&B: offline run in %s; upload it with `wandb sync %s`",
+                    offline_dir,
+                    offline_dir,
+                )
+        except Exception as e:  # pragma: no cover - depends on the environment
+            self._fail("start", e)
+
+    def _fail(self, what: str, e: Exception) -> None:
+        log.warning(
+            "W&B: could not %s the run (%s: %s); the local run record is unaffected",
+            what,
+            type(e).__name__,
+            " ".join(str(e).split())[:200],
+        )
+        self.run = None
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(metrics)
+        except Exception as e:  # pragma: no cover
+            self._fail("log to", e)
+
+    def finish(self, summary: dict[str, Any], failed: bool) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.summary.update(summary)
+            self.run.finish(exit_code=1 if failed else 0)
+        except Exception as e:  # pragma: no cover
+            self._fail("finish", e)
+        self.run = None
+
+
+def make_logger(cfg: Any, run_dir: Path, *, group: str | None, config: dict[str, Any]) -> Any:
+    """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes."""
+    if cfg.logger.backend == "none":
+        return NullLogger()
+    placement, kind = str(cfg.norm.name.value), str(cfg.norm.kind.value)
+    axes = {
+        "norm": placement,
+        "norm_kind": kind,
+        "depth": cfg.depth,
+        "lr": cfg.optim.lr,
+        "warmup": cfg.optim.warmup_steps,
+        "schedule": str(cfg.optim.schedule.value),
+        "seed": cfg.seed,
+        "d_model": cfg.model.d_model,
+        "precision": str(cfg.precision.value),
+        "data": str(cfg.data.label),
+    }
+    name = cfg.logger.name or f"{placement}-{kind}-d{cfg.depth}-lr{cfg.optim.lr:g}-s{cfg.seed}"
+    tags = [placement, kind, f"depth={cfg.depth}", *cfg.logger.tags]
+    return WandbLogger(
+        cfg.logger,
+        run_dir,
+        name=name,
+        group=cfg.logger.group or group,
+        tags=tags,
+        axes=axes,
+        config=config,
+    )

@@ -1,0 +1,53 @@
+"""The local run record: config.yaml, metrics.jsonl and summary.json in the run directory.
+
+The record is written independently of W&B, so a tracking failure never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STATUSES = ("completed", "diverged", "failed")
+
+
+def _jsonable(value: Any) -> Any:
+    """Non-finite floats become null (JSON has no NaN), so every line stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text so that readers see the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunRecord:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_atomic(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def log(self, row: dict[str, Any]) -> None:
+        """One JSON object per line; flushed so a crash keeps every logged step."""
+        self._metrics.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+        self._metrics.flush()
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        assert summary.get("status") in STATUSES, summary.get("status")
+        clean = {k: _jsonable(v) for k, v in summary.items()}
+        write_atomic(self.dir / "summary.json", json.dumps(clean, indent=2) + "\n")
+
+    def close(self) -> None:
+        self._metrics.close()
