@@ -15,6 +15,7 @@ import difflib
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 from dataclasses import fields, is_dataclass
@@ -211,7 +212,7 @@ def train_task(cfg: DictConfig) -> float:
     from normbench.config import to_container, validate
     from normbench.data import load_tokens
     from normbench.logger import make_logger
-    from normbench.record import RunRecord
+    from normbench.record import RunRecord, new_summary
     from normbench.train import check_data_fits, train
 
     hc = HydraConfig.get()
@@ -222,18 +223,17 @@ def train_task(cfg: DictConfig) -> float:
     record = RunRecord(run_dir)
     record.write_config(config)
     logger = make_logger(cfg, run_dir, group=group, config=config)
-    summary: dict[str, Any] = {"status": "failed"}
+    summary = new_summary()
     try:
         tokens = load_tokens(cfg.data)
         check_data_fits(tokens, cfg.model.context)
-        summary = train(cfg, tokens, record, logger)
+        train(cfg, tokens, record, logger, summary)
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
         if not _is_user_error(e):
             (run_dir / "traceback.txt").write_text(traceback.format_exc())
         raise
     finally:
-        summary = {"status": summary.pop("status"), **summary}
         record.write_summary(summary)
         record.close()
         logger.finish(summary, failed=summary["status"] == "failed")
@@ -306,6 +306,14 @@ def cmd_prepare(argv: list[str]) -> None:
 COMMANDS = {"train": cmd_train, "prepare": cmd_prepare}
 
 
+class Terminated(BaseException):
+    """SIGTERM (e.g. a cluster's time limit): unwinds like Ctrl-C so the record is written."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -317,10 +325,14 @@ def main(argv: list[str] | None = None) -> None:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra re-raises instead of printing its own multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         COMMANDS[command](rest)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Terminated:
+        _fail("terminated (SIGTERM)", 143)
     except Exception as e:
         if user_full_error:
             raise

@@ -26,35 +26,42 @@ from normbench.norm import KINDS, PLACEMENTS
 __all__ = ["ConfigError", "NormbenchConfig", "register_configs", "validate"]
 
 
-# Enums generated from the registries, so a new kind or placement needs no edit here.
-NormKind = Enum("NormKind", {name: name for name in KINDS}, type=str)
-Placement = Enum("Placement", {name: name for name in PLACEMENTS}, type=str)
+class Choice(str, Enum):
+    """An enum whose members print as their value (in interpolations, names and logs)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
-class Init(str, Enum):
+# Generated from the registries, so a new kind or placement needs no edit here.
+NormKind = Choice("NormKind", {name: name for name in KINDS})
+Placement = Choice("Placement", {name: name for name in PLACEMENTS})
+
+
+class Init(Choice):
     gpt2 = "gpt2"  # N(0, 0.02); residual output projections N(0, 0.02/sqrt(2N))
     xavier = "xavier"  # Xavier-uniform linear weights (2002.04745's analysis)
 
 
-class Schedule(str, Enum):
+class Schedule(Choice):
     cosine = "cosine"
     linear = "linear"
     constant = "constant"
     inverse_sqrt = "inverse_sqrt"
 
 
-class Device(str, Enum):
+class Device(Choice):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Precision(str, Enum):
+class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"
 
 
-class Documents(str, Enum):
+class Documents(Choice):
     file = "file"  # each file (or split) is one document
     wikitext_articles = "wikitext_articles"  # a new document at each ` = Title = ` line
 
@@ -197,6 +204,9 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(message)
 
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required; set {missing[0]}=<value>")
     need(cfg.depth >= 1, f"depth must be >= 1 (got {cfg.depth})")
     need(m.d_model >= 1 and m.n_heads >= 1, "model.d_model and model.n_heads must be >= 1")
     need(

@@ -42,13 +42,18 @@ EOT = 50256  # <|endoftext|>
 SPLITS = ("train", "val")
 
 
-@functools.lru_cache(maxsize=1)
-def gpt2_encoding() -> tiktoken.Encoding:
-    """GPT-2's BPE as a tiktoken Encoding, built from the packaged, hash-checked files."""
+@functools.lru_cache(maxsize=2)
+def gpt2_encoding(folder: Path | None = None) -> tiktoken.Encoding:
+    """GPT-2's BPE as a tiktoken Encoding, built from the packaged, hash-checked files.
+
+    `folder` (holding vocab.bpe and encoder.json) defaults to the copy in the package.
+    A file whose sha256 differs from GPT-2's raises ValueError.
+    """
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import r50k_pat_str
 
-    folder = resources.files("normbench") / "assets" / "gpt2"
+    if folder is None:
+        folder = Path(str(resources.files("normbench") / "assets" / "gpt2"))
     ranks = data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=str(folder / "vocab.bpe"),
         encoder_json_file=str(folder / "encoder.json"),

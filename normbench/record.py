@@ -14,6 +14,24 @@ from typing import Any
 import yaml
 
 STATUSES = ("completed", "diverged", "failed")
+SUMMARY_KEYS = (
+    "status",
+    "steps",
+    "tokens",
+    "val_loss",
+    "best_val_loss",
+    "val_ppl",
+    "tokens_per_s",
+    "wall_s",
+    "n_params",
+    "diverged_at_step",
+    "divergence_reason",
+)
+
+
+def new_summary() -> dict[str, Any]:
+    """Every summary key, unknown so far; the status stays `failed` unless training ends."""
+    return {key: None for key in SUMMARY_KEYS} | {"status": "failed"}
 
 
 def _jsonable(value: Any) -> Any:

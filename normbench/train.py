@@ -133,8 +133,12 @@ class Progress:
             self.bar.close()
 
 
-def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any) -> dict[str, Any]:
-    """Train to `train.max_steps` (or divergence); return the summary for the run record."""
+def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict[str, Any]) -> None:
+    """Train to `train.max_steps` (or divergence), filling in `summary` for the run record.
+
+    The summary is updated as training goes, so an interrupted or crashed run still reports
+    how far it got; its status becomes `completed` or `diverged` only at the end.
+    """
     t_start = time.perf_counter()
     device = resolve_device(str(cfg.device.value))
     if device.type == "cpu":
@@ -151,20 +155,7 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any) -> dict[str, 
     params = [p for p in model.parameters() if p.requires_grad]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
 
-    summary: dict[str, Any] = {
-        "status": "completed",
-        "steps": 0,
-        "tokens": 0,
-        "val_loss": None,
-        "best_val_loss": None,
-        "val_ppl": None,
-        "tokens_per_s": None,
-        "wall_s": None,
-        "n_params": model.num_params(),
-        "diverged_at_step": None,
-        "divergence_reason": None,
-        "device": str(device),
-    }
+    summary.update(steps=0, tokens=0, n_params=model.num_params(), device=str(device))
     log.info(
         "model: %s-%s, depth %d, d_model %d, %s parameters on %s (%s); data %s: %s train / %s "
         "validation tokens",
@@ -224,7 +215,6 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any) -> dict[str, 
             interval_time += elapsed
             interval_steps += 1
             if summary["diverged_at_step"] is not None:
-                summary["status"] = "diverged"
                 row = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss_value}
                 record.log(row)
                 logger.log(row)
@@ -247,10 +237,10 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any) -> dict[str, 
                 interval_time, interval_steps = 0.0, 0
             if step % t.eval_every == 0 or step == t.max_steps:
                 run_eval(step)
+        summary["status"] = "diverged" if summary["diverged_at_step"] else "completed"
     finally:
         progress.close()
         summary["tokens"] = summary["steps"] * tokens_per_step
         if train_time > 0 and summary["steps"] > 0:
             summary["tokens_per_s"] = summary["steps"] * tokens_per_step / train_time
         summary["wall_s"] = time.perf_counter() - t_start
-    return summary

@@ -1,0 +1,52 @@
+# normbench: `make train` (install + a short default training), `make test` (install + tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NB := $(PY) -m normbench
+# The CPU build of torch; a machine with a GPU can use e.g. TORCH_SPEC='torch==2.13.0' with
+# PyPI's CUDA wheels, or any torch >= 2.4 already installed.
+TORCH_SPEC ?= torch==2.13.0
+SHARED ?= ../shared
+WIKITEXT_FILES := $(abspath $(SHARED)/data/wikitext-2)
+ARGS ?=
+
+.PHONY: install train test test-slow lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# A short default training on WikiText-2 from the hub. Where the hub cannot be reached and
+# ../shared has the WikiText-2 split files, it trains on those instead and says so.
+train: install
+	@if $(NB) prepare $(ARGS); then \
+	  $(NB) train $(ARGS); \
+	elif [ -f "$(WIKITEXT_FILES)/wiki.valid.tokens" ]; then \
+	  echo "make train: using the local split files in $(WIKITEXT_FILES) (data=wikitext2_files: trains on the validation split, evaluates on the test split)" >&2; \
+	  $(NB) train data=wikitext2_files data.dir=$(WIKITEXT_FILES) $(ARGS); \
+	else exit 2; fi
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) -m normbench.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

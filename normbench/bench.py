@@ -1,0 +1,124 @@
+"""`make bench`: training and evaluation throughput of a config, on this machine.
+
+    python -m normbench.bench [--steps N] [--warmup N] [--json PATH] [overrides...]
+
+Builds the model of the composed config (defaults: `normbench train`'s), runs `--warmup`
+untimed and `--steps` timed training steps on random tokens (the data pipeline is not part
+of the model's speed), then times one evaluation pass of the same number of tokens. Prints
+one line per measurement and optionally writes them as JSON. Speed goals are checked here,
+never in the unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from normbench.cli import config_dir
+from normbench.config import register_configs, validate
+from normbench.model import GPT
+from normbench.optim import build_optimizer
+from normbench.train import autocast, resolve_device, tune_cpu_allocator
+
+
+def measure(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
+    device = resolve_device(str(cfg.device.value))
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    precision = str(cfg.precision.value)
+    torch.manual_seed(cfg.seed)
+    model = GPT.from_config(cfg).to(device)
+    optimizer = build_optimizer(model, cfg.optim, device)
+    B, T, V = cfg.train.batch_size, cfg.model.context, 50257
+
+    def batch() -> torch.Tensor:
+        return torch.randint(0, V, (B, T + 1), device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step() -> None:
+        w = batch()
+        with autocast(device, precision):
+            _, loss = model(w[:, :-1], w[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    for _ in range(warmup):
+        train_step()
+    sync()
+    tic = time.perf_counter()
+    for _ in range(steps):
+        train_step()
+    sync()
+    train_s = time.perf_counter() - tic
+
+    model.eval()
+    with torch.no_grad():
+        for _ in range(max(1, warmup)):
+            with autocast(device, precision):
+                model(batch()[:, :-1])
+        sync()
+        tic = time.perf_counter()
+        for _ in range(steps):
+            with autocast(device, precision):
+                model(batch()[:, :-1])
+        sync()
+        eval_s = time.perf_counter() - tic
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else math.nan
+    return {
+        "placement": str(cfg.norm.name),
+        "kind": str(cfg.norm.kind),
+        "depth": cfg.depth,
+        "d_model": cfg.model.d_model,
+        "context": T,
+        "batch_size": B,
+        "precision": precision,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+        "n_params": model.num_params(),
+        "train_tokens_per_s": steps * B * T / train_s,
+        "eval_tokens_per_s": steps * B * T / eval_s,
+        "cuda_peak_gib": None if math.isnan(peak) else round(peak, 2),
+        "torch": torch.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m normbench.bench", description=__doc__)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="append the results here")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for `train`")
+    args = parser.parse_args()
+    register_configs()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[*args.overrides, "logger=none"])
+    validate(cfg)
+    result = measure(cfg, args.steps, args.warmup)
+    print(
+        f"{result['placement']}-{result['kind']} depth {result['depth']} d {result['d_model']} "
+        f"B {result['batch_size']} T {result['context']} {result['precision']} on "
+        f"{result['device'] or 'cpu'} ({result['threads']} threads): "
+        f"train {result['train_tokens_per_s']:,.0f} tok/s, "
+        f"eval {result['eval_tokens_per_s']:,.0f} tok/s"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.json, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Shared fixtures: small real text files, an isolated cache, and a CLI runner.
+
+Everything runs offline: the tokenizer ships with the package, the text comes from the
+WikiText-2 files in ../shared (beside the repository; NORMBENCH_SHARED overrides), and
+W&B runs in offline mode inside each run directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NORMBENCH_SHARED", REPO.parent / "shared"))
+WIKITEXT = SHARED / "data" / "wikitext-2"
+
+# A model small enough for a subprocess run in a few seconds on 2 CPU cores.
+TINY = [
+    "depth=2",
+    "model.d_model=32",
+    "model.n_heads=2",
+    "model.context=32",
+    "train.batch_size=4",
+    "train.max_steps=6",
+    "train.eval_every=3",
+    "train.log_every=2",
+    "optim.warmup_steps=2",
+]
+
+
+def wikitext_lines(split: str, n: int) -> list[str]:
+    path = WIKITEXT / f"wiki.{split}.tokens"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the tests need ../shared beside the repository")
+    with open(path, encoding="utf-8") as f:
+        return [line for _, line in zip(range(n), f, strict=False)]
+
+
+@pytest.fixture(scope="session")
+def text_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Small train / validation text files cut from WikiText-2 (valid and test splits)."""
+    folder = tmp_path_factory.mktemp("text")
+    train, val = folder / "train.txt", folder / "val.txt"
+    train.write_text("".join(wikitext_lines("valid", 400)), encoding="utf-8")
+    val.write_text("".join(wikitext_lines("test", 40)), encoding="utf-8")
+    return train, val
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment of a CLI subprocess: isolated cache, offline W&B and hub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
+    env.update(
+        NORMBENCH_CACHE_DIR=str(tmp_path / "cache"),
+        WANDB_MODE="offline",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        NETRC=str(tmp_path / "no-netrc"),
+    )
+    return env
+
+
+def run_cli(
+    args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m normbench <args>` in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "normbench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def text_data(train: Path, val: Path) -> list[str]:
+    return ["data=text", f"data.train_path={train}", f"data.val_path={val}"]

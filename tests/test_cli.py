@@ -1,0 +1,314 @@
+"""The command line, end to end in subprocesses: run records, multirun + W&B, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY, run_cli, text_data
+from wandb_records import offline_runs
+
+SUMMARY_KEYS = {
+    "status",
+    "steps",
+    "tokens",
+    "val_loss",
+    "best_val_loss",
+    "val_ppl",
+    "tokens_per_s",
+    "wall_s",
+    "n_params",
+    "diverged_at_step",
+    "divergence_reason",
+}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_run_dir(run_dir: Path, steps: int = 6) -> dict:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["status"] == "completed" and summary["steps"] == steps
+    assert summary["tokens"] == steps * 4 * 32
+    assert summary["n_params"] > 0 and summary["tokens_per_s"] > 0 and summary["wall_s"] > 0
+    train_rows = [r for r in rows if "train/loss" in r]
+    val_rows = [r for r in rows if "val/loss" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6]
+    assert [r["step"] for r in val_rows] == [3, 6]
+    for r in train_rows:
+        assert {"step", "tokens", "train/loss", "lr", "grad_norm", "tokens_per_s"} <= set(r)
+        assert r["tokens"] == r["step"] * 4 * 32
+    assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"] + 0.5
+    assert summary["val_loss"] == val_rows[-1]["val/loss"]
+    assert summary["best_val_loss"] == min(r["val/loss"] for r in val_rows)
+    assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
+    assert summary["val_loss"] < math.log(50257) + 0.1
+    return config
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_train_writes_the_run_record(placement, tmp_path, cli_env, text_files):
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        f"norm={placement}",
+        *TINY,
+        *text_data(*text_files),
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"run_dir: {run_dir}"
+    config = check_run_dir(run_dir)
+    assert config["norm"] == {"name": placement, "kind": "layernorm", "eps": 1e-5}
+    assert config["depth"] == 2 and config["data"]["train_path"] == str(text_files[0])
+    assert "step 6: val/loss" in done.stderr  # plain progress lines when not on a terminal
+    assert (run_dir / "train.log").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_installed_command_finds_configs_from_any_directory(tmp_path, cli_env, text_files):
+    exe = Path(sys.executable).parent / "normbench"
+    if not exe.exists():
+        pytest.skip("the normbench console script is not installed in this environment")
+    done = subprocess.run(
+        [str(exe), "train", "--cfg", "job", "norm=post", "norm.kind=rmsnorm"],
+        cwd=tmp_path,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    cfg = yaml.safe_load(done.stdout)
+    assert cfg["norm"]["name"] == "post" and cfg["norm"]["kind"] == "rmsnorm"
+    assert run_cli(["--help"], cwd=tmp_path, env=cli_env).stdout.startswith("usage: normbench")
+
+
+def test_wheel_carries_configs_and_tokenizer(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("normbench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in (
+        "normbench/configs/train.yaml",
+        "normbench/configs/norm/pre.yaml",
+        "normbench/configs/hydra/job_logging/normbench.yaml",
+        "normbench/assets/gpt2/vocab.bpe",
+        "normbench/assets/gpt2/encoder.json",
+    ):
+        assert name in names
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    probe = "from normbench.cli import config_dir; print(config_dir())"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path / "site",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == str(tmp_path / "site" / "normbench" / "configs"), out.stderr
+
+
+def test_multirun_with_wandb_offline(tmp_path, cli_env, text_files):
+    """Two jobs: two run dirs, two W&B runs grouped by the sweep dir, read back from disk."""
+    sweep = tmp_path / "sweep"
+    args = [
+        "train",
+        "-m",
+        "norm=pre,post",
+        *TINY,
+        *text_data(*text_files),
+        f"hydra.sweep.dir={sweep}",
+    ]
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("run_dir: ")]
+    run_dirs = [Path(line.removeprefix("run_dir: ")) for line in lines]
+    assert run_dirs == [sweep / "0_pre-d2", sweep / "1_post-d2"]
+    assert done.stdout.splitlines()[-1] == lines[-1]
+    runs = []
+    for run_dir, placement in zip(run_dirs, ["pre", "post"], strict=True):
+        check_run_dir(run_dir)
+        (run,) = offline_runs(run_dir / "wandb")  # W&B files live inside the run directory
+        runs.append(run)
+        assert run.group == str(sweep) and run.project == "normbench" and run.job_type == "train"
+        assert run.name == f"{placement}-layernorm-d2-lr0.001-s0"
+        assert {placement, "layernorm", "depth=2"} <= set(run.tags)
+        assert run.config["norm"] == placement and run.config["norm_kind"] == "layernorm"
+        assert run.config["depth"] == 2 and run.config["lr"] == 0.001
+        assert run.config["cfg"]["norm"]["name"] == placement  # the full resolved config
+        assert run.config["cfg"]["model"]["d_model"] == 32
+        assert run.exit_code == 0
+        local = json.loads((run_dir / "summary.json").read_text())
+        val_losses = [
+            r["val/loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if "val/loss" in r
+        ]
+        assert run.summary["val/loss"] == {"min": min(val_losses), "last": val_losses[-1]}
+        assert run.summary["status"] == "completed"
+        assert run.summary["best_val_loss"] == local["best_val_loss"]
+        assert run.metrics["val/loss"].step_metric == "step"
+        assert [h["step"] for h in run.history if "val/loss" in h] == [3, 6]
+        assert "WANDB_API_KEY" not in json.dumps(run.config)
+    assert runs[0].id != runs[1].id
+    assert len(list(sweep.rglob("run-*.wandb"))) == 2  # one W&B run per job
+
+
+def test_divergence_is_a_result(tmp_path, cli_env, text_files):
+    """A huge learning rate without clipping diverges: status diverged, exit code 0."""
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        "norm=post",
+        *TINY,
+        "train.max_steps=30",
+        "optim.warmup_steps=0",
+        "optim.lr=1e4",
+        "optim.grad_clip=0",
+        "precision=fp32",
+        *text_data(*text_files),
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    assert summary["divergence_reason"] in ("non-finite loss", "non-finite gradient norm")
+    assert (
+        1 <= summary["diverged_at_step"] <= 30
+        and summary["steps"] == summary["diverged_at_step"] - 1
+    )
+    assert done.stdout.splitlines()[-1] == f"run_dir: {run_dir}"
+
+
+@pytest.mark.parametrize(
+    "sig, code, message, error",
+    [
+        (signal.SIGINT, 130, "interrupted", "KeyboardInterrupt"),
+        (signal.SIGTERM, 143, "terminated (SIGTERM)", "Terminated: SIGTERM"),
+    ],
+)
+def test_interrupted_run_is_recorded_as_failed(
+    sig, code, message, error, tmp_path, cli_env, text_files
+):
+    """Ctrl-C or a scheduler's SIGTERM: the record and the W&B run say failed, with progress."""
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        *TINY,
+        "train.max_steps=100000",
+        "optim.warmup_steps=0",
+        *text_data(*text_files),
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "normbench", *args],
+        cwd=tmp_path,
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    while time.time() < deadline and not (run_dir / "metrics.jsonl").read_text():
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert err.splitlines()[-1] == f"normbench: error: {message}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith(error)
+    assert summary["steps"] >= 2
+    (run,) = offline_runs(run_dir / "wandb")
+    assert run.exit_code == 1 and run.summary["status"] == "failed"
+    assert out.splitlines()[-1] == f"run_dir: {run_dir}"
+
+
+def test_wandb_failure_keeps_the_local_record(tmp_path, cli_env, text_files):
+    """W&B asked to go online with no credentials and no network: warn, train, record."""
+    env = {k: v for k, v in cli_env.items() if k != "WANDB_MODE"}
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        *TINY,
+        *text_data(*text_files),
+        "logger.mode=online",
+        f"hydra.run.dir={run_dir}",
+    ]
+    done = run_cli(args, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "W&B: could not start the run" in done.stderr
+    check_run_dir(run_dir)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "norm=middle"], "unknown norm 'middle'; choose one of: post, pre"),
+        (["train", "norm.kind=batch"], "norm.kind: Invalid value 'batch', expected one of"),
+        (["train", "model.layers=3"], "unknown key 'model.layers'"),
+        (["train", "depth=0"], "depth must be >= 1"),
+        (["train", "model.d_model=100", "model.n_heads=3"], "is not divisible by model.n_heads=3"),
+        (["train", "optim.lr=0"], "optim.lr must be > 0"),
+        (["train", "optim.warmup_steps=9", "train.max_steps=5"], "exceeds train.max_steps=5"),
+        (["train", "-m", "depth=2,0"], "depth must be >= 1 (got 0)"),
+        (["train", "model.context=100000"], "model.context=100000 is longer than the train split"),
+        (
+            ["train", "data=text", "data.train_path=/no/such.txt", "data.val_path=/x"],
+            "is not a file",
+        ),
+        (["train", "depth=[1"], "cannot parse override 'depth=[1'"),
+        (["frobnicate"], "unknown command 'frobnicate'; choose one of: train, prepare"),
+    ],
+)
+def test_bad_input_one_line_no_traceback_nothing_written(
+    args, message, tmp_path, cli_env, text_files
+):
+    if "data=text" not in args and args[0] == "train":
+        args = [*args, *text_data(*text_files)]
+    done = run_cli(
+        [*args, "logger=none"] if args[0] == "train" else args, cwd=tmp_path, env=cli_env
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("normbench: error: ") and message in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_full_error_shows_the_traceback(tmp_path, cli_env, text_files):
+    env = {**cli_env, "HYDRA_FULL_ERROR": "1"}
+    done = run_cli(["train", "depth=0", "logger=none"], cwd=tmp_path, env=env)
+    assert done.returncode != 0 and "Traceback" in done.stderr and "ConfigError" in done.stderr
