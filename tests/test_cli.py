@@ -312,3 +312,45 @@ def test_full_error_shows_the_traceback(tmp_path, cli_env, text_files):
     env = {**cli_env, "HYDRA_FULL_ERROR": "1"}
     done = run_cli(["train", "depth=0", "logger=none"], cwd=tmp_path, env=env)
     assert done.returncode != 0 and "Traceback" in done.stderr and "ConfigError" in done.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path, cli_env, text_files):
+    """On a terminal, stderr shows a bar with step, loss, tokens/s and the time left."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    args = [
+        "train",
+        *TINY,
+        *text_data(*text_files),
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "normbench", *args],
+        cwd=tmp_path,
+        env=cli_env,
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.wait(timeout=120) == 0
+    frames = screen.decode(errors="replace").split("\r")
+    bar = next(f for f in frames if "6/6" in f and "loss=" in f)
+    assert "tok_s=" in bar and "<" in bar  # elapsed<remaining
+    assert proc.stdout.read().decode().strip() == f"run_dir: {tmp_path / 'r'}"
