@@ -80,13 +80,11 @@ def describe_error(exc: BaseException) -> str:
         ValidationError,
     )
 
-    from normbench.config import SCHEMA_NAMES
-
     if isinstance(exc, NormbenchError):
         return _one_line(str(exc))
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
-        options = sorted(o for o in (exc.options or []) if o not in SCHEMA_NAMES)
+        options = sorted(exc.options or [])
         if group:
             choices = ", ".join(options) if options else "(none defined)"
             return f"unknown {group} '{name}'; choose one of: {choices}"

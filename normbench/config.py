@@ -172,21 +172,21 @@ class NormbenchConfig:
 
 
 def register_configs() -> None:
-    """Put the schemas in Hydra's ConfigStore; the YAML files name them in their defaults."""
+    """Put the schemas in Hydra's ConfigStore; the YAML files name them in their defaults.
+
+    They are stored outside the groups (`/norm_schema`, not `norm/norm_schema`), so they are
+    not offered as choices such as `norm=norm_schema`.
+    """
     cs = ConfigStore.instance()
     cs.store(name="normbench_schema", node=NormbenchConfig)
-    cs.store(group="norm", name="norm_schema", node=NormConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="optim", name="optim_schema", node=OptimConfig)
-    cs.store(group="data", name="hub_schema", node=HubDataConfig)
-    cs.store(group="data", name="text_schema", node=TextDataConfig)
-    cs.store(group="data", name="files_schema", node=WikitextFilesConfig)
-    cs.store(group="logger", name="wandb_schema", node=WandbConfig)
-    cs.store(group="logger", name="none_schema", node=NoLoggerConfig)
-
-
-SCHEMA_NAMES = {"normbench_schema", "norm_schema", "model_schema", "optim_schema"}
-SCHEMA_NAMES |= {"hub_schema", "text_schema", "files_schema", "wandb_schema", "none_schema"}
+    cs.store(name="norm_schema", node=NormConfig)
+    cs.store(name="model_schema", node=ModelConfig)
+    cs.store(name="optim_schema", node=OptimConfig)
+    cs.store(name="hub_schema", node=HubDataConfig)
+    cs.store(name="text_schema", node=TextDataConfig)
+    cs.store(name="files_schema", node=WikitextFilesConfig)
+    cs.store(name="wandb_schema", node=WandbConfig)
+    cs.store(name="none_schema", node=NoLoggerConfig)
 
 
 def default_eps(kind: str) -> float:

@@ -119,14 +119,12 @@ def test_wheel_carries_configs_and_tokenizer(tmp_path):
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("normbench-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in (
-        "normbench/configs/train.yaml",
-        "normbench/configs/norm/pre.yaml",
-        "normbench/configs/hydra/job_logging/normbench.yaml",
-        "normbench/assets/gpt2/vocab.bpe",
-        "normbench/assets/gpt2/encoder.json",
-    ):
-        assert name in names
+    configs = {
+        f"normbench/configs/{p.relative_to(REPO / 'configs')}"
+        for p in (REPO / "configs").rglob("*.yaml")
+    }
+    assert len(configs) > 10 and configs <= names, sorted(configs - names)
+    assert {"normbench/assets/gpt2/vocab.bpe", "normbench/assets/gpt2/encoder.json"} <= names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     probe = "from normbench.cli import config_dir; print(config_dir())"
     out = subprocess.run(
