@@ -228,7 +228,7 @@ def train_task(cfg: DictConfig) -> float:
         train(cfg, tokens, record, logger, summary)
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
-        if not _is_user_error(e):
+        if isinstance(e, Exception) and not _is_user_error(e):  # a bug: keep the traceback
             (run_dir / "traceback.txt").write_text(traceback.format_exc())
         raise
     finally:

@@ -262,7 +262,13 @@ def _build_cache(data: Any, directory: Path) -> None:
     }
     # Write into a temporary directory, then rename: a reader never sees half a cache.
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(
+            f"cannot write the token cache in {directory.parent} ({e.strerror}); "
+            "set data.cache_dir (or NORMBENCH_CACHE_DIR) to a writable folder"
+        ) from e
     try:
         for split in SPLITS:
             docs = split_documents(lines[split], mode)

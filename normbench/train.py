@@ -133,6 +133,15 @@ class Progress:
             self.bar.close()
 
 
+def divergence_reason(loss: float, grad_norm: float) -> str | None:
+    """Why a step counts as diverged, or None: a non-finite loss, then gradient norm."""
+    if not math.isfinite(loss):
+        return "non-finite loss"
+    if not math.isfinite(grad_norm):
+        return "non-finite gradient norm"
+    return None
+
+
 def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict[str, Any]) -> None:
     """Train to `train.max_steps` (or divergence), filling in `summary` for the run record.
 
@@ -185,7 +194,7 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
         progress.write(f"step {step}: val/loss {val_loss:.4f}, val/ppl {ppl:,.2f}")
 
     progress = Progress(t.max_steps)
-    train_time, interval_time, interval_steps = 0.0, 0.0, 0
+    train_time, interval_time, interval_losses = 0.0, 0.0, []
     model.train()
     try:
         for step in range(1, t.max_steps + 1):
@@ -193,48 +202,42 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
             x, y = batches.next(device)
             with autocast(device, precision):
                 _, loss = model(x, y)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                summary.update(diverged_at_step=step, divergence_reason="non-finite loss")
-            else:
+            loss_value, grad_norm = loss.item(), math.nan
+            if math.isfinite(loss_value):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
-                if not math.isfinite(grad_norm):
-                    summary.update(
-                        diverged_at_step=step, divergence_reason="non-finite gradient norm"
-                    )
-                else:
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
+            reason = divergence_reason(loss_value, grad_norm)
+            if reason is not None:  # stop before the update that would spread the NaN/inf
+                row = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss_value}
+                record.log(row)
+                logger.log(row)
+                progress.write(f"step {step}: diverged ({reason})")
+                summary.update(diverged_at_step=step, divergence_reason=reason)
+                break
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - tic
             train_time += elapsed
             interval_time += elapsed
-            interval_steps += 1
-            if summary["diverged_at_step"] is not None:
-                row = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss_value}
-                record.log(row)
-                logger.log(row)
-                progress.write(f"step {step}: diverged ({summary['divergence_reason']})")
-                summary["steps"] = step - 1
-                break
+            interval_losses.append(loss_value)
             summary["steps"] = step
             if step % t.log_every == 0 or step == t.max_steps:
                 row = {
                     "step": step,
                     "tokens": step * tokens_per_step,
-                    "train/loss": loss_value,
+                    "train/loss": sum(interval_losses) / len(interval_losses),
                     "lr": lr,
                     "grad_norm": grad_norm,
-                    "tokens_per_s": interval_steps * tokens_per_step / interval_time,
+                    "tokens_per_s": len(interval_losses) * tokens_per_step / interval_time,
                 }
                 record.log(row)
                 logger.log(row)
                 progress.update(step, row, eta_s=train_time / step * (t.max_steps - step))
-                interval_time, interval_steps = 0.0, 0
+                interval_time, interval_losses = 0.0, []
             if step % t.eval_every == 0 or step == t.max_steps:
                 run_eval(step)
         summary["status"] = "diverged" if summary["diverged_at_step"] else "completed"

@@ -205,3 +205,10 @@ def test_hub_offline_without_cache_says_how_to_prepare(tmp_path, cli_env):
 
 def test_wikitext_files_exist():
     assert (WIKITEXT / "wiki.valid.tokens").is_file()
+
+
+def test_unwritable_cache_is_a_one_line_error(tmp_path, text_files):
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("")
+    with pytest.raises(DataError, match="set data.cache_dir .* to a writable folder"):
+        load_tokens(text_cfg(*text_files, blocker / "cache"))
