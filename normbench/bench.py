@@ -3,8 +3,8 @@
     python -m normbench.bench [--steps N] [--warmup N] [--json PATH] [overrides...]
 
 Builds the model of the composed config (defaults: `normbench train`'s), runs `--warmup`
-untimed and `--steps` timed training steps on random tokens (the data pipeline is not part
-of the model's speed), then times one evaluation pass of the same number of tokens. Prints
+untimed and `--steps` timed training steps (the loop's own `forward_backward` and AdamW step)
+on random tokens, then times `evaluate` over as many tokens as the timed steps saw. Prints
 one line per measurement and optionally writes them as JSON. Speed goals are checked here,
 never in the unit tests.
 """
@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
 from normbench.cli import config_dir
 from normbench.config import register_configs, validate
+from normbench.data import RandomWindows
 from normbench.model import GPT
 from normbench.optim import build_optimizer
-from normbench.train import autocast, resolve_device, tune_cpu_allocator
+from normbench.train import evaluate, forward_backward, resolve_device, tune_cpu_allocator
 
 
 def measure(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
@@ -37,22 +39,21 @@ def measure(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = GPT.from_config(cfg).to(device)
     optimizer = build_optimizer(model, cfg.optim, device)
-    B, T, V = cfg.train.batch_size, cfg.model.context, 50257
-
-    def batch() -> torch.Tensor:
-        return torch.randint(0, V, (B, T + 1), device=device)
+    B, T = cfg.train.batch_size, cfg.model.context
+    rng = np.random.default_rng(cfg.seed)
+    # Random tokens: the model's speed, without the data pipeline. The same step and the
+    # same evaluation as `normbench train` (normbench/train.py) are timed.
+    train_tokens = rng.integers(0, 50257, size=B * T * 64 + 1).astype(np.uint16)
+    eval_tokens = rng.integers(0, 50257, size=B * T * steps + 1).astype(np.uint16)
+    batches = RandomWindows(train_tokens, T, B, seed=cfg.seed)
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     def train_step() -> None:
-        w = batch()
-        with autocast(device, precision):
-            _, loss = model(w[:, :-1], w[:, 1:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        x, y = batches.next(device)
+        forward_backward(model, x, y, precision, clip=1.0)
         optimizer.step()
 
     for _ in range(warmup):
@@ -64,18 +65,10 @@ def measure(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
     sync()
     train_s = time.perf_counter() - tic
 
-    model.eval()
-    with torch.no_grad():
-        for _ in range(max(1, warmup)):
-            with autocast(device, precision):
-                model(batch()[:, :-1])
-        sync()
-        tic = time.perf_counter()
-        for _ in range(steps):
-            with autocast(device, precision):
-                model(batch()[:, :-1])
-        sync()
-        eval_s = time.perf_counter() - tic
+    evaluate(model, eval_tokens[: B * T + 1], T, B, device, precision)  # warm up
+    tic = time.perf_counter()
+    evaluate(model, eval_tokens, T, B, device, precision)
+    eval_s = time.perf_counter() - tic
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else math.nan
     return {
         "placement": str(cfg.norm.name),

@@ -233,8 +233,8 @@ class TokenSplits:
     meta: dict[str, Any]
 
 
-def cache_directory(data: Any) -> Path:
-    ident = source_identity(data)
+def cache_directory(data: Any, ident: dict[str, Any]) -> Path:
+    """`<cache_dir>/tokens/<label>-<hash of the source identity>`."""
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(data.label))
     return Path(data.cache_dir).expanduser() / "tokens" / f"{label}-{key}"
@@ -242,20 +242,21 @@ def cache_directory(data: Any) -> Path:
 
 def load_tokens(data: Any) -> TokenSplits:
     """The train and validation token streams, from the cache or tokenized now and cached."""
-    directory = cache_directory(data)
+    ident = source_identity(data)  # hashes the source files once per load
+    directory = cache_directory(data, ident)
     if not (directory / "meta.json").is_file():
-        _build_cache(data, directory)
+        _build_cache(data, ident, directory)
     meta = json.loads((directory / "meta.json").read_text())
     arrays = {s: np.memmap(directory / f"{s}.bin", dtype=np.uint16, mode="r") for s in SPLITS}
     return TokenSplits(arrays["train"], arrays["val"], directory, meta)
 
 
-def _build_cache(data: Any, directory: Path) -> None:
+def _build_cache(data: Any, ident: dict[str, Any], directory: Path) -> None:
     t0 = time.perf_counter()
     lines = _read_source(data)
     mode = str(data.documents.value)
     meta: dict[str, Any] = {
-        "source": source_identity(data),
+        "source": ident,
         "label": str(data.label),
         "tokenizer": TOKENIZER,
         "dtype": "uint16",

@@ -133,6 +133,24 @@ class Progress:
             self.bar.close()
 
 
+def forward_backward(
+    model: GPT, x: torch.Tensor, y: torch.Tensor, precision: str, clip: float
+) -> tuple[float, float]:
+    """Loss of one batch and, when it is finite, the gradients (clipped to `clip`).
+
+    Returns the loss and the global gradient norm before clipping (NaN when the loss was
+    not finite and no backward pass ran). The caller decides whether to take the step.
+    """
+    with autocast(x.device, precision):
+        _, loss = model(x, y)
+    loss_value, grad_norm = loss.item(), math.nan
+    if math.isfinite(loss_value):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    return loss_value, grad_norm
+
+
 def divergence_reason(loss: float, grad_norm: float) -> str | None:
     """Why a step counts as diverged, or None: a non-finite loss, then gradient norm."""
     if not math.isfinite(loss):
@@ -161,7 +179,6 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
     batches = RandomWindows(tokens.train, context, t.batch_size, seed=cfg.seed)
     eval_bs = t.eval_batch_size or t.batch_size
     tokens_per_step = t.batch_size * context
-    params = [p for p in model.parameters() if p.requires_grad]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
 
     summary.update(steps=0, tokens=0, n_params=model.num_params(), device=str(device))
@@ -200,13 +217,7 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
         for step in range(1, t.max_steps + 1):
             tic = time.perf_counter()
             x, y = batches.next(device)
-            with autocast(device, precision):
-                _, loss = model(x, y)
-            loss_value, grad_norm = loss.item(), math.nan
-            if math.isfinite(loss_value):
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item()
+            loss_value, grad_norm = forward_backward(model, x, y, precision, clip)
             reason = divergence_reason(loss_value, grad_norm)
             if reason is not None:  # stop before the update that would spread the NaN/inf
                 row = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss_value}
