@@ -3,6 +3,7 @@
     normbench train [overrides]        train one model (a Hydra job)
     normbench train -m [sweep]         a Hydra multirun: one job per combination
     normbench prepare [overrides]      download and tokenize the data into the cache
+    normbench list [--markdown]        the placements and kinds, with their papers
     normbench --help
 
 `train` checks every job's configuration (and that its data is available) before any job
@@ -36,10 +37,12 @@ Train small GPT language models and compare where the normalization goes.
 commands:
   train      train one model; `-m` runs a Hydra multirun sweep over comma-separated values
   prepare    download and tokenize the data into the token cache (for offline compute nodes)
+  list       the placements (norm=...) and kinds (norm.kind=...), with equations and papers
 
 examples:
   {PROG} train norm=pre depth=48
   {PROG} train -m norm=pre,post depth=6,12,24,48 optim.lr=3e-4,1e-3
+  {PROG} train norm=deepnorm norm.kind=rmsnorm depth=24
   {PROG} train data=text data.train_path=train.txt data.val_path=valid.txt
   {PROG} train --cfg job          print the composed config ({PROG} train --help: all groups)
   {PROG} prepare data=wikitext2
@@ -96,6 +99,11 @@ def describe_error(exc: BaseException) -> str:
         exc = cause
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and exc.full_key:
         key = exc.full_key
+        if key.startswith("norm.constants."):
+            return (
+                f"{key}: norm.constants are derived from depth and the placement (and "
+                "written to the run's config.yaml); remove the override"
+            )
         parent, _, leaf = key.rpartition(".")
         valid = _valid_keys(exc.object_type)
         if valid is not None:
@@ -301,7 +309,16 @@ def cmd_prepare(argv: list[str]) -> None:
         )
 
 
-COMMANDS = {"train": cmd_train, "prepare": cmd_prepare}
+def cmd_list(argv: list[str]) -> None:
+    """Print the placements and kinds, generated from the code (`--markdown`: as tables)."""
+    from normbench.norm.catalog import catalogue_markdown, catalogue_text
+
+    if argv not in ([], ["--markdown"]):
+        raise NormbenchError(f"list takes no arguments but --markdown (got {' '.join(argv)})")
+    print(catalogue_markdown() if argv else catalogue_text(), end="")
+
+
+COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "list": cmd_list}
 
 
 class Terminated(BaseException):

@@ -22,6 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from normbench.errors import ConfigError
 from normbench.norm import KINDS, PLACEMENTS
+from normbench.norm.kinds import kind_options
 
 __all__ = ["ConfigError", "NormbenchConfig", "register_configs", "validate"]
 
@@ -36,6 +37,11 @@ class Choice(str, Enum):
 # Generated from the registries, so a new kind or placement needs no edit here.
 NormKind = Choice("NormKind", {name: name for name in KINDS})
 Placement = Choice("Placement", {name: name for name in PLACEMENTS})
+
+
+class BlockType(Choice):
+    sequential = "sequential"  # x = x + A(.); x = x + M(.)
+    parallel = "parallel"  # x = x + A(Norm(x)) + M(Norm(x)) (GPT-J, PaLM); pre-norm style only
 
 
 class Init(Choice):
@@ -70,7 +76,23 @@ class Documents(Choice):
 class NormConfig:
     name: Placement = MISSING  # set by the chosen `norm=<placement>` file
     kind: NormKind = MISSING
-    eps: Optional[float] = MISSING  # null: the kind's own default (layernorm 1e-5, rmsnorm 1e-6)
+    # The kind's options; null: the kind's default. Setting one the kind lacks is an error.
+    # (None is "unset", not a default value: the defaults are the kind's, in norm/kinds.py.)
+    eps: Optional[float] = None  # layernorm/scalenorm/batchnorm 1e-5, rmsnorm 1e-6
+    bias: Optional[bool] = None  # the shift b of layernorm, dyt, batchnorm (default true)
+    alpha0: Optional[float] = None  # dyt's initial alpha (default 0.5)
+    # Derived at start from depth and the placement's options (read-only; logged).
+    constants: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MixNormConfig(NormConfig):
+    mix_ratio: float = MISSING  # Mix-LN: blocks l <= round(mix_ratio * depth) are post-norm
+
+
+@dataclass
+class ResiDualNormConfig(NormConfig):
+    dual_scale: float = MISSING  # ResiDual: the dual stream accumulates dual_scale * F(x_a)
 
 
 @dataclass
@@ -80,6 +102,8 @@ class ModelConfig:
     context: int = MISSING
     dropout: float = MISSING
     init: Init = MISSING
+    block: BlockType = MISSING
+    qk_norm: bool = MISSING  # QKNorm (2010.04245): L2-normalized q, k and a learned scale
     vocab_size: int = MISSING  # GPT-2's 50,257 padded to a multiple of 64 (faster matmuls)
     bias: bool = MISSING  # biases in linear layers, as in GPT-2
 
@@ -180,6 +204,8 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="normbench_schema", node=NormbenchConfig)
     cs.store(name="norm_schema", node=NormConfig)
+    cs.store(name="mix_norm_schema", node=MixNormConfig)
+    cs.store(name="resi_dual_norm_schema", node=ResiDualNormConfig)
     cs.store(name="model_schema", node=ModelConfig)
     cs.store(name="optim_schema", node=OptimConfig)
     cs.store(name="hub_schema", node=HubDataConfig)
@@ -187,10 +213,6 @@ def register_configs() -> None:
     cs.store(name="files_schema", node=WikitextFilesConfig)
     cs.store(name="wandb_schema", node=WandbConfig)
     cs.store(name="none_schema", node=NoLoggerConfig)
-
-
-def default_eps(kind: str) -> float:
-    return KINDS[kind].default_eps
 
 
 def validate(cfg: DictConfig) -> None:
@@ -242,12 +264,78 @@ def validate(cfg: DictConfig) -> None:
         t.eval_batch_size is None or t.eval_batch_size >= 1,
         f"train.eval_batch_size must be >= 1 (got {t.eval_batch_size})",
     )
-    if cfg.norm.eps is None:
-        cfg.norm.eps = default_eps(cfg.norm.kind.value)
-    need(cfg.norm.eps > 0, f"norm.eps must be > 0 (got {cfg.norm.eps})")
+    validate_norm(cfg)
     if cfg.logger.backend == "wandb" and cfg.logger.mode is not None:
         modes = ("online", "offline", "disabled")
         need(cfg.logger.mode in modes, f"logger.mode must be one of {', '.join(modes)} or null")
+
+
+def validate_norm(cfg: DictConfig) -> None:
+    """Check the placement, kind and block type against each other; fill in derived values.
+
+    The kind's options are resolved (null -> the kind's default; an option the kind lacks
+    stays null and may not be set), and `norm.constants` gets the placement's constants at
+    this depth, so the logged config shows e.g. DeepNorm's alpha and beta.
+    """
+    n, m = cfg.norm, cfg.model
+    placement, kind = str(n.name), str(n.kind)
+    Block, Kind = PLACEMENTS[placement], KINDS[kind]
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    for option in ("eps", "bias", "alpha0"):
+        need(
+            n[option] is None or option in Kind.options,
+            f"norm.{option} has no meaning for norm.kind={kind}; remove it, or pick a kind "
+            f"that has it: {', '.join(k for k, c in KINDS.items() if option in c.options)}",
+        )
+    for option, value in kind_options(kind, **{k: n[k] for k in Kind.options}).items():
+        n[option] = value
+    need(n.eps is None or n.eps > 0, f"norm.eps must be > 0 (got {n.eps})")
+    need(
+        n.alpha0 is None or (math.isfinite(n.alpha0) and n.alpha0 > 0),
+        f"norm.alpha0 must be > 0 (got {n.alpha0})",
+    )
+    if "mix_ratio" in Block.options:
+        need(0 <= n.mix_ratio <= 1, f"norm.mix_ratio must be in [0, 1] (got {n.mix_ratio})")
+    if "dual_scale" in Block.options:
+        need(n.dual_scale > 0, f"norm.dual_scale must be > 0 (got {n.dual_scale})")
+    need(
+        not (kind == "identity" and Block.normalizes_stream),
+        f"norm={placement} with norm.kind=identity leaves its residual stream unnormalized, "
+        "which that placement relies on; use norm=none for a no-normalization control, or "
+        "another norm.kind",
+    )
+    need(
+        kind == "identity" or Block.uses_norm,
+        f"norm={placement} has no norms, so norm.kind={kind} would be ignored; leave "
+        "norm.kind=identity (its default)",
+    )
+    parallel_ok = [name for name, c in PLACEMENTS.items() if c.parallel]
+    need(
+        str(m.block) != "parallel" or Block.parallel,
+        f"model.block=parallel is defined for pre-norm style placements only "
+        f"({', '.join(parallel_ok)}), not norm={placement}; use model.block=sequential",
+    )
+    need(
+        kind != "batchnorm" or cfg.train.batch_size >= 2,
+        "norm.kind=batchnorm takes statistics over the batch; train.batch_size must be >= 2 "
+        f"(got {cfg.train.batch_size})",
+    )
+    need(
+        not m.qk_norm or m.context >= 2,
+        "model.qk_norm=true needs model.context >= 2 (its scale starts at log2(T^2 - T))",
+    )
+    options = {k: n[k] for k in Block.options}
+    constants = Block.constants(cfg.depth, **options)
+    need(
+        not n.constants or OmegaConf.to_container(n.constants) == constants,
+        f"norm.constants are derived from depth and the placement's options "
+        f"({constants}); remove the override",
+    )
+    n.constants = constants
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

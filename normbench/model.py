@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.norm import PLACEMENTS, make_norm
+from normbench.norm.kinds import upcast
 
 
 class ResidualProjection(nn.Linear):
@@ -26,13 +27,47 @@ class ResidualProjection(nn.Linear):
     """
 
 
+class FusedQKV(nn.Linear):
+    """[W_q; W_k; W_v] stacked in one d -> 3d layer; `slices()` gives each d x d weight."""
+
+    def slices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.weight.chunk(3, dim=0)  # views: initializing them writes into the weight
+
+
+class QKNorm(nn.Module):
+    """QKNorm (2010.04245): q and k L2-normalized per head, logits g * (q . k) with no 1/sqrt(d).
+
+    One learned scalar g per attention layer, initialised to log2(T^2 - T) for training
+    sequences of length T (the paper's g0; T = model.context here).
+    """
+
+    def __init__(self, context: int):
+        super().__init__()
+        self.g = nn.Parameter(torch.tensor(math.log2(context**2 - context)))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k normalized (in float32, cast back), q times g; attend with scale 1."""
+        qn = F.normalize(upcast(q), dim=-1) * self.g
+        kn = F.normalize(upcast(k), dim=-1)
+        return qn.to(q.dtype), kn.to(k.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     """A(x): multi-head causal self-attention with a fused qkv projection and W_o."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float, bias: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        bias: bool = True,
+        qk_norm: bool = False,
+        context: int = 2,
+    ):
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)  # rows: [W_q; W_k; W_v]
+        self.qkv = FusedQKV(d_model, 3 * d_model, bias=bias)
+        self.qk_norm = QKNorm(context) if qk_norm else None
         self.proj = ResidualProjection(d_model, d_model, bias=bias)  # W_o
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -41,8 +76,12 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        scale = None  # SDPA's default 1/sqrt(head_dim)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
+            scale = 1.0
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -62,13 +101,20 @@ class MLP(nn.Module):
 
 
 class GPT(nn.Module):
+    """Embeddings, `depth` blocks of the chosen placement, the final norm, the tied LM head.
+
+    `norm_options` holds the kind's eps / bias / alpha0 (absent or None: the kind's default);
+    `placement_options` the placement's own options (norm.mix_ratio, norm.dual_scale).
+    """
+
     def __init__(
         self,
         *,
         depth: int,
         placement: str,
         norm_kind: str,
-        norm_eps: float,
+        norm_options: dict[str, Any] | None = None,
+        placement_options: dict[str, Any] | None = None,
         vocab_size: int = 50304,
         context: int = 256,
         d_model: int = 256,
@@ -76,63 +122,80 @@ class GPT(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         init: str = "gpt2",
+        block: str = "sequential",
+        qk_norm: bool = False,
     ):
         super().__init__()
+        if block not in ("sequential", "parallel"):
+            raise ValueError(f"unknown block type {block!r}")
         self.depth, self.context = depth, context
         Block = PLACEMENTS[placement]
-        norm = partial(make_norm, norm_kind, d_model, norm_eps)
+        self.constants = Block.constants(depth, **(placement_options or {}))
+        norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
         self.wte = nn.Embedding(vocab_size, d_model)
         self.wpe = nn.Embedding(context, d_model)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(
-                attn=CausalSelfAttention(d_model, n_heads, dropout, bias),
+                attn=CausalSelfAttention(d_model, n_heads, dropout, bias, qk_norm, context),
                 mlp=MLP(d_model, dropout, bias),
                 norm=norm,
                 layer=layer,
                 depth=depth,
+                d_model=d_model,
+                parallel=block == "parallel",
+                **self.constants,
             )
             for layer in range(1, depth + 1)
         )
         self.norm_f = norm() if Block.final_norm else nn.Identity()
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
-        self.init_weights(init)
+        self.init_weights(init, depth_scaled=Block.depth_scaled_init)
+        for b in self.blocks:
+            b.init_placement_()
 
     @classmethod
     def from_config(cls, cfg: Any) -> GPT:
         """Build from the composed config (`depth`, `norm.*`, `model.*`)."""
-        m = cfg.model
+        m, n = cfg.model, cfg.norm
+        Block = PLACEMENTS[str(n.name)]
         return cls(
             depth=cfg.depth,
-            placement=str(cfg.norm.name.value),
-            norm_kind=str(cfg.norm.kind.value),
-            norm_eps=cfg.norm.eps,
+            placement=str(n.name),
+            norm_kind=str(n.kind),
+            norm_options={k: n[k] for k in ("eps", "bias", "alpha0")},
+            placement_options={k: n[k] for k in Block.options},
             vocab_size=m.vocab_size,
             context=m.context,
             d_model=m.d_model,
             n_heads=m.n_heads,
             dropout=m.dropout,
             bias=m.bias,
-            init=str(m.init.value),
+            init=str(m.init),
+            block=str(m.block),
+            qk_norm=m.qk_norm,
         )
 
     @torch.no_grad()
-    def init_weights(self, scheme: str) -> None:
-        """gpt2: N(0, 0.02), residual projections N(0, 0.02/sqrt(2N)); xavier: Xavier-uniform.
+    def init_weights(self, scheme: str, depth_scaled: bool = True) -> None:
+        """gpt2: N(0, 0.02), residual projections N(0, 0.02/sqrt(2N)) when `depth_scaled`;
+        xavier: Xavier-uniform linear weights (W_q, W_k, W_v each as its own d x d matrix).
 
-        Embeddings are N(0, 0.02) under both; the LM head shares the token embedding.
-        Norm parameters keep their own initialization (gain 1, bias 0).
+        Embeddings are N(0, 0.02) under both; the LM head shares the token embedding. Norm
+        parameters and placement parameters keep their own initialization.
         """
         std = 0.02
         for module in self.modules():
             if isinstance(module, nn.Linear) and module is not self.lm_head:
                 if scheme == "gpt2":
-                    scale = 1 / math.sqrt(2 * self.depth)
+                    scale = 1 / math.sqrt(2 * self.depth) if depth_scaled else 1.0
                     is_residual = isinstance(module, ResidualProjection)
                     nn.init.normal_(module.weight, 0.0, std * scale if is_residual else std)
                 elif scheme == "xavier":
-                    nn.init.xavier_uniform_(module.weight)
+                    parts = module.slices() if isinstance(module, FusedQKV) else [module.weight]
+                    for w in parts:
+                        nn.init.xavier_uniform_(w)
                 else:
                     raise ValueError(f"unknown init scheme {scheme!r}")
                 if module.bias is not None:
@@ -153,9 +216,10 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of length {T} exceeds the context {self.context}")
         pos = torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
+        stream = self.blocks[0].enter(x)  # ResiDual: a pair of streams
         for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.norm_f(x))
+            stream = block(stream)
+        logits = self.lm_head(self.blocks[-1].exit(stream, self.norm_f))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

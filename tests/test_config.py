@@ -74,10 +74,65 @@ def test_user_keys_exist_with_these_names():
     assert cfg.logger.backend == "none"
 
 
-def test_rmsnorm_default_eps():
-    cfg = make("norm.kind=rmsnorm")
+@pytest.mark.parametrize(
+    "kind, options",
+    [
+        ("layernorm", {"eps": 1e-5, "bias": True, "alpha0": None}),
+        ("rmsnorm", {"eps": 1e-6, "bias": None, "alpha0": None}),
+        ("scalenorm", {"eps": 1e-5, "bias": None, "alpha0": None}),
+        ("dyt", {"eps": None, "bias": True, "alpha0": 0.5}),
+        ("batchnorm", {"eps": 1e-5, "bias": True, "alpha0": None}),
+        ("identity", {"eps": None, "bias": None, "alpha0": None}),
+    ],
+)
+def test_the_kind_fills_in_its_defaults_and_only_its_options(kind, options):
+    cfg = make(f"norm.kind={kind}")
     validate(cfg)
-    assert cfg.norm.eps == 1e-6
+    assert {k: cfg.norm[k] for k in options} == options
+
+
+def test_every_placement_and_kind_is_a_choice():
+    from normbench.norm import KINDS, PLACEMENTS
+
+    yamls = {p.stem for p in (config_dir() / "norm").glob("*.yaml")}
+    assert yamls == set(PLACEMENTS)  # one YAML per placement class
+    for placement in sorted(PLACEMENTS):
+        cfg = make(f"norm={placement}")
+        validate(cfg)
+        assert cfg.norm.name == placement
+    assert set(KINDS) == {"layernorm", "rmsnorm", "scalenorm", "dyt", "batchnorm", "identity"}
+
+
+@pytest.mark.parametrize("placement", ["rezero", "none"])
+def test_gated_and_unnormalized_placements_default_to_no_norm(placement):
+    cfg = make(f"norm={placement}")
+    validate(cfg)
+    assert cfg.norm.kind == "identity"
+
+
+def test_depth_constants_are_in_the_config():
+    cfg = make("norm=deepnorm", "depth=48")
+    validate(cfg)
+    assert cfg.norm.constants == pytest.approx({"alpha": 96**0.25, "beta": 384**-0.25})
+    cfg = make("norm=admin", "depth=6")
+    validate(cfg)
+    assert cfg.norm.constants.omega == pytest.approx(2.0170092187)
+    cfg = make("norm=mix", "depth=12", "norm.mix_ratio=0.5")
+    validate(cfg)
+    assert cfg.norm.constants == {"post_blocks": 6}
+    cfg = make("norm=pre")
+    validate(cfg)
+    assert cfg.norm.constants == {}
+    assert to_container(cfg)["norm"]["constants"] == {}
+
+
+def test_options_of_the_model():
+    cfg = make("norm=peri", "model.block=parallel", "model.qk_norm=true", "norm.kind=dyt")
+    validate(cfg)
+    assert cfg.model.block == "parallel" and cfg.model.qk_norm is True
+    cfg = make("norm.kind=dyt", "norm.alpha0=1.0", "norm.bias=false")
+    validate(cfg)
+    assert (cfg.norm.alpha0, cfg.norm.bias) == (1.0, False)
 
 
 def test_experiment_overrides_defaults():
@@ -96,7 +151,11 @@ def test_data_text_and_wikitext2_files():
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["norm=sideways"], "unknown norm 'sideways'; choose one of: post, pre"),
+        (
+            ["norm=sideways"],
+            "unknown norm 'sideways'; choose one of: admin, b2t, deepnorm, lns, mix, none, "
+            "peri, post, pre, reordered, resi_dual, rezero, sandwich",
+        ),
         (["norm.kind=groupnorm"], "norm.kind: Invalid value 'groupnorm', expected one of"),
         (["optim.schedule=step"], "cosine, linear, constant, inverse_sqrt"),
         (["data=imagenet"], "choose one of: text, wikitext2, wikitext2_files"),
@@ -118,6 +177,25 @@ def test_data_text_and_wikitext2_files():
         (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
         (["data=text"], "data.train_path is required"),
         (["logger.mode=sometimes"], "logger.mode must be one of online, offline, disabled"),
+        # combinations of placement, kind and block that make no sense
+        (["norm=post", "model.block=parallel"], "model.block=parallel is defined for pre-norm"),
+        (["norm=deepnorm", "model.block=parallel"], "not norm=deepnorm; use model.block=seq"),
+        (["norm=deepnorm", "norm.kind=identity"], "norm=deepnorm with norm.kind=identity"),
+        (["norm=post", "norm.kind=identity"], "use norm=none for a no-normalization control"),
+        (["norm=rezero", "norm.kind=rmsnorm"], "norm=rezero has no norms, so norm.kind=rms"),
+        (["norm=none", "norm.kind=layernorm"], "leave norm.kind=identity (its default)"),
+        (["norm.alpha0=1.0"], "norm.alpha0 has no meaning for norm.kind=layernorm"),
+        (["norm.kind=rmsnorm", "norm.bias=false"], "norm.bias has no meaning for norm.kind=rms"),
+        (["norm.kind=dyt", "norm.eps=1e-5"], "kind that has it: layernorm, rmsnorm, scalenorm"),
+        (["norm.kind=dyt", "norm.alpha0=0"], "norm.alpha0 must be > 0 (got 0.0)"),
+        (["norm.eps=0"], "norm.eps must be > 0"),
+        (["norm.kind=batchnorm", "train.batch_size=1"], "train.batch_size must be >= 2 (got 1)"),
+        (["norm=mix", "norm.mix_ratio=1.5"], "norm.mix_ratio must be in [0, 1] (got 1.5)"),
+        (["norm=resi_dual", "norm.dual_scale=0"], "norm.dual_scale must be > 0"),
+        (["norm.mix_ratio=0.5"], "unknown key 'norm.mix_ratio'"),  # norm=pre has no split
+        (["model.block=diagonal"], "model.block: Invalid value 'diagonal'"),
+        (["model.qk_norm=true", "model.context=1"], "model.qk_norm=true needs model.context"),
+        (["norm=deepnorm", "norm.constants={alpha:2.0}"], "remove the override"),
     ],
 )
 def test_bad_values_get_one_line_with_the_fix(overrides, expected):

@@ -1,0 +1,41 @@
+"""Small models for the model tests: any placement and kind, built directly (no config)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from normbench.model import GPT
+
+D, H = 32, 4
+# The placements with options of their own need them (the YAML defaults of configs/norm).
+OPTIONS: dict[str, dict[str, Any]] = {"mix": {"mix_ratio": 0.25}, "resi_dual": {"dual_scale": 1.0}}
+
+
+def gpt(placement: str = "pre", kind: str = "layernorm", depth: int = 2, **kw: Any) -> GPT:
+    """A GPT of width 32, 4 heads, vocabulary 128, context 16 unless given."""
+    options = kw.pop("placement_options", OPTIONS.get(placement))
+    return GPT(
+        depth=depth,
+        placement=placement,
+        norm_kind=kind,
+        placement_options=options,
+        vocab_size=kw.pop("vocab_size", 128),
+        context=kw.pop("context", 16),
+        d_model=kw.pop("d_model", D),
+        n_heads=kw.pop("n_heads", H),
+        **kw,
+    )
+
+
+def randomize(module: nn.Module) -> None:
+    """Random values for every parameter, so that no term of an equation is trivially 0 or 1
+    (ReZero's a, Admin's omega, norm gains and biases, DyT's alpha)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() <= 1:
+                p.copy_(0.5 + torch.rand_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * 0.2)
