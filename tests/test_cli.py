@@ -59,12 +59,27 @@ def check_run_dir(run_dir: Path, steps: int = 6) -> dict:
     return config
 
 
-@pytest.mark.parametrize("placement", ["pre", "post"])
+NORM_RECORDED = {
+    "pre": {"kind": "layernorm", "eps": 1e-5, "bias": True, "alpha0": None, "constants": {}},
+    # DeepNorm at N = 2: alpha = (2N)^(1/4) = sqrt(2), beta = (8N)^(-1/4) = 1/2
+    "deepnorm": {
+        "kind": "rmsnorm",
+        "eps": 1e-6,
+        "bias": None,
+        "alpha0": None,
+        "constants": {"alpha": 2**0.5, "beta": 0.5},
+    },
+}
+
+
+@pytest.mark.parametrize("placement", ["pre", "deepnorm"])
 def test_train_writes_the_run_record(placement, tmp_path, cli_env, text_files):
     run_dir = tmp_path / "run"
+    recorded = dict(NORM_RECORDED[placement])
     args = [
         "train",
         f"norm={placement}",
+        f"norm.kind={recorded['kind']}",
         *TINY,
         *text_data(*text_files),
         "logger=none",
@@ -74,7 +89,9 @@ def test_train_writes_the_run_record(placement, tmp_path, cli_env, text_files):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"run_dir: {run_dir}"
     config = check_run_dir(run_dir)
-    assert config["norm"] == {"name": placement, "kind": "layernorm", "eps": 1e-5}
+    constants = config["norm"].pop("constants")
+    assert constants == pytest.approx(recorded.pop("constants"))
+    assert config["norm"] == {"name": placement, **recorded}
     assert config["depth"] == 2 and config["data"]["train_path"] == str(text_files[0])
     assert "step 6: val/loss" in done.stderr  # plain progress lines when not on a terminal
     assert (run_dir / "train.log").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
@@ -164,6 +181,7 @@ def test_multirun_with_wandb_offline(tmp_path, cli_env, text_files):
         assert {placement, "layernorm", "depth=2"} <= set(run.tags)
         assert run.config["norm"] == placement and run.config["norm_kind"] == "layernorm"
         assert run.config["depth"] == 2 and run.config["lr"] == 0.001
+        assert run.config["block"] == "sequential" and run.config["qk_norm"] is False
         assert run.config["cfg"]["norm"]["name"] == placement  # the full resolved config
         assert run.config["cfg"]["model"]["d_model"] == 32
         assert run.exit_code == 0
@@ -274,7 +292,7 @@ def test_wandb_failure_keeps_the_local_record(tmp_path, cli_env, text_files):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "norm=middle"], "unknown norm 'middle'; choose one of: post, pre"),
+        (["train", "norm=middle"], "unknown norm 'middle'; choose one of: admin, b2t, deep"),
         (["train", "norm.kind=batch"], "norm.kind: Invalid value 'batch', expected one of"),
         (["train", "model.layers=3"], "unknown key 'model.layers'"),
         (["train", "depth=0"], "depth must be >= 1"),
@@ -288,7 +306,11 @@ def test_wandb_failure_keeps_the_local_record(tmp_path, cli_env, text_files):
             "is not a file",
         ),
         (["train", "depth=[1"], "cannot parse override 'depth=[1'"),
-        (["frobnicate"], "unknown command 'frobnicate'; choose one of: train, prepare"),
+        (["train", "norm=post", "model.block=parallel"], "not norm=post; use model.block=seq"),
+        (["train", "norm=deepnorm", "norm.kind=identity"], "use norm=none for a no-norm"),
+        (["train", "-m", "norm=pre,admin", "norm.kind=identity"], "norm=admin with norm.kind"),
+        (["list", "--html"], "list takes no arguments but --markdown"),
+        (["frobnicate"], "unknown command 'frobnicate'; choose one of: train, prepare, list"),
     ],
 )
 def test_bad_input_one_line_no_traceback_nothing_written(
@@ -352,3 +374,24 @@ def test_progress_bar_on_a_terminal(tmp_path, cli_env, text_files):
     bar = next(f for f in frames if "6/6" in f and "loss=" in f)
     assert "tok_s=" in bar and "<" in bar  # elapsed<remaining
     assert proc.stdout.read().decode().strip() == f"run_dir: {tmp_path / 'r'}"
+
+
+def test_list_prints_the_catalogue_and_the_readme_embeds_it(tmp_path, cli_env):
+    """`normbench list` names every placement and kind with its paper; the README's tables are
+    `normbench list --markdown` verbatim (regenerate them when this fails)."""
+    from normbench.norm import KINDS, PLACEMENTS
+
+    done = run_cli(["list"], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    entries = [ln.split() for ln in done.stdout.splitlines() if ln[:2] == "  " and ln[2] != " "]
+    rows = {words[0]: words[1] for words in entries}  # name, paper id, description
+    for name, cls in [*PLACEMENTS.items(), *KINDS.items()]:
+        assert rows.get(name) == cls.paper, name
+    markdown = run_cli(["list", "--markdown"], cwd=tmp_path, env=cli_env).stdout
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    begin, end = "<!-- normbench list --markdown -->\n", "<!-- end of normbench list -->"
+    assert begin in readme and end in readme
+    embedded = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert embedded.strip() == markdown.strip()
+    for name in [*PLACEMENTS, *KINDS]:
+        assert f"| `{name}` |" in markdown
