@@ -340,7 +340,8 @@ class MixLN(Block):
 class LNS(Block):
     """x = x + A(Norm(x)/sqrt(l)); x = x + M(Norm(x)/sqrt(l))
 
-    Pre-LN with LayerNorm Scaling. Parallel form: x + A(h) + M(h), h = Norm(x)/sqrt(l). Uses the plain N(0, 0.02) init: the 1/sqrt(l) scaling replaces GPT-2's depth scaling.
+    Pre-LN with LayerNorm Scaling. Parallel form: x + A(h) + M(h), h = Norm(x)/sqrt(l).
+    Uses the plain N(0, 0.02) init: the 1/sqrt(l) scaling replaces GPT-2's depth scaling.
     """
 
     name, paper, final_norm, parallel = "lns", "2502.05795", True, True
