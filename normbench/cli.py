@@ -2,6 +2,7 @@
 
     normbench train [overrides]        train one model (a Hydra job)
     normbench train -m [sweep]         a Hydra multirun: one job per combination
+    normbench probe [overrides]        gradient / hidden-state norms and output change at init
     normbench prepare [overrides]      download and tokenize the data into the cache
     normbench list [--markdown]        the placements and kinds, with their papers
     normbench --help
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 import os
 import signal
 import sys
@@ -36,6 +36,8 @@ Train small GPT language models and compare where the normalization goes.
 
 commands:
   train      train one model; `-m` runs a Hydra multirun sweep over comma-separated values
+  probe      dynamics at initialization, no training: per-layer gradient and hidden-state
+             norms and the output change after one step, across probe.norms x probe.depths
   prepare    download and tokenize the data into the token cache (for offline compute nodes)
   list       the placements (norm=...) and kinds (norm.kind=...), with equations and papers
 
@@ -45,6 +47,7 @@ examples:
   {PROG} train norm=deepnorm norm.kind=rmsnorm depth=24
   {PROG} train data=text data.train_path=train.txt data.val_path=valid.txt
   {PROG} train --cfg job          print the composed config ({PROG} train --help: all groups)
+  {PROG} probe probe.norms=[pre,post] probe.depths=[6,12,24]
   {PROG} prepare data=wikitext2
 
 Bad input exits with status 2 and a one-line message; HYDRA_FULL_ERROR=1 shows tracebacks.
@@ -209,14 +212,15 @@ def preflight(args: Any, config_name: str = "train") -> None:
 def train_task(cfg: DictConfig) -> float:
     """One Hydra job: train, write the run record, log to W&B; return the objective.
 
-    The objective (for sweepers that optimize) is the best validation loss, or ln(vocab),
-    the loss of a uniform guess, when the run diverged or failed: a finite penalty.
+    The objective (for sweepers that optimize) is the best validation loss, or for a run
+    that diverged a finite penalty worse than any completed run (`divergence.objective`).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from normbench.config import to_container, validate
     from normbench.data import load_tokens
+    from normbench.divergence import objective
     from normbench.logger import make_logger
     from normbench.record import RunRecord, new_summary
     from normbench.train import check_data_fits, train
@@ -246,9 +250,11 @@ def train_task(cfg: DictConfig) -> float:
         status = summary["status"]
         if status == "diverged":
             log.info(
-                "diverged at step %s (%s)",
+                "diverged at step %s (%s: %s); events in %s",
                 summary["diverged_at_step"],
                 summary["divergence_reason"],
+                summary["divergence_detail"],
+                run_dir / "events.jsonl",
             )
         elif status == "completed":
             log.info(
@@ -258,15 +264,14 @@ def train_task(cfg: DictConfig) -> float:
                 summary["wall_s"],
             )
         print(f"run_dir: {run_dir}", flush=True)
-    best = summary.get("best_val_loss")
-    return best if status == "completed" and best is not None else math.log(50257)
+    return objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
 
 
-def _hydra_args(argv: list[str]) -> tuple[Any, Any]:
+def _hydra_args(argv: list[str], command: str = "train") -> tuple[Any, Any]:
     from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
-    parser.prog = f"{PROG} train"
+    parser.prog = f"{PROG} {command}"
     return parser, parser.parse_args(argv)
 
 
@@ -309,6 +314,128 @@ def cmd_prepare(argv: list[str]) -> None:
         )
 
 
+def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
+    """The probe's base config and one validated config per placement x depth of
+    probe.norms x probe.depths (each as `train norm=<p> depth=<N>` with the same overrides)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from normbench.config import validate, validate_probe
+
+    loader = _loader(args)
+
+    def compose(overrides: list[str]) -> DictConfig:
+        cfg = loader.load_configuration("probe", overrides, run_mode=RunMode.RUN)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate(cfg)
+        return cfg
+
+    overrides = list(args.overrides)
+    base = compose(overrides)
+    validate_probe(base)
+    p = base.probe
+    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
+    for key, listed in (("norm", p.norms), ("depth", p.depths)):
+        if listed and key in given:
+            raise NormbenchError(
+                f"{key}=... and probe.{key}s=[...] both choose the {key}; give only one"
+            )
+    norms = [str(n) for n in p.norms] if p.norms else [str(base.norm.name)]
+    depths = list(p.depths) if p.depths else [base.depth]
+    jobs = [compose([*overrides, f"norm={n}", f"depth={d}"]) for n in norms for d in depths]
+    return base, jobs
+
+
+def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
+    """The Hydra job of `normbench probe`: probe every config, write tables and figures."""
+    import yaml
+    from hydra.core.hydra_config import HydraConfig
+
+    from normbench.config import to_container, validate
+    from normbench.data import load_tokens
+    from normbench.probe import run_probe, write_outputs
+    from normbench.record import write_atomic
+    from normbench.train import resolve_device
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    validate(cfg)
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(to_container(cfg), sort_keys=False))
+    tokens: dict[str, Any] = {}
+
+    def tokens_for(job: DictConfig) -> Any:
+        key = OmegaConf.to_yaml(job.data, resolve=True)
+        if key not in tokens:
+            tokens[key] = load_tokens(job.data)
+        return tokens[key]
+
+    p = cfg.probe
+    seeds = list(p.seeds) if p.seeds else [cfg.seed]
+    table = run_probe(
+        jobs,
+        tokens_for,
+        seeds=seeds,
+        batches=p.batches,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        device=resolve_device(str(cfg.device.value)),
+    )
+    settings = {
+        "norms": sorted(
+            {str(j.norm.name) for j in jobs}, key=[str(j.norm.name) for j in jobs].index
+        ),
+        "depths": sorted({j.depth for j in jobs}),
+        "seeds": seeds,
+        "batches": p.batches,
+        "batch_size": p.batch_size,
+        "context": cfg.model.context,
+        "lr": p.lr,
+        "precision": "fp32",
+        "data": str(cfg.data.label),
+    }
+    write_outputs(run_dir, table, settings)
+    log.info("probe: tables in %s, figures %s", run_dir / "probe.md", run_dir / "probe.png")
+    print(f"run_dir: {run_dir}", flush=True)
+
+
+def cmd_probe(argv: list[str]) -> None:
+    """Dynamics at initialization over probe.norms x probe.depths, in one run directory."""
+    from functools import partial
+
+    from hydra._internal.utils import _run_hydra
+
+    from normbench.config import register_configs
+    from normbench.data import load_tokens
+    from normbench.train import check_data_fits
+
+    register_configs()
+    parser, args = _hydra_args(argv, "probe")
+    if args.multirun:
+        raise NormbenchError(
+            "probe takes lists instead of -m: probe.norms=[pre,post] probe.depths=[6,12,24] "
+            "probe.seeds=[0,1]"
+        )
+    if args.config_name not in (None, "probe"):
+        raise NormbenchError("probe uses its own config (configs/probe.yaml); drop --config-name")
+    informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+    jobs: list[DictConfig] = []
+    if not informational:
+        _, jobs = probe_jobs(args)
+        checked: dict[str, Any] = {}
+        for job in jobs:
+            key = OmegaConf.to_yaml(job.data, resolve=True)
+            if key not in checked:
+                checked[key] = load_tokens(job.data)
+            check_data_fits(checked[key], job.model.context)
+    _run_hydra(
+        args=args,
+        args_parser=parser,
+        task_function=partial(probe_task, jobs=jobs),
+        config_path=str(config_dir()),
+        config_name="probe",
+    )
+
+
 def cmd_list(argv: list[str]) -> None:
     """Print the placements and kinds, generated from the code (`--markdown`: as tables)."""
     from normbench.norm.catalog import catalogue_markdown, catalogue_text
@@ -318,7 +445,7 @@ def cmd_list(argv: list[str]) -> None:
     print(catalogue_markdown() if argv else catalogue_text(), end="")
 
 
-COMMANDS = {"train": cmd_train, "prepare": cmd_prepare, "list": cmd_list}
+COMMANDS = {"train": cmd_train, "probe": cmd_probe, "prepare": cmd_prepare, "list": cmd_list}
 
 
 class Terminated(BaseException):

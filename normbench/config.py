@@ -181,6 +181,66 @@ class NoLoggerConfig:
     backend: str = "none"
 
 
+# stop: end the run as `diverged` at the first event; continue: record the event, train on.
+# (Functional form: `continue` is a keyword.)
+Action = Choice("Action", {"stop": "stop", "continue": "continue"})
+
+
+@dataclass
+class SpikeConfig:
+    enabled: bool = MISSING
+    rel_margin: Optional[float] = MISSING
+    abs_margin: Optional[float] = MISSING
+    patience: int = MISSING
+    ema: float = MISSING
+
+
+@dataclass
+class GradExplosionConfig:
+    enabled: bool = MISSING
+    factor: float = MISSING
+    window: int = MISSING
+    min_steps: int = MISSING
+    patience: int = MISSING
+
+
+@dataclass
+class StagnationConfig:
+    enabled: bool = MISSING
+    rel: float = MISSING
+    after: float = MISSING
+    min_steps: int = MISSING
+    window: int = MISSING
+
+
+@dataclass
+class DivergenceConfig:
+    action: Action = MISSING
+    history: int = MISSING
+    penalty: float = MISSING
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    grad_explosion: GradExplosionConfig = field(default_factory=GradExplosionConfig)
+    stagnation: StagnationConfig = field(default_factory=StagnationConfig)
+
+
+@dataclass
+class DiagConfig:
+    every: int = MISSING
+    per_param: bool = MISSING
+
+
+@dataclass
+class ProbeConfig:
+    """`normbench probe` only (configs/probe.yaml); null lists mean the selected norm/depth/seed."""
+
+    norms: Optional[list[Placement]] = MISSING
+    depths: Optional[list[int]] = MISSING
+    seeds: Optional[list[int]] = MISSING
+    batches: int = MISSING
+    batch_size: int = MISSING
+    lr: Optional[float] = MISSING
+
+
 @dataclass
 class NormbenchConfig:
     depth: int = MISSING
@@ -193,6 +253,9 @@ class NormbenchConfig:
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     data: Any = MISSING  # HubDataConfig or TextDataConfig, chosen by `data=...`
     logger: Any = MISSING  # WandbConfig or NoLoggerConfig, chosen by `logger=...`
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
+    probe: Any = None  # ProbeConfig under `normbench probe`; null under `normbench train`
 
 
 def register_configs() -> None:
@@ -213,6 +276,9 @@ def register_configs() -> None:
     cs.store(name="files_schema", node=WikitextFilesConfig)
     cs.store(name="wandb_schema", node=WandbConfig)
     cs.store(name="none_schema", node=NoLoggerConfig)
+    cs.store(name="divergence_schema", node=DivergenceConfig)
+    cs.store(name="diag_schema", node=DiagConfig)
+    cs.store(name="probe_schema", node=ProbeConfig)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -265,9 +331,67 @@ def validate(cfg: DictConfig) -> None:
         f"train.eval_batch_size must be >= 1 (got {t.eval_batch_size})",
     )
     validate_norm(cfg)
+    validate_divergence(cfg)
+    need(cfg.diag.every >= 0, f"diag.every must be >= 0, 0 turns it off (got {cfg.diag.every})")
     if cfg.logger.backend == "wandb" and cfg.logger.mode is not None:
         modes = ("online", "offline", "disabled")
         need(cfg.logger.mode in modes, f"logger.mode must be one of {', '.join(modes)} or null")
+
+
+def validate_divergence(cfg: DictConfig) -> None:
+    """The detectors' settings: each threshold in its range, with the key to change."""
+    d = cfg.divergence
+    s, g, st = d.spike, d.grad_explosion, d.stagnation
+    checks = [
+        (d.history >= 0, f"divergence.history must be >= 0, 0 keeps none (got {d.history})"),
+        (
+            math.isfinite(d.penalty) and d.penalty > 0,
+            f"divergence.penalty must be a finite number > 0 (got {d.penalty})",
+        ),
+        (
+            s.rel_margin is not None or s.abs_margin is not None or not s.enabled,
+            "divergence.spike needs rel_margin or abs_margin (or divergence.spike.enabled=false)",
+        ),
+        (
+            (s.rel_margin is None or s.rel_margin > 0)
+            and (s.abs_margin is None or s.abs_margin > 0),
+            "divergence.spike.rel_margin and abs_margin must be > 0 (or null: unused)",
+        ),
+        (s.patience >= 1, f"divergence.spike.patience must be >= 1 (got {s.patience})"),
+        (0 <= s.ema < 1, f"divergence.spike.ema must be in [0, 1) (got {s.ema})"),
+        (g.factor > 1, f"divergence.grad_explosion.factor must be > 1 (got {g.factor})"),
+        (g.window >= 1, f"divergence.grad_explosion.window must be >= 1 (got {g.window})"),
+        (
+            1 <= g.min_steps,
+            f"divergence.grad_explosion.min_steps must be >= 1 (got {g.min_steps})",
+        ),
+        (g.patience >= 1, f"divergence.grad_explosion.patience must be >= 1 (got {g.patience})"),
+        (0 < st.rel < 1, f"divergence.stagnation.rel must be in (0, 1) (got {st.rel})"),
+        (0 <= st.after <= 1, f"divergence.stagnation.after must be in [0, 1] (got {st.after})"),
+        (st.min_steps >= 1, f"divergence.stagnation.min_steps must be >= 1 (got {st.min_steps})"),
+        (st.window >= 1, f"divergence.stagnation.window must be >= 1 (got {st.window})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def validate_probe(cfg: DictConfig) -> None:
+    """`normbench probe`'s settings (the model, data and norm are checked by `validate`)."""
+    p = cfg.probe
+    checks = [
+        (p.batches >= 1, f"probe.batches must be >= 1 (got {p.batches})"),
+        (p.batch_size >= 1, f"probe.batch_size must be >= 1 (got {p.batch_size})"),
+        (p.lr is None or p.lr > 0, f"probe.lr must be > 0 or null (got {p.lr})"),
+        (not p.norms or len(set(p.norms)) == len(p.norms), "probe.norms lists a placement twice"),
+        (p.depths is None or all(d >= 1 for d in p.depths), "probe.depths must all be >= 1"),
+        (p.norms is None or len(p.norms) > 0, "probe.norms is empty; give placements or null"),
+        (p.depths is None or len(p.depths) > 0, "probe.depths is empty; give depths or null"),
+        (p.seeds is None or len(p.seeds) > 0, "probe.seeds is empty; give seeds or null"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def validate_norm(cfg: DictConfig) -> None:

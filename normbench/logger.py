@@ -80,7 +80,20 @@ class WandbLogger:
                 reinit="finish_previous",
             )
             self.run.define_metric("step")
-            for pattern in ("train/*", "val/*", "lr", "grad_norm", "tokens", "tokens_per_s"):
+            for pattern in (
+                "train/*",
+                "val/*",
+                "lr",
+                "grad_norm",
+                "tokens",
+                "tokens_per_s",
+                "grad_norm/*",
+                "resid_rms/*",
+                "resid_max/*",
+                "update_ratio/*",
+                "attn_entropy/*",
+                "events/*",
+            ):
                 self.run.define_metric(pattern, step_metric="step")
             self.run.define_metric("val/loss", step_metric="step", summary="min,last")
             if (mode or os.environ.get("WANDB_MODE")) in ("offline", "dryrun"):

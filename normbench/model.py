@@ -71,19 +71,37 @@ class CausalSelfAttention(nn.Module):
         self.proj = ResidualProjection(d_model, d_model, bias=bias)  # W_o
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """q, k, v as (B, heads, T, head_dim), and the logit scale (1 with QKNorm)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, heads, T, head_dim)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        scale = None  # SDPA's default 1/sqrt(head_dim)
+        scale = 1 / math.sqrt(C // self.n_heads)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
             scale = 1.0
+        return q, k, v, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v, scale = self.heads(x)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
+
+    @torch.no_grad()
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale + causal mask) as (B, heads, T, T), in float32.
+
+        SDPA never materializes these weights; the diagnostics (attention entropy) compute
+        them here from the same q and k.
+        """
+        q, k, _, scale = self.heads(x)
+        logits = (upcast(q) @ upcast(k).transpose(-2, -1)) * scale
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return logits.masked_fill(~causal, -math.inf).softmax(dim=-1)
 
 
 class MLP(nn.Module):

@@ -1,4 +1,4 @@
-"""The local run record: config.yaml, metrics.jsonl and summary.json in the run directory.
+"""The local run record: config.yaml, metrics.jsonl, events.jsonl and summary.json.
 
 The record is written independently of W&B, so a tracking failure never loses it.
 """
@@ -24,20 +24,33 @@ SUMMARY_KEYS = (
     "tokens_per_s",
     "wall_s",
     "n_params",
+    "diverged",
     "diverged_at_step",
     "divergence_reason",
+    "divergence_detail",
+    "events",
+    "diag",
 )
 
 
 def new_summary() -> dict[str, Any]:
     """Every summary key, unknown so far; the status stays `failed` unless training ends."""
-    return {key: None for key in SUMMARY_KEYS} | {"status": "failed"}
+    return {key: None for key in SUMMARY_KEYS} | {
+        "status": "failed",
+        "diverged": False,
+        "events": 0,
+        "diag": {},
+    }
 
 
 def _jsonable(value: Any) -> Any:
     """Non-finite floats become null (JSON has no NaN), so every line stays valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
     return value
 
 
@@ -53,19 +66,26 @@ class RunRecord:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_atomic(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def log(self, row: dict[str, Any]) -> None:
         """One JSON object per line; flushed so a crash keeps every logged step."""
-        self._metrics.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+        self._metrics.write(json.dumps(_jsonable(row)) + "\n")
         self._metrics.flush()
+
+    def event(self, event: dict[str, Any]) -> None:
+        """One divergence event per line of events.jsonl (the file exists even with none)."""
+        self._events.write(json.dumps(_jsonable(event)) + "\n")
+        self._events.flush()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         assert summary.get("status") in STATUSES, summary.get("status")
-        clean = {k: _jsonable(v) for k, v in summary.items()}
+        clean = _jsonable(summary)
         write_atomic(self.dir / "summary.json", json.dumps(clean, indent=2) + "\n")
 
     def close(self) -> None:
         self._metrics.close()
+        self._events.close()

@@ -1,8 +1,10 @@
 """The training loop (`train.*`): AdamW on random windows, full validation, run record.
 
 The loop knows nothing of placements: it builds `GPT.from_config(cfg)` and trains it.
-A non-finite loss or gradient norm is a result, not a crash: the run ends with status
-`diverged`, the step and the reason.
+Divergence is a result, not a crash: the detectors of `divergence.*` (normbench/divergence.py)
+turn it into events, and with `divergence.action=stop` the run ends with status `diverged`,
+the step and the detector. The per-layer diagnostics (normbench/diag.py) are measured on the
+training step itself.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from normbench.data import RandomWindows, TokenSplits, eval_windows
+from normbench.diag import Diagnostics, blame
+from normbench.divergence import DivergenceMonitor, Event
 from normbench.errors import ConfigError
 from normbench.model import GPT
 from normbench.optim import build_optimizer, build_scheduler
@@ -134,12 +139,19 @@ class Progress:
 
 
 def forward_backward(
-    model: GPT, x: torch.Tensor, y: torch.Tensor, precision: str, clip: float
+    model: GPT,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str,
+    clip: float,
+    on_grads: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """Loss of one batch and, when it is finite, the gradients (clipped to `clip`).
 
     Returns the loss and the global gradient norm before clipping (NaN when the loss was
-    not finite and no backward pass ran). The caller decides whether to take the step.
+    not finite and no backward pass ran). `on_grads` runs between the backward pass and the
+    clipping (the diagnostics read the raw gradients there). The caller decides whether to
+    take the step.
     """
     with autocast(x.device, precision):
         _, loss = model(x, y)
@@ -147,17 +159,10 @@ def forward_backward(
     if math.isfinite(loss_value):
         model.zero_grad(set_to_none=True)
         loss.backward()
+        if on_grads is not None:
+            on_grads()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
     return loss_value, grad_norm
-
-
-def divergence_reason(loss: float, grad_norm: float) -> str | None:
-    """Why a step counts as diverged, or None: a non-finite loss, then gradient norm."""
-    if not math.isfinite(loss):
-        return "non-finite loss"
-    if not math.isfinite(grad_norm):
-        return "non-finite gradient norm"
-    return None
 
 
 def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict[str, Any]) -> None:
@@ -210,25 +215,79 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
             summary["best_val_loss"] = val_loss
         progress.write(f"step {step}: val/loss {val_loss:.4f}, val/ppl {ppl:,.2f}")
 
+    def report(event: Event, stats: dict[str, Any]) -> None:
+        """A divergence event: to events.jsonl (with the ring buffer), W&B, the summary."""
+        history = diag.recent()
+        culprit = blame(history)
+        record.event(
+            {
+                "step": event.step,
+                "tokens": event.step * tokens_per_step,
+                "kind": event.kind,
+                "value": event.value,
+                "threshold": event.threshold,
+                "message": event.message,
+                "action": "stop" if monitor.stops([event]) else "continue",
+                **event.detail,
+                "blame": culprit,
+                "layers": stats,
+                "history": history,
+            }
+        )
+        logger.log({"step": event.step, f"events/{event.kind}": 1})
+        if not summary["diverged"]:
+            summary.update(
+                diverged=True,
+                diverged_at_step=event.step,
+                divergence_reason=event.kind,
+                divergence_detail=event.message,
+            )
+        summary["events"] += 1
+        where = ""
+        if event.kind == "stagnation":  # nothing blew up: no layer to name
+            pass
+        elif culprit["first_nonfinite"]:
+            where = f"; first non-finite: {culprit['first_nonfinite']['key']}"
+        elif culprit["largest_growth"]:
+            top = culprit["largest_growth"][0]
+            where = f"; largest growth: {top['key']} x{top['ratio']:.3g}"
+        progress.write(f"step {event.step}: divergence event {event.reason}{where}")
+
     progress = Progress(t.max_steps)
+    monitor = DivergenceMonitor(
+        cfg.divergence, max_steps=t.max_steps, vocab_size=cfg.model.vocab_size
+    )
+    diag = Diagnostics(
+        model, every=cfg.diag.every, per_param=cfg.diag.per_param, history=cfg.divergence.history
+    )
     train_time, interval_time, interval_losses = 0.0, 0.0, []
+    stopped = False
     model.train()
     try:
         for step in range(1, t.max_steps + 1):
             tic = time.perf_counter()
             x, y = batches.next(device)
-            loss_value, grad_norm = forward_backward(model, x, y, precision, clip)
-            reason = divergence_reason(loss_value, grad_norm)
-            if reason is not None:  # stop before the update that would spread the NaN/inf
+            with diag.watch(step):
+                loss_value, grad_norm = forward_backward(
+                    model, x, y, precision, clip, on_grads=diag.on_grads
+                )
+            stats = diag.step_stats(loss_value, grad_norm)
+            events = monitor.check(step, loss_value, grad_norm)
+            for event in events:
+                report(event, stats)
+            if monitor.stops(events):  # before the update: the weights stay as they were
                 row = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss_value}
                 record.log(row)
                 logger.log(row)
-                progress.write(f"step {step}: diverged ({reason})")
-                summary.update(diverged_at_step=step, divergence_reason=reason)
+                summary["diag"] = {k: v for k, v in stats.items() if k not in ("loss", "grad_norm")}
+                progress.write(f"step {step}: stopped (divergence.action={cfg.divergence.action})")
+                stopped = True
                 break
             lr = scheduler.get_last_lr()[0]
+            diag.before_update()
             optimizer.step()
             scheduler.step()
+            diag_row = diag.after_update(stats)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - tic
@@ -249,9 +308,14 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
                 logger.log(row)
                 progress.update(step, row, eta_s=train_time / step * (t.max_steps - step))
                 interval_time, interval_losses = 0.0, []
+            if diag_row is not None:
+                row = {"step": step, "tokens": step * tokens_per_step, **diag_row}
+                record.log(row)
+                logger.log(row)
+                summary["diag"] = diag_row
             if step % t.eval_every == 0 or step == t.max_steps:
                 run_eval(step)
-        summary["status"] = "diverged" if summary["diverged_at_step"] else "completed"
+        summary["status"] = "diverged" if stopped else "completed"
     finally:
         progress.close()
         summary["tokens"] = summary["steps"] * tokens_per_step

@@ -129,6 +129,7 @@ def tiny_training(
     ]
 
     def run(*overrides: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The metrics.jsonl rows and the summary; `run.last_dir` holds the run directory."""
         cfg = compose_config(*base, *overrides)
         run_dir = tmp_path_factory.mktemp("run")
         record = RunRecord(run_dir)
@@ -137,7 +138,11 @@ def tiny_training(
         train(cfg, load_tokens(cfg.data), record, NullLogger(), summary)
         record.write_summary(summary)
         record.close()
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines], summary
+        run.last_dir = run_dir
+        return read_jsonl(run_dir / "metrics.jsonl"), summary
 
     return run
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]

@@ -42,6 +42,9 @@ class Block(nn.Module):
     # (DeepNorm's beta, LNS's 1/sqrt(l)) switch it off.
     depth_scaled_init: ClassVar[bool] = True
     options: ClassVar[tuple[str, ...]] = ()  # the placement's own `norm.<option>` keys
+    # Names of the tensors of the residual stream between blocks ("" for a single stream);
+    # the diagnostics report each (ResiDual: the post-norm stream and the dual stream).
+    streams: ClassVar[tuple[str, ...]] = ("",)
 
     def __init__(
         self,
@@ -258,6 +261,7 @@ class ResiDual(Block):
     summary = "ResiDual: a post-norm stream plus a pre-norm-like dual stream, summed at the top"
     normalizes_stream = True
     options = ("dual_scale",)
+    streams = ("", "dual")  # (x_a, x_d)
 
     def __init__(
         self, attn: nn.Module, mlp: nn.Module, norm: NormFactory, *, dual_scale: float, **kw: Any

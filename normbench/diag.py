@@ -1,0 +1,248 @@
+"""Per-layer diagnostics (`diag.*`): the training dynamics that explain a failure.
+
+Two tiers, both measured on the training step itself (no extra forward pass):
+
+- per-layer statistics, cheap enough for every step: the gradient norm of every block and
+  of its sublayers (`grad_norm/block_07/attn`, `.../mlp`, `.../norm` for the block's norm and
+  placement parameters), of the embeddings and the final norm; the RMS and max |value| of the
+  residual stream entering each block and leaving the last one (`resid_rms/block_07`,
+  `resid_max/out`). They fill a ring buffer of the last `divergence.history` steps, written
+  with a divergence event, and are logged every `diag.every` steps;
+- every `diag.every` steps, also: the update-to-weight ratio ||dw|| / ||w|| of each block
+  after the optimizer step (`update_ratio/block_07`), the attention entropy of each layer
+  in nats, averaged over batch, heads and positions (`attn_entropy/block_07`; its collapse
+  precedes divergence, 2303.06296), and with `diag.per_param=true` the gradient norm of every
+  parameter tensor (`grad_norm/param/<name>`).
+
+Gradient norms are taken after the backward pass and before clipping. Blocks are numbered
+from 1, zero-padded (`block_01` ... `block_48`), as in the specification's `l`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from statistics import median
+from typing import Any
+
+import torch
+from torch import nn
+
+from normbench.model import GPT
+
+LAYER_PREFIXES = ("grad_norm/", "resid_rms/", "resid_max/", "update_ratio/", "attn_entropy/")
+
+
+def block_names(depth: int) -> list[str]:
+    width = max(2, len(str(depth)))
+    return [f"block_{layer:0{width}d}" for layer in range(1, depth + 1)]
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of each tensor, in float32, as one vector (one fused kernel where possible)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack([n.float() for n in torch._foreach_norm(tensors)])
+
+
+class Diagnostics:
+    """Hooks and statistics for one model; the training loop calls, per step:
+
+    `with diag.watch(step): forward_backward(..., on_grads=diag.on_grads)`, then
+    `diag.step_stats(...)` (per-layer statistics, also pushed to the ring buffer), then around
+    the optimizer step `diag.before_update()` and `diag.after_update()` (the full row on
+    `diag.every` steps, else None).
+    """
+
+    def __init__(self, model: GPT, *, every: int, per_param: bool, history: int) -> None:
+        self.model, self.every, self.per_param = model, every, per_param
+        self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        self.names = block_names(len(model.blocks))
+        # Parameter groups, by the modules' roles (a block's `attn` and `mlp` are its
+        # sublayers; anything else in a block is a norm or a placement parameter).
+        self.groups: dict[str, list[nn.Parameter]] = {}
+        for name, block in zip(self.names, model.blocks, strict=True):
+            sub = {id(p) for m in (block.attn, block.mlp) for p in m.parameters()}
+            self.groups[f"{name}/attn"] = list(block.attn.parameters())
+            self.groups[f"{name}/mlp"] = list(block.mlp.parameters())
+            rest = [p for p in block.parameters() if id(p) not in sub]
+            if rest:
+                self.groups[f"{name}/norm"] = rest
+        self.groups["embed"] = [model.wte.weight, model.wpe.weight]  # wte is also the LM head
+        final = list(model.norm_f.parameters())
+        if final:
+            self.groups["final_norm"] = final
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.step, self.light, self.full = 0, False, False
+        self.current: dict[str, torch.Tensor] = {}
+        self.before: dict[str, list[torch.Tensor]] = {}
+
+    def is_full(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    # --- during the forward and backward pass -----------------------------------------------
+
+    @contextmanager
+    def watch(self, step: int) -> Iterator[None]:
+        """Hooks on the blocks (and attention, on full steps) for this step's forward pass."""
+        self.step, self.full = step, self.is_full(step)
+        self.light = self.full or self.history.maxlen > 0
+        self.current = {}
+        handles = []
+        if self.light:
+            streams = type(self.model.blocks[0]).streams
+            for name, block in zip(self.names, self.model.blocks, strict=True):
+                handles.append(block.register_forward_pre_hook(self._stream_hook(name, streams)))
+            last = self.model.blocks[-1]
+            handles.append(last.register_forward_hook(self._output_hook("out", streams)))
+        if self.full:
+            for name, block in zip(self.names, self.model.blocks, strict=True):
+                handles.append(block.attn.register_forward_pre_hook(self._entropy_hook(name)))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _record_stream(self, where: str, stream: Any, streams: tuple[str, ...]) -> None:
+        tensors = stream if isinstance(stream, tuple) else (stream,)
+        for suffix, x in zip(streams, tensors, strict=True):
+            key = f"{where}/{suffix}" if suffix else where
+            x = x.detach().float()
+            self.current[f"resid_rms/{key}"] = x.square().mean().sqrt()
+            self.current[f"resid_max/{key}"] = x.abs().max()
+
+    def _stream_hook(self, name: str, streams: tuple[str, ...]) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            self._record_stream(name, args[0], streams)
+
+        return hook
+
+    def _output_hook(self, name: str, streams: tuple[str, ...]) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            self._record_stream(name, output, streams)
+
+        return hook
+
+    def _entropy_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            p = module.attention_probs(args[0].detach())
+            entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # 0 log 0 = 0
+            self.current[f"attn_entropy/{name}"] = entropy.mean()
+
+        return hook
+
+    def on_grads(self) -> None:
+        """After the backward pass, before clipping: gradient norms per block and sublayer."""
+        if not self.light:
+            return
+        keys, grads, index = list(self.groups), [], []
+        for i, key in enumerate(keys):
+            for p in self.groups[key]:
+                if p.grad is not None:
+                    grads.append(p.grad.detach())
+                    index.append(i)
+        norms = _norms(grads)
+        squares = torch.zeros(len(keys), device=norms.device).index_add_(
+            0, torch.tensor(index, device=norms.device), norms.square()
+        )
+        for i, key in enumerate(keys):
+            self.current[f"grad_norm/{key}"] = squares[i].sqrt()
+        for name in self.names:
+            parts = [squares[keys.index(k)] for k in keys if k.startswith(f"{name}/")]
+            self.current[f"grad_norm/{name}"] = torch.stack(parts).sum().sqrt()
+        if self.full and self.per_param:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            for p, n in zip(params, _norms([p.grad.detach() for p in params]), strict=True):
+                self.current[f"grad_norm/param/{self.param_names[id(p)]}"] = n
+
+    # --- after the backward pass --------------------------------------------------------------
+
+    def step_stats(self, loss: float, grad_norm: float) -> dict[str, Any]:
+        """This step's per-layer statistics as numbers (pushed to the ring buffer)."""
+        if not self.light:
+            return {}
+        light = {k: v for k, v in self.current.items() if not k.startswith("grad_norm/param/")}
+        light = {k: v for k, v in light.items() if not k.startswith("attn_entropy/")}
+        values = torch.stack(list(light.values())).tolist() if light else []
+        row = {"step": self.step, "loss": loss, "grad_norm": grad_norm}
+        row |= dict(zip(light, values, strict=True))
+        if self.history.maxlen:
+            self.history.append(row)
+        return row
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The ring buffer: per-layer statistics of the last `divergence.history` steps."""
+        return list(self.history)
+
+    @torch.no_grad()
+    def before_update(self) -> None:
+        """On a full step, keep the weights of each block to measure the update."""
+        self.before = {}
+        if self.full:
+            for name, params in self.update_groups().items():
+                self.before[name] = [p.detach().clone() for p in params]
+
+    def update_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = {
+            name: list(block.parameters())
+            for name, block in zip(self.names, self.model.blocks, strict=True)
+        }
+        groups["embed"] = self.groups["embed"]
+        return groups
+
+    @torch.no_grad()
+    def after_update(self, stats: dict[str, Any]) -> dict[str, Any] | None:
+        """On a full step: the row of every diagnostic (`stats` plus the update ratios,
+        attention entropies and per-parameter norms); otherwise None."""
+        if not self.full:
+            return None
+        extra: dict[str, torch.Tensor] = {}
+        for name, params in self.update_groups().items():
+            old = self.before[name]
+            delta = _norms([p.detach() - o for p, o in zip(params, old, strict=True)])
+            weight = _norms(old)
+            extra[f"update_ratio/{name}"] = (
+                delta.square().sum().sqrt() / weight.square().sum().sqrt()
+            )
+        extra |= {
+            k: v
+            for k, v in self.current.items()
+            if k.startswith(("attn_entropy/", "grad_norm/param/"))
+        }
+        values = torch.stack(list(extra.values())).tolist()
+        self.before = {}
+        row = {k: v for k, v in stats.items() if k not in ("loss", "grad_norm")}
+        return row | dict(zip(extra, values, strict=True))
+
+
+def blame(history: list[dict[str, Any]], top: int = 3) -> dict[str, Any]:
+    """Which layer went first: from the ring buffer (oldest first, the event's step last).
+
+    `first_nonfinite`: the first per-layer statistic to become NaN or infinite (earliest
+    step, then forward order). `largest_growth`: the per-layer statistics whose value at the
+    last step is the largest multiple of their median over the earlier steps.
+    """
+    out: dict[str, Any] = {"first_nonfinite": None, "largest_growth": []}
+    if not history:
+        return out
+    for row in history:
+        for key, value in row.items():
+            if key.startswith(LAYER_PREFIXES) and value is not None and not math.isfinite(value):
+                out["first_nonfinite"] = {"step": row["step"], "key": key}
+                break
+        if out["first_nonfinite"]:
+            break
+    last, earlier = history[-1], history[:-1]
+    growth = []
+    for key, value in last.items():
+        if not key.startswith(LAYER_PREFIXES) or value is None or not math.isfinite(value):
+            continue
+        past = [r[key] for r in earlier if r.get(key) is not None and math.isfinite(r[key])]
+        if past and median(past) > 0:
+            growth.append({"key": key, "ratio": value / median(past)})
+    growth.sort(key=lambda g: -g["ratio"])
+    out["largest_growth"] = growth[:top]
+    return out
