@@ -23,6 +23,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench.errors import NormbenchError
@@ -349,14 +350,13 @@ def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
 
 def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
     """The Hydra job of `normbench probe`: probe every config, write tables and figures."""
-    import yaml
     from hydra.core.hydra_config import HydraConfig
 
     from normbench.config import to_container, validate
     from normbench.data import load_tokens
     from normbench.probe import run_probe, write_outputs
     from normbench.record import write_atomic
-    from normbench.train import resolve_device
+    from normbench.train import resolve_device, tune_cpu_allocator
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     validate(cfg)
@@ -371,6 +371,9 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
 
     p = cfg.probe
     seeds = list(p.seeds) if p.seeds else [cfg.seed]
+    device = resolve_device(str(cfg.device.value))
+    if device.type == "cpu":
+        tune_cpu_allocator()
     table = run_probe(
         jobs,
         tokens_for,
@@ -378,7 +381,7 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
         batches=p.batches,
         batch_size=p.batch_size,
         lr=p.lr,
-        device=resolve_device(str(cfg.device.value)),
+        device=device,
     )
     settings = {
         "norms": sorted(
