@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+from normbench.diag import blame
+
 DETECTORS = ("nonfinite", "spike", "grad_explosion", "stagnation")
 
 
@@ -43,9 +45,39 @@ class Event:
     message: str  # one readable line, e.g. "loss 9.1 > 6.2 (ema 4.8 + 30%) for 5 steps"
     detail: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def reason(self) -> str:
-        return f"{self.kind}: {self.message}"
+    def record(
+        self, *, tokens: int, action: str, layers: dict[str, Any], history: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The line of events.jsonl: the event, the per-layer statistics at its step
+        (`layers`), the ring buffer of the steps before it (`history`, its step last) and
+        which layer went first (`blame`)."""
+        return {
+            "step": self.step,
+            "tokens": tokens,
+            "kind": self.kind,
+            "value": self.value,
+            "threshold": self.threshold,
+            "message": self.message,
+            "action": action,
+            **self.detail,
+            "blame": blame(history),
+            "layers": layers,
+            "history": history,
+        }
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for the console: the detector, what it measured, and the layer to look at."""
+    line = f"{record['kind']}: {record['message']}"
+    culprit = record["blame"]
+    if record["kind"] == "stagnation":  # nothing blew up: no layer to name
+        return line
+    if culprit["first_nonfinite"]:
+        return f"{line}; first non-finite: {culprit['first_nonfinite']['key']}"
+    if culprit["largest_growth"]:
+        top = culprit["largest_growth"][0]
+        return f"{line}; largest growth: {top['key']} x{top['ratio']:.3g}"
+    return line
 
 
 class SpikeDetector:

@@ -22,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from normbench.data import RandomWindows, TokenSplits, eval_windows
-from normbench.diag import Diagnostics, blame
-from normbench.divergence import DivergenceMonitor, Event
+from normbench.diag import Diagnostics
+from normbench.divergence import DivergenceMonitor, Event, describe
 from normbench.errors import ConfigError
 from normbench.model import GPT
 from normbench.optim import build_optimizer, build_scheduler
@@ -217,23 +217,11 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
 
     def report(event: Event, stats: dict[str, Any]) -> None:
         """A divergence event: to events.jsonl (with the ring buffer), W&B, the summary."""
-        history = diag.recent()
-        culprit = blame(history)
-        record.event(
-            {
-                "step": event.step,
-                "tokens": event.step * tokens_per_step,
-                "kind": event.kind,
-                "value": event.value,
-                "threshold": event.threshold,
-                "message": event.message,
-                "action": "stop" if monitor.stops([event]) else "continue",
-                **event.detail,
-                "blame": culprit,
-                "layers": stats,
-                "history": history,
-            }
+        action = "stop" if monitor.stops([event]) else "continue"
+        entry = event.record(
+            tokens=event.step * tokens_per_step, action=action, layers=stats, history=diag.recent()
         )
+        record.event(entry)
         logger.log({"step": event.step, f"events/{event.kind}": 1})
         if not summary["diverged"]:
             summary.update(
@@ -243,15 +231,7 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
                 divergence_detail=event.message,
             )
         summary["events"] += 1
-        where = ""
-        if event.kind == "stagnation":  # nothing blew up: no layer to name
-            pass
-        elif culprit["first_nonfinite"]:
-            where = f"; first non-finite: {culprit['first_nonfinite']['key']}"
-        elif culprit["largest_growth"]:
-            top = culprit["largest_growth"][0]
-            where = f"; largest growth: {top['key']} x{top['ratio']:.3g}"
-        progress.write(f"step {event.step}: divergence event {event.reason}{where}")
+        progress.write(f"step {event.step}: divergence event {describe(entry)}")
 
     progress = Progress(t.max_steps)
     monitor = DivergenceMonitor(

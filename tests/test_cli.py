@@ -163,6 +163,7 @@ def test_multirun_with_wandb_offline(tmp_path, cli_env, text_files):
         "norm=pre,post",
         *TINY,
         *text_data(*text_files),
+        "diag.every=3",
         f"hydra.sweep.dir={sweep}",
     ]
     done = run_cli(args, cwd=tmp_path, env=cli_env)
@@ -194,6 +195,13 @@ def test_multirun_with_wandb_offline(tmp_path, cli_env, text_files):
         assert run.summary["best_val_loss"] == local["best_val_loss"]
         assert run.metrics["val/loss"].step_metric == "step"
         assert [h["step"] for h in run.history if "val/loss" in h] == [3, 6]
+        diag = [h for h in run.history if "grad_norm/block_02/attn" in h]  # per-layer diagnostics
+        assert [h["step"] for h in diag] == [3, 6]
+        assert {"resid_rms/out", "update_ratio/block_01", "attn_entropy/block_02"} <= set(diag[0])
+        assert run.metrics["grad_norm/*"].step_metric == "step"
+        assert (
+            run.summary["diag"]["grad_norm/block_01/mlp"] == local["diag"]["grad_norm/block_01/mlp"]
+        )
         assert "WANDB_API_KEY" not in json.dumps(run.config)
     assert runs[0].id != runs[1].id
     assert len(list(sweep.rglob("run-*.wandb"))) == 2  # one W&B run per job
@@ -282,7 +290,10 @@ def test_wandb_failure_keeps_the_local_record(tmp_path, cli_env, text_files):
         (["train", "norm=deepnorm", "norm.kind=identity"], "use norm=none for a no-norm"),
         (["train", "-m", "norm=pre,admin", "norm.kind=identity"], "norm=admin with norm.kind"),
         (["list", "--html"], "list takes no arguments but --markdown"),
-        (["frobnicate"], "unknown command 'frobnicate'; choose one of: train, probe, prepare, list"),
+        (
+            ["frobnicate"],
+            "unknown command 'frobnicate'; choose one of: train, probe, prepare, list",
+        ),
     ],
 )
 def test_bad_input_one_line_no_traceback_nothing_written(

@@ -79,7 +79,7 @@ class OfflineRun:
             elif k == "history":
                 self.history.append({_key(i): json.loads(i.value_json) for i in r.history.item})
             elif k == "metric":
-                self.metrics[r.metric.name] = r.metric
+                self.metrics[r.metric.name or r.metric.glob_name] = r.metric
             elif k == "exit":
                 self.exit_code = r.exit.exit_code
 
