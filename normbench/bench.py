@@ -33,21 +33,30 @@ from normbench.optim import build_optimizer
 from normbench.train import evaluate, forward_backward, resolve_device, tune_cpu_allocator
 
 
-def measure(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
+def setup(cfg: Any) -> tuple[torch.device, str, GPT, torch.optim.Optimizer, RandomWindows]:
+    """The device, precision, model, optimizer and batches of random tokens of a config.
+
+    Random tokens: the model's speed, without the data pipeline; the step and the evaluation
+    timed are those of `normbench train` (normbench/train.py).
+    """
     device = resolve_device(str(cfg.device.value))
     if device.type == "cpu":
         tune_cpu_allocator()
-    precision = str(cfg.precision.value)
     torch.manual_seed(cfg.seed)
     model = GPT.from_config(cfg).to(device)
     optimizer = build_optimizer(model, cfg.optim, device)
     B, T = cfg.train.batch_size, cfg.model.context
     rng = np.random.default_rng(cfg.seed)
-    # Random tokens: the model's speed, without the data pipeline. The same step and the
-    # same evaluation as `normbench train` (normbench/train.py) are timed.
     train_tokens = rng.integers(0, 50257, size=B * T * 64 + 1).astype(np.uint16)
-    eval_tokens = rng.integers(0, 50257, size=B * T * steps + 1).astype(np.uint16)
     batches = RandomWindows(train_tokens, T, B, seed=cfg.seed)
+    return device, str(cfg.precision.value), model, optimizer, batches
+
+
+def measure(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
+    device, precision, model, optimizer, batches = setup(cfg)
+    B, T = cfg.train.batch_size, cfg.model.context
+    rng = np.random.default_rng(cfg.seed + 1)
+    eval_tokens = rng.integers(0, 50257, size=B * T * steps + 1).astype(np.uint16)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -96,18 +105,7 @@ def measure_diag(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
     the ring buffer (every step in training), a step with the full diagnostics (every
     diag.every steps). The fastest step of each: on a shared machine the slow steps measure
     the neighbours, the fastest what the step itself costs."""
-    device = resolve_device(str(cfg.device.value))
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    precision = str(cfg.precision.value)
-    torch.manual_seed(cfg.seed)
-    model = GPT.from_config(cfg).to(device)
-    optimizer = build_optimizer(model, cfg.optim, device)
-    B, T = cfg.train.batch_size, cfg.model.context
-    rng = np.random.default_rng(cfg.seed)
-    batches = RandomWindows(
-        rng.integers(0, 50257, B * T * 64 + 1).astype(np.uint16), T, B, seed=cfg.seed
-    )
+    device, precision, model, optimizer, batches = setup(cfg)
     modes = {
         "off": Diagnostics(model, every=0, per_param=False, history=0),
         "per-layer": Diagnostics(model, every=0, per_param=False, history=16),

@@ -276,6 +276,13 @@ def plot(run_dir: Path, table: dict[str, Any]) -> list[Path]:
         axes[2].set_title("output change after one AdamW step", fontsize=9)
         return axes
 
+    def save(fig: Any, stem: str) -> list[Path]:
+        paths = [run_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
+        for path in paths:
+            fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return paths
+
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for norm in norms:
         fig = plt.figure(figsize=(13, 3.8), layout="constrained")
@@ -292,11 +299,7 @@ def plot(run_dir: Path, table: dict[str, Any]) -> list[Path]:
             ax.legend(fontsize=8)
         _depth_ticks(axes[2], depths)
         fig.suptitle(f"normbench probe: norm={norm}")
-        for ext in ("png", "svg"):
-            path = run_dir / f"probe_{norm}.{ext}"
-            fig.savefig(path, dpi=120)
-            written.append(path)
-        plt.close(fig)
+        written += save(fig, f"probe_{norm}")
 
     deepest = depths[-1]
     fig = plt.figure(figsize=(13, 3.8), layout="constrained")
@@ -319,9 +322,4 @@ def plot(run_dir: Path, table: dict[str, Any]) -> list[Path]:
         ax.legend(fontsize=8)
     _depth_ticks(axes[2], depths)
     fig.suptitle(f"normbench probe: placements compared (per-layer panels at N = {deepest})")
-    for ext in ("png", "svg"):
-        path = run_dir / f"probe.{ext}"
-        fig.savefig(path, dpi=120)
-        written.append(path)
-    plt.close(fig)
-    return written
+    return written + save(fig, "probe")
