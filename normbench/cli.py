@@ -3,6 +3,7 @@
     normbench train [overrides]        train one model (a Hydra job)
     normbench train -m [sweep]         a Hydra multirun: one job per combination
     normbench probe [overrides]        gradient / hidden-state norms and output change at init
+    normbench compare PATH... [--out]  a report (HTML, tables, figures) from run records
     normbench prepare [overrides]      download and tokenize the data into the cache
     normbench list [--markdown]        the placements and kinds, with their papers
     normbench --help
@@ -39,6 +40,8 @@ commands:
   train      train one model; `-m` runs a Hydra multirun sweep over comma-separated values
   probe      dynamics at initialization, no training: per-layer gradient and hidden-state
              norms and the output change after one step, across probe.norms x probe.depths
+  compare    a report from run records: index.html, summary.csv/.md, loss curves, stability
+             maps (placement x lr x depth), per-layer figures; `compare --help` for options
   prepare    download and tokenize the data into the token cache (for offline compute nodes)
   list       the placements (norm=...) and kinds (norm.kind=...), with equations and papers
 
@@ -49,6 +52,7 @@ examples:
   {PROG} train data=text data.train_path=train.txt data.val_path=valid.txt
   {PROG} train --cfg job          print the composed config ({PROG} train --help: all groups)
   {PROG} probe probe.norms=[pre,post] probe.depths=[6,12,24]
+  {PROG} compare multirun/2026-11-24/10-00-00.000000 --x lr --y depth
   {PROG} prepare data=wikitext2
 
 Bad input exits with status 2 and a one-line message; HYDRA_FULL_ERROR=1 shows tracebacks.
@@ -181,7 +185,7 @@ def job_configs(args: Any, config_name: str) -> list[DictConfig]:
     if mode == RunMode.RUN:
         return [base]
     if not base.hydra.sweeper._target_.endswith("BasicSweeper"):
-        return []
+        return [base]  # the sweeper picks the jobs at run time: check what is fixed
     params = [f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()]
     parser = OverridesParser.create(config_loader=loader)
     parsed = parser.parse_overrides(params + list(args.overrides))
@@ -224,7 +228,7 @@ def train_task(cfg: DictConfig) -> float:
     from normbench.divergence import objective
     from normbench.logger import make_logger
     from normbench.record import RunRecord, new_summary
-    from normbench.train import check_data_fits, train
+    from normbench.train import check_data_fits, configure_threads, train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir).resolve()
@@ -236,6 +240,7 @@ def train_task(cfg: DictConfig) -> float:
     logger = make_logger(cfg, run_dir, group=group, config=config)
     summary = new_summary()
     try:
+        summary["threads"] = configure_threads(cfg.threads, hc.launcher)
         tokens = load_tokens(cfg.data)
         check_data_fits(tokens, cfg.model.context)
         train(cfg, tokens, record, logger, summary)
@@ -245,6 +250,8 @@ def train_task(cfg: DictConfig) -> float:
             (run_dir / "traceback.txt").write_text(traceback.format_exc())
         raise
     finally:
+        summary["objective"] = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
+        summary["wandb"] = logger.info
         record.write_summary(summary)
         record.close()
         logger.finish(summary, failed=summary["status"] == "failed")
@@ -265,7 +272,7 @@ def train_task(cfg: DictConfig) -> float:
                 summary["wall_s"],
             )
         print(f"run_dir: {run_dir}", flush=True)
-    return objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
+    return summary["objective"]
 
 
 def _hydra_args(argv: list[str], command: str = "train") -> tuple[Any, Any]:
@@ -439,6 +446,13 @@ def cmd_probe(argv: list[str]) -> None:
     )
 
 
+def cmd_compare(argv: list[str]) -> None:
+    """A report (HTML, tables, figures) from local run records; see normbench/compare.py."""
+    from normbench.compare import main as compare_main
+
+    compare_main(argv)
+
+
 def cmd_list(argv: list[str]) -> None:
     """Print the placements and kinds, generated from the code (`--markdown`: as tables)."""
     from normbench.norm.catalog import catalogue_markdown, catalogue_text
@@ -448,7 +462,13 @@ def cmd_list(argv: list[str]) -> None:
     print(catalogue_markdown() if argv else catalogue_text(), end="")
 
 
-COMMANDS = {"train": cmd_train, "probe": cmd_probe, "prepare": cmd_prepare, "list": cmd_list}
+COMMANDS = {
+    "train": cmd_train,
+    "probe": cmd_probe,
+    "compare": cmd_compare,
+    "prepare": cmd_prepare,
+    "list": cmd_list,
+}
 
 
 class Terminated(BaseException):

@@ -247,6 +247,7 @@ class NormbenchConfig:
     seed: int = MISSING
     device: Device = MISSING
     precision: Precision = MISSING
+    threads: Optional[int] = MISSING  # torch CPU threads per job; null: see train.yaml
     norm: NormConfig = field(default_factory=NormConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -296,6 +297,10 @@ def validate(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{missing[0]} is required; set {missing[0]}=<value>")
     need(cfg.depth >= 1, f"depth must be >= 1 (got {cfg.depth})")
+    need(
+        cfg.threads is None or cfg.threads >= 1,
+        f"threads must be >= 1, or null for automatic (got {cfg.threads})",
+    )
     need(m.d_model >= 1 and m.n_heads >= 1, "model.d_model and model.n_heads must be >= 1")
     need(
         m.d_model % m.n_heads == 0,

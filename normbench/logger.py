@@ -19,8 +19,27 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 
+def resolve_mode(configured: str | None) -> tuple[str | None, str]:
+    """The mode for wandb.init and why: None lets WANDB_MODE win; without credentials,
+    offline (so that no run ever waits for a login)."""
+    if "WANDB_MODE" in os.environ:
+        return None, ""
+    if configured is None and not wandb_credentials_present():
+        return "offline", "no W&B credentials found, so "
+    return configured, ""
+
+
+def say_offline(mode: str | None, why: str, run: Any) -> None:
+    """Tell the user once how to upload an offline run later."""
+    if (mode or os.environ.get("WANDB_MODE")) in ("offline", "dryrun"):
+        offline_dir = Path(run.dir).parent
+        log.info("W&B: %sthe run is offline; upload it with `wandb sync %s`", why, offline_dir)
+
+
 class NullLogger:
     """logger=none: the local run record only."""
+
+    info = None
 
     def log(self, metrics: dict[str, Any]) -> None:
         pass
@@ -59,14 +78,11 @@ class WandbLogger:
         config: dict[str, Any],
     ) -> None:
         self.run: Any = None
+        self.info: dict[str, Any] | None = None
         try:
             import wandb
 
-            mode, why = None, ""  # None lets WANDB_MODE win
-            if "WANDB_MODE" not in os.environ:
-                mode = logger_cfg.mode
-                if mode is None and not wandb_credentials_present():
-                    mode, why = "offline", "no W&B credentials found, so "
+            mode, why = resolve_mode(logger_cfg.mode)
             self.run = wandb.init(
                 project=logger_cfg.project,
                 entity=logger_cfg.entity,
@@ -96,11 +112,8 @@ class WandbLogger:
             ):
                 self.run.define_metric(pattern, step_metric="step")
             self.run.define_metric("val/loss", step_metric="step", summary="min,last")
-            if (mode or os.environ.get("WANDB_MODE")) in ("offline", "dryrun"):
-                offline_dir = Path(self.run.dir).parent
-                log.info(
-                    "W&B: %sthe run is offline; upload it with `wandb sync %s`", why, offline_dir
-                )
+            self.info = {"project": logger_cfg.project, "group": group, "id": self.run.id}
+            say_offline(mode, why, self.run)
         except Exception as e:
             self._fail("start", e)
 
@@ -162,3 +175,38 @@ def make_logger(cfg: Any, run_dir: Path, *, group: str | None, config: dict[str,
         axes=axes,
         config=config,
     )
+
+
+def log_report(
+    out: Path, runs: list[Any], rows: list[dict[str, Any]], figures: dict[str, Any]
+) -> None:
+    """`normbench compare --wandb`: the report's figures and table in a W&B run of
+    job_type=compare, in the runs' group and project when they share one."""
+    import wandb
+
+    infos = [r.summary.get("wandb") or {} for r in runs]
+    groups = {i.get("group") for i in infos}
+    projects = {i.get("project") for i in infos if i.get("project")}
+    mode, why = resolve_mode(None)
+    with wandb.init(
+        project=projects.pop() if len(projects) == 1 else "normbench",
+        group=groups.pop() if len(groups) == 1 else None,
+        job_type="compare",
+        name=f"compare-{len(runs)}-runs",
+        dir=str(out),
+        mode=mode,
+        config={"runs": [str(r.dir) for r in runs]},
+        reinit="finish_previous",
+    ) as run:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        table = wandb.Table(columns=keys, data=[[row.get(k) for k in keys] for row in rows])
+        images = {
+            f"compare/{kind}/{path.stem}": wandb.Image(str(path))
+            for kind, paths in figures.items()
+            for path in paths
+        }
+        run.log({"compare/summary": table, **images})
+        run.summary.update(
+            {"runs": len(runs), "diverged": sum(r.status == "diverged" for r in runs)}
+        )
+        say_offline(mode, why, run)

@@ -29,7 +29,10 @@ SUMMARY_KEYS = (
     "divergence_reason",
     "divergence_detail",
     "events",
+    "objective",
+    "threads",
     "diag",
+    "wandb",
 )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,24 @@ def tune_cpu_allocator() -> None:
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: do not hand freed memory back at once
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+def configure_threads(requested: int | None, launcher: Any = None) -> int:
+    """Set torch's CPU threads for this job and return how many: `threads`, or by default
+    the cores divided among the jobs that run at once under hydra/launcher=joblib (its
+    n_jobs; -1 means one job per core), so that parallel jobs do not oversubscribe them."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    if requested is None:
+        parallel = 1
+        if launcher is not None and "joblib" in str(launcher.get("_target_", "")).lower():
+            n = int(launcher.get("n_jobs") or 1)
+            parallel = n if n > 0 else max(1, cores + 1 + n)
+        requested = max(1, cores // parallel)
+    torch.set_num_threads(requested)
+    return requested
 
 
 def resolve_device(name: str) -> torch.device:
