@@ -303,3 +303,23 @@ def test_sweep_presets_run_with_one_override(preset, jobs):
     assert {str(c.norm.name) for c in configs} >= {"pre", "post"}
     assert len({(str(c.norm.name), c.depth, c.optim.lr) for c in configs}) > 1
     assert math.isfinite(configs[0].optim.lr)
+
+
+def test_a_crashed_job_does_not_stop_the_others(tmp_path, cli_env, text_files):
+    """Job 0 cannot allocate its embedding (a crash at run time, past every check); job 1
+    still runs. Hydra exits 1 at the end; compare counts the failed run."""
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "model.vocab_size=10000000000000,50304", *TINY,
+            *text_data(*text_files), "logger=none", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1].startswith("normbench: error: RuntimeError:")
+    crashed = json.loads((sweep / "0_pre-d2" / "summary.json").read_text())
+    assert crashed["status"] == "failed" and "allocate" in crashed["error"]
+    finished = json.loads((sweep / "1_pre-d2" / "summary.json").read_text())
+    assert finished["status"] == "completed" and finished["steps"] == 6
+    report = run_cli(["compare", str(sweep)], cwd=tmp_path, env=cli_env)
+    assert report.returncode == 0, report.stderr
+    with open(sweep / "compare" / "summary.csv") as f:
+        rows = {r["model.vocab_size"]: r for r in csv.DictReader(f)}
+    assert rows["10000000000000"]["failed"] == "1" and rows["50304"]["completed"] == "1"
