@@ -169,6 +169,9 @@ def resolve_key(name: str, runs: list[Run]) -> str:
 def varying_keys(runs: list[Run]) -> list[str]:
     """Config keys with more than one value across the runs, in axis order.
 
+    A key missing from some records (written before it existed) is not an axis unless the
+    records that have it differ.
+
     A `norm.*` key whose value follows from the placement or the kind (a kind's eps, a
     placement's own option) is not an axis of its own.
     """
@@ -176,7 +179,9 @@ def varying_keys(runs: list[Run]) -> list[str]:
     order = {k: i for i, k in enumerate(SHORT)}
     keys.sort(key=lambda k: (order.get(k, len(order)), k))
     values = {k: [r.config.get(k) for r in runs] for k in keys}
-    varying = [k for k in keys if len(set(map(repr, values[k]))) > 1]
+    # A key that only some records have (one written by an older normbench) varies only if
+    # the records that have it disagree.
+    varying = [k for k in keys if len({repr(r.config[k]) for r in runs if k in r.config}) > 1]
 
     def follows(key: str, source: str) -> bool:
         seen: dict[str, str] = {}

@@ -106,6 +106,7 @@ class ModelConfig:
     qk_norm: bool = MISSING  # QKNorm (2010.04245): L2-normalized q, k and a learned scale
     vocab_size: int = MISSING  # GPT-2's 50,257 padded to a multiple of 64 (faster matmuls)
     bias: bool = MISSING  # biases in linear layers, as in GPT-2
+    fused_head: bool = MISSING  # LM head + loss fused and chunked (normbench/loss.py)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class OptimConfig:
     betas: list[float] = MISSING
     eps: float = MISSING
     grad_clip: float = MISSING  # max global grad norm; 0 disables clipping
+    fused: Optional[bool] = MISSING  # the fused AdamW kernel; null: where torch has one
 
 
 @dataclass
@@ -127,6 +129,7 @@ class TrainLoopConfig:
     eval_every: int = MISSING
     log_every: int = MISSING
     eval_batch_size: Optional[int] = MISSING  # null: train.batch_size
+    compile: bool = MISSING  # torch.compile the model (compiled once per process, cached)
 
 
 @dataclass

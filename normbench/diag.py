@@ -75,9 +75,12 @@ class Diagnostics:
         if final:
             self.groups["final_norm"] = final
         self.param_names = {id(p): n for n, p in model.named_parameters()}
-        self.step, self.light, self.full = 0, False, False
+        self.step, self.light, self.full, self.recording = 0, False, False, False
         self.current: dict[str, torch.Tensor] = {}
         self.before: dict[str, list[torch.Tensor]] = {}
+        self.handles: list[Any] = []
+        if every > 0 or history > 0:
+            self.attach()
 
     def is_full(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -86,25 +89,32 @@ class Diagnostics:
 
     @contextmanager
     def watch(self, step: int) -> Iterator[None]:
-        """Hooks on the blocks (and attention, on full steps) for this step's forward pass."""
+        """Turn the hooks on for this step's forward pass (and attention's, on full steps)."""
         self.step, self.full = step, self.is_full(step)
         self.light = self.full or self.history.maxlen > 0
         self.current = {}
-        handles = []
-        if self.light:
-            streams = type(self.model.blocks[0]).streams
-            for name, block in zip(self.names, self.model.blocks, strict=True):
-                handles.append(block.register_forward_pre_hook(self._stream_hook(name, streams)))
-            last = self.model.blocks[-1]
-            handles.append(last.register_forward_hook(self._output_hook("out", streams)))
-        if self.full:
-            for name, block in zip(self.names, self.model.blocks, strict=True):
-                handles.append(block.attn.register_forward_pre_hook(self._entropy_hook(name)))
+        self.recording = True
         try:
             yield
         finally:
-            for h in handles:
-                h.remove()
+            self.recording = False  # the hooks stay attached but record nothing
+
+    def attach(self) -> None:
+        """Register the hooks once: on each block (the stream entering it), on the last
+        block's output and on each attention module. They record only inside `watch`, so
+        that a compiled model sees the same hooks at every step."""
+        streams = type(self.model.blocks[0]).streams
+        for name, block in zip(self.names, self.model.blocks, strict=True):
+            self.handles.append(block.register_forward_pre_hook(self._stream_hook(name, streams)))
+            self.handles.append(block.attn.register_forward_pre_hook(self._entropy_hook(name)))
+        last = self.model.blocks[-1]
+        self.handles.append(last.register_forward_hook(self._output_hook("out", streams)))
+
+    def close(self) -> None:
+        """Remove the hooks from the model."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
     def _record_stream(self, where: str, stream: Any, streams: tuple[str, ...]) -> None:
         tensors = stream if isinstance(stream, tuple) else (stream,)
@@ -116,18 +126,22 @@ class Diagnostics:
 
     def _stream_hook(self, name: str, streams: tuple[str, ...]) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            self._record_stream(name, args[0], streams)
+            if self.recording and self.light:
+                self._record_stream(name, args[0], streams)
 
         return hook
 
     def _output_hook(self, name: str, streams: tuple[str, ...]) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            self._record_stream(name, output, streams)
+            if self.recording and self.light:
+                self._record_stream(name, output, streams)
 
         return hook
 
     def _entropy_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not (self.recording and self.full):
+                return
             p = module.attention_probs(args[0].detach())
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # 0 log 0 = 0
             self.current[f"attn_entropy/{name}"] = entropy.mean()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +203,8 @@ def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
             ax.set_xlabel(short(axes.x))
             ax.set_ylabel(short(axes.y))
             count = sum(r.diverged for r in members)
-            ax.set_title(f"{_title(facet_keys, values)}: {count}/{len(members)} diverged")
+            title = f"{_title(facet_keys, values)}: {count}/{len(members)} diverged"
+            ax.set_title(textwrap.fill(title, 36 + 8 * len(xs)))
         for ax in list(grid.flat)[n:]:
             ax.axis("off")
         if image is not None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.loss import linear_cross_entropy
 from normbench.norm import PLACEMENTS, make_norm
 from normbench.norm.kinds import upcast
 
@@ -142,11 +143,12 @@ class GPT(nn.Module):
         init: str = "gpt2",
         block: str = "sequential",
         qk_norm: bool = False,
+        fused_head: bool = True,
     ):
         super().__init__()
         if block not in ("sequential", "parallel"):
             raise ValueError(f"unknown block type {block!r}")
-        self.depth, self.context = depth, context
+        self.depth, self.context, self.fused_head = depth, context, fused_head
         Block = PLACEMENTS[placement]
         self.constants = Block.constants(depth, **(placement_options or {}))
         norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
@@ -193,6 +195,7 @@ class GPT(nn.Module):
             init=str(m.init),
             block=str(m.block),
             qk_norm=m.qk_norm,
+            fused_head=m.fused_head,
         )
 
     @torch.no_grad()
@@ -225,10 +228,8 @@ class GPT(nn.Module):
         """Number of parameters, the tied LM head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, vocab) and, given targets, the mean cross-entropy in float32."""
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The hidden state entering the LM head, (B, T, d)."""
         T = idx.shape[1]
         if T > self.context:
             raise ValueError(f"sequence of length {T} exceeds the context {self.context}")
@@ -237,8 +238,21 @@ class GPT(nn.Module):
         stream = self.blocks[0].enter(x)  # ResiDual: a pair of streams
         for block in self.blocks:
             stream = block(stream)
-        logits = self.lm_head(self.blocks[-1].exit(stream, self.norm_f))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-        return logits, loss
+        return self.blocks[-1].exit(stream, self.norm_f)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Without targets: the logits (B, T, vocab), None. With targets: None, and the
+        cross-entropy (`reduction` mean or sum) in float32, from the fused LM head and loss
+        (normbench/loss.py), which never materializes the (B, T, vocab) logits."""
+        h = self.hidden(idx)
+        if targets is None:
+            return self.lm_head(h), None
+        if not self.fused_head:  # the unfused head (model.fused_head=false), for comparison
+            logits = self.lm_head(h)
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), reduction=reduction
+            )
+            return logits, loss
+        return None, linear_cross_entropy(h, self.lm_head.weight, targets, reduction)

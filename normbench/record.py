@@ -31,6 +31,7 @@ SUMMARY_KEYS = (
     "events",
     "objective",
     "threads",
+    "startup_s",
     "diag",
     "wandb",
 )

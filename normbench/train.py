@@ -67,6 +67,18 @@ def configure_threads(requested: int | None, launcher: Any = None) -> int:
     return requested
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where unknown."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,10 +114,7 @@ def evaluate(
     for x, y in eval_windows(tokens, context, batch_size):
         x, y = x.to(device), y.to(device)
         with autocast(device, precision):
-            logits, _ = model(x)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), y.flatten(), reduction="sum"
-        )
+            _, loss = model(x, y, reduction="sum")
         total += loss.double()
         count += y.numel()
     model.train(was_training)
@@ -198,6 +207,8 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
     context, t = cfg.model.context, cfg.train
     torch.manual_seed(cfg.seed)
     model = GPT.from_config(cfg).to(device)
+    # train.compile: the compiled module runs the steps; hooks and the optimizer see `model`
+    run = torch.compile(model) if t.compile else model
     optimizer = build_optimizer(model, cfg.optim, device)
     scheduler = build_scheduler(optimizer, cfg.optim, t.max_steps)
     batches = RandomWindows(tokens.train, context, t.batch_size, seed=cfg.seed)
@@ -222,7 +233,7 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
     )
 
     def run_eval(step: int) -> None:
-        val_loss = evaluate(model, tokens.val, context, eval_bs, device, precision)
+        val_loss = evaluate(run, tokens.val, context, eval_bs, device, precision)
         ppl = math.exp(val_loss) if val_loss < 700 else math.inf
         row = {"step": step, "tokens": step * tokens_per_step, "val/loss": val_loss, "val/ppl": ppl}
         record.log(row)
@@ -264,11 +275,13 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
     model.train()
     try:
         for step in range(1, t.max_steps + 1):
+            if step == 1:
+                summary["startup_s"] = process_age()  # from the command to the first step
             tic = time.perf_counter()
             x, y = batches.next(device)
             with diag.watch(step):
                 loss_value, grad_norm = forward_backward(
-                    model, x, y, precision, clip, on_grads=diag.on_grads
+                    run, x, y, precision, clip, on_grads=diag.on_grads
                 )
             stats = diag.step_stats(loss_value, grad_norm)
             events = monitor.check(step, loss_value, grad_norm)

@@ -34,6 +34,7 @@ SUMMARY_KEYS = {
     "events",
     "objective",
     "threads",
+    "startup_s",
     "diag",
     "wandb",
 }

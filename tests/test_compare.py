@@ -323,3 +323,17 @@ def test_a_crashed_job_does_not_stop_the_others(tmp_path, cli_env, text_files):
     with open(sweep / "compare" / "summary.csv") as f:
         rows = {r["model.vocab_size"]: r for r in csv.DictReader(f)}
     assert rows["10000000000000"]["failed"] == "1" and rows["50304"]["completed"] == "1"
+
+
+def test_a_key_missing_from_older_records_is_not_an_axis():
+    """Records written before a config key existed do not make it an axis; a key whose
+    values differ among the records that have it does."""
+    from normbench.compare import Run, varying_keys
+
+    def run(name: str, **config) -> Run:
+        return Run(Path(name), {"norm.name": "pre", "optim.lr": 0.1, **config}, {}, [], [])
+
+    old, new = run("a"), run("b", **{"train.compile": False})
+    assert varying_keys([old, new]) == []
+    assert varying_keys([old, new, run("c", **{"train.compile": True})]) == ["train.compile"]
+    assert varying_keys([old, run("d", **{"norm.name": "post"})]) == ["norm.name"]

@@ -277,9 +277,13 @@ def test_loss_is_cross_entropy_of_the_logits():
     torch.manual_seed(0)
     model = gpt()
     idx = torch.randint(0, 128, (2, 9))
-    logits, loss = model(idx[:, :-1], idx[:, 1:])
+    logits, _ = model(idx[:, :-1])
+    none, loss = model(idx[:, :-1], idx[:, 1:])
+    assert none is None  # with targets the logits are never materialized
     expected = F.cross_entropy(logits.reshape(-1, 128), idx[:, 1:].reshape(-1))
     torch.testing.assert_close(loss, expected)
+    summed = model(idx[:, :-1], idx[:, 1:], reduction="sum")[1]
+    torch.testing.assert_close(summed, expected * idx[:, 1:].numel())
     assert abs(loss.item() - math.log(128)) < 0.5  # small init: close to a uniform guess
 
 
