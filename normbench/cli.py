@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from normbench import dist
 from normbench.errors import NormbenchError
 
 log = logging.getLogger("normbench")
@@ -197,7 +198,7 @@ def preflight(args: Any, config_name: str = "train") -> None:
     """Validate every job and make sure its data is tokenized, before any job starts."""
     from normbench.config import validate
     from normbench.data import load_tokens
-    from normbench.train import check_data_fits, resolve_device
+    from normbench.train import check_data_fits, check_global_batch, resolve_device
 
     checked_data: dict[str, Any] = {}
     for cfg in job_configs(args, config_name):
@@ -205,6 +206,7 @@ def preflight(args: Any, config_name: str = "train") -> None:
             del cfg["hydra"]
         validate(cfg)
         resolve_device(str(cfg.device.value))
+        check_global_batch(cfg.train.batch_size)
         key = OmegaConf.to_yaml(cfg.data, resolve=True)
         if key not in checked_data:
             checked_data[key] = load_tokens(cfg.data)
@@ -226,8 +228,8 @@ def train_task(cfg: DictConfig) -> float:
     from normbench.config import to_container, validate
     from normbench.data import load_tokens
     from normbench.divergence import objective
-    from normbench.logger import make_logger
-    from normbench.record import RunRecord, new_summary
+    from normbench.logger import NullLogger, make_logger
+    from normbench.record import NullRecord, RunRecord, new_summary
     from normbench.train import check_data_fits, configure_threads, train
 
     hc = HydraConfig.get()
@@ -235,9 +237,10 @@ def train_task(cfg: DictConfig) -> float:
     group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
     validate(cfg)
     config = to_container(cfg)
-    record = RunRecord(run_dir)
+    main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
+    record = RunRecord(run_dir) if main else NullRecord()
     record.write_config(config)
-    logger = make_logger(cfg, run_dir, group=group, config=config)
+    logger = make_logger(cfg, run_dir, group=group, config=config) if main else NullLogger()
     summary = new_summary()
     try:
         summary["threads"] = configure_threads(cfg.threads, hc.launcher)
@@ -246,7 +249,7 @@ def train_task(cfg: DictConfig) -> float:
         train(cfg, tokens, record, logger, summary)
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
-        if isinstance(e, Exception) and not _is_user_error(e):  # a bug: keep the traceback
+        if main and isinstance(e, Exception) and not _is_user_error(e):  # a bug: keep it
             (run_dir / "traceback.txt").write_text(traceback.format_exc())
         raise
     finally:
@@ -256,7 +259,9 @@ def train_task(cfg: DictConfig) -> float:
         record.close()
         logger.finish(summary, failed=summary["status"] == "failed")
         status = summary["status"]
-        if status == "diverged":
+        if not main:
+            pass
+        elif status == "diverged":
             log.info(
                 "diverged at step %s (%s: %s); events in %s",
                 summary["diverged_at_step"],
@@ -271,7 +276,8 @@ def train_task(cfg: DictConfig) -> float:
                 f"{summary['tokens_per_s']:,.0f}",
                 summary["wall_s"],
             )
-        print(f"run_dir: {run_dir}", flush=True)
+        if main:
+            print(f"run_dir: {run_dir}", flush=True)
     return summary["objective"]
 
 
@@ -292,7 +298,9 @@ def cmd_train(argv: list[str]) -> None:
     parser, args = _hydra_args(argv)
     config_name = args.config_name or "train"
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-    if not informational:
+    if dist.world()[1] > 1 and not informational:
+        join_torchrun(args, config_name)
+    elif not informational:
         preflight(args, config_name)
     _run_hydra(
         args=args,
@@ -301,6 +309,37 @@ def cmd_train(argv: list[str]) -> None:
         config_path=str(config_dir()),
         config_name=config_name,
     )
+
+
+def join_torchrun(args: Any, config_name: str) -> None:
+    """Under torchrun: join the process group; rank 0 checks the job and picks the run
+    directory, which every rank then uses (only rank 0 writes into it)."""
+    from hydra.types import RunMode
+
+    if args.multirun:
+        raise NormbenchError("torchrun runs one job per launch; drop -m (sweep outside torchrun)")
+    dist.init()
+    verdict: tuple[str, str] = ("error", "")
+    if dist.is_main():
+        try:
+            preflight(args, config_name)
+            base = _loader(args).load_configuration(
+                config_name, list(args.overrides), run_mode=RunMode.RUN
+            )
+            verdict = ("ok", str(Path(str(base.hydra.run.dir)).resolve()))
+        except Exception as e:
+            dist.broadcast(("error", ""))
+            raise e
+    verdict = dist.broadcast(verdict)
+    if verdict[0] != "ok":  # rank 0 says what is wrong
+        sys.exit(2)
+    args.overrides = [*args.overrides, f"hydra.run.dir={verdict[1]}"]
+    if not dist.is_main():  # no .hydra folder, no log file: rank 0 writes those
+        args.overrides += [
+            "hydra.output_subdir=null",
+            "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled",
+        ]
 
 
 def cmd_prepare(argv: list[str]) -> None:
@@ -494,6 +533,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         COMMANDS[command](rest)
+        dist.finish()
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Terminated:

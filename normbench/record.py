@@ -65,6 +65,25 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class NullRecord:
+    """The record of a torchrun rank other than 0: rank 0 writes the run's record."""
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        pass
+
+    def log(self, row: dict[str, Any]) -> None:
+        pass
+
+    def event(self, event: dict[str, Any]) -> None:
+        pass
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class RunRecord:
     def __init__(self, run_dir: Path) -> None:
         self.dir = Path(run_dir)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from normbench import dist
 from normbench.data import RandomWindows, TokenSplits, eval_windows
 from normbench.diag import Diagnostics
 from normbench.divergence import DivergenceMonitor, Event, describe
@@ -67,6 +68,16 @@ def configure_threads(requested: int | None, launcher: Any = None) -> int:
     return requested
 
 
+def check_global_batch(batch_size: int) -> None:
+    """Under torchrun, train.batch_size is the global batch: a multiple of the processes."""
+    size = dist.world()[1]
+    if batch_size % size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global batch; it must be a multiple of "
+            f"the {size} processes of torchrun"
+        )
+
+
 def process_age() -> float | None:
     """Seconds since this process started (Linux /proc), or None where unknown."""
     try:
@@ -81,10 +92,10 @@ def process_age() -> float | None:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
-    return torch.device(name)
+    return dist.device(name)
 
 
 def check_data_fits(tokens: TokenSplits, context: int) -> None:
@@ -107,18 +118,23 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def evaluate(
     model: GPT, tokens: Any, context: int, batch_size: int, device: torch.device, precision: str
 ) -> float:
-    """Mean next-token cross-entropy over the whole split (every prediction once)."""
+    """Mean next-token cross-entropy over the whole split (every prediction once; under
+    torchrun each rank takes every N-th batch and the sums are added up)."""
     was_training = model.training
     model.eval()
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
-    for x, y in eval_windows(tokens, context, batch_size):
+    rank, size = dist.world() if dist.active() else (0, 1)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, predictions
+    for i, (x, y) in enumerate(eval_windows(tokens, context, batch_size)):
+        if i % size != rank:
+            continue
         x, y = x.to(device), y.to(device)
         with autocast(device, precision):
             _, loss = model(x, y, reduction="sum")
-        total += loss.double()
-        count += y.numel()
+        sums[0] += loss.double()
+        sums[1] += y.numel()
     model.train(was_training)
-    return (total / count).item()
+    loss_sum, count = dist.total(sums).tolist()
+    return loss_sum / count
 
 
 def _eta(seconds: float) -> str:
@@ -133,7 +149,7 @@ class Progress:
     def __init__(self, total: int) -> None:
         self.total = total
         self.bar: tqdm | None = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and dist.is_main():
             self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def update(self, step: int, row: dict[str, Any], eta_s: float) -> None:
@@ -183,7 +199,8 @@ def forward_backward(
     """
     with autocast(x.device, precision):
         _, loss = model(x, y)
-    loss_value, grad_norm = loss.item(), math.nan
+    # Under torchrun the mean over ranks, so that every rank takes the same decision.
+    loss_value, grad_norm = dist.mean(loss.detach()).item(), math.nan
     if math.isfinite(loss_value):
         model.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,9 +223,12 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
     precision = str(cfg.precision.value)
     context, t = cfg.model.context, cfg.train
     torch.manual_seed(cfg.seed)
+    check_global_batch(t.batch_size)
     model = GPT.from_config(cfg).to(device)
-    # train.compile: the compiled module runs the steps; hooks and the optimizer see `model`
-    run = torch.compile(model) if t.compile else model
+    # The module that runs the steps: DDP under torchrun, compiled with train.compile; the
+    # diagnostics' hooks and the optimizer see `model` itself.
+    run = dist.wrap(model)
+    run = torch.compile(run) if t.compile else run
     optimizer = build_optimizer(model, cfg.optim, device)
     scheduler = build_scheduler(optimizer, cfg.optim, t.max_steps)
     batches = RandomWindows(tokens.train, context, t.batch_size, seed=cfg.seed)
@@ -279,6 +299,7 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
                 summary["startup_s"] = process_age()  # from the command to the first step
             tic = time.perf_counter()
             x, y = batches.next(device)
+            x, y = x[dist.rows()], y[dist.rows()]  # this rank's share of the global batch
             with diag.watch(step):
                 loss_value, grad_norm = forward_backward(
                     run, x, y, precision, clip, on_grads=diag.on_grads
