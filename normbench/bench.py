@@ -53,12 +53,24 @@ BENCH = [
     "logger=none",
 ]
 GPT2_VOCAB = 50257
-CASES = {
+CASES = {  # name: overrides on top of BENCH
     "normbench": [],
     "baseline": [],
     "deep": ["depth=48"],
+    "baseline-deep": ["depth=48"],
     "post": ["norm=post"],
 }
+# The levers of the default path, each switched off alone (`--levers`), or compile switched on.
+LEVERS = {
+    "fp32": ["precision=fp32"],
+    "unfused-head": ["model.fused_head=false"],
+    "unfused-adamw": ["optim.fused=false"],
+    "no-mallopt": [],
+    "no-diag": ["diag.every=0", "divergence.history=0"],
+    "one-thread": ["threads=1"],
+    "compile": ["train.compile=true"],
+}
+BASELINES = ("baseline", "baseline-deep")
 
 
 def compose(overrides: list[str]) -> Any:
@@ -112,11 +124,13 @@ def run_case(case: str, overrides: list[str], steps: int, warmup: int) -> dict[s
     """One case, in this (fresh) process: median ms per step over `steps` after `warmup`."""
     import torch
 
-    cfg = compose([*CASES.get(case, []), *overrides])
+    cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
     B, T = cfg.train.batch_size, cfg.model.context
     batches = _random_batches(cfg, cfg.seed)
     device = torch.device("cpu")
-    if case == "baseline":
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if case in BASELINES:
         from normbench.baseline import BaselineGPT, baseline_optimizer
 
         torch.manual_seed(cfg.seed)
@@ -131,7 +145,7 @@ def run_case(case: str, overrides: list[str], steps: int, warmup: int) -> dict[s
             optimizer.step()
 
     else:
-        step = _normbench_step(cfg, batches, device)
+        step = _normbench_step(cfg, batches, device, allocator=case != "no-mallopt")
     times = []
     for i in range(warmup + steps):
         tic = time.perf_counter()
@@ -143,7 +157,7 @@ def run_case(case: str, overrides: list[str], steps: int, warmup: int) -> dict[s
         "case": case,
         "placement": str(cfg.norm.name),
         "depth": cfg.depth,
-        "precision": "fp32" if case == "baseline" else str(cfg.precision.value),
+        "precision": "fp32" if case in BASELINES else str(cfg.precision.value),
         "steps": steps,
         "ms_per_step": ms,
         "ms_per_step_min": min(times) * 1e3,
@@ -154,7 +168,7 @@ def run_case(case: str, overrides: list[str], steps: int, warmup: int) -> dict[s
     }
 
 
-def _normbench_step(cfg: Any, batches: Any, device: Any) -> Any:
+def _normbench_step(cfg: Any, batches: Any, device: Any, allocator: bool = True) -> Any:
     """The training step of normbench/train.py, with its diagnostics schedule."""
     import math
 
@@ -166,11 +180,11 @@ def _normbench_step(cfg: Any, batches: Any, device: Any) -> Any:
     from normbench.optim import build_optimizer
     from normbench.train import forward_backward, tune_cpu_allocator
 
-    tune_cpu_allocator()
+    if allocator:
+        tune_cpu_allocator()
     torch.manual_seed(cfg.seed)
     model = GPT.from_config(cfg).to(device)
-    if cfg.train.compile:
-        model = torch.compile(model)
+    run = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.optim, device)
     precision = str(cfg.precision.value)
     diag = Diagnostics(model, every=cfg.diag.every, per_param=False, history=cfg.divergence.history)
@@ -180,7 +194,7 @@ def _normbench_step(cfg: Any, batches: Any, device: Any) -> Any:
     def step(i: int) -> None:
         x, y = batches.next(device)
         with diag.watch(i):
-            loss, grad_norm = forward_backward(model, x, y, precision, clip, diag.on_grads)
+            loss, grad_norm = forward_backward(run, x, y, precision, clip, diag.on_grads)
         stats = diag.step_stats(loss, grad_norm)
         monitor.check(i, loss, grad_norm)
         diag.before_update()
@@ -278,7 +292,7 @@ def startup(overrides: list[str]) -> float:
 
 def report(results: list[dict[str, Any]], peaks: dict[str, float]) -> list[str]:
     lines = []
-    base = [r for r in results if r["case"] == "baseline"]
+    base = {r["depth"]: r for r in results if r["case"] in BASELINES}
     for r in results:
         achieved = r["tokens_per_s"] * r["flops_per_token"]
         peak = peaks["bf16" if r["precision"] == "bf16" else "fp32"]
@@ -289,13 +303,22 @@ def report(results: list[dict[str, Any]], peaks: dict[str, float]) -> list[str]:
             f"MFLOP/token  {achieved / 1e12:.3f} TFLOP/s  MFU {achieved / peaks['bf16']:.1%} "
             f"of bf16 peak, {achieved / peaks['fp32']:.1%} of fp32 peak"
         )
-        if base and r["case"] != "baseline" and r["depth"] == base[0]["depth"]:
+        b = base.get(r["depth"])
+        if b is not None and r["case"] not in BASELINES:
             line += (
-                f"  | x{r['tokens_per_s'] / base[0]['tokens_per_s']:.2f} tokens/s, "
-                f"{r['peak_rss_mib'] / base[0]['peak_rss_mib']:.2f}x memory of the baseline"
+                f"  | x{r['tokens_per_s'] / b['tokens_per_s']:.2f} tokens/s, "
+                f"{r['peak_rss_mib'] / b['peak_rss_mib']:.2f}x memory of the baseline"
             )
         del peak
         lines.append(line)
+    default = next((r for r in results if r["case"] == "normbench"), None)
+    for r in results:
+        if default is not None and r["case"] in LEVERS:
+            lines.append(
+                f"lever {r['case']:<14} tokens/s {r['tokens_per_s'] / default['tokens_per_s'] - 1:+.1%}"
+                f", peak RSS {r['peak_rss_mib'] / default['peak_rss_mib'] - 1:+.1%} against the "
+                "default path"
+            )
     return lines
 
 
@@ -305,7 +328,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each case")
-    parser.add_argument("--cases", default="normbench,baseline,post,deep")
+    parser.add_argument("--cases", default="normbench,baseline,post,deep,baseline-deep")
+    parser.add_argument("--levers", action="store_true", help="also each lever alone")
     parser.add_argument("--trajectory", type=int, default=0, help="also compare N steps")
     parser.add_argument("--startup", action="store_true", help="also time command -> step 1")
     parser.add_argument("--diag", action="store_true", help="only the diagnostics' cost")
@@ -327,7 +351,7 @@ def main() -> None:
         f"{peaks['fp32'] / 1e12:.2f} TFLOP/s",
         flush=True,
     )
-    cases = args.cases.split(",")
+    cases = args.cases.split(",") + (list(LEVERS) if args.levers else [])
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
     for _ in range(args.rounds):
         for case in cases:

@@ -107,6 +107,7 @@ class ModelConfig:
     vocab_size: int = MISSING  # GPT-2's 50,257 padded to a multiple of 64 (faster matmuls)
     bias: bool = MISSING  # biases in linear layers, as in GPT-2
     fused_head: bool = MISSING  # LM head + loss fused and chunked (normbench/loss.py)
+    head_chunk: int = MISSING  # tokens per chunk of the fused head
 
 
 @dataclass
@@ -311,6 +312,7 @@ def validate(cfg: DictConfig) -> None:
         f"n_heads from {', '.join(str(h) for h in range(1, 65) if m.d_model % h == 0)}",
     )
     need(m.context >= 1, f"model.context must be >= 1 (got {m.context})")
+    need(m.head_chunk >= 1, f"model.head_chunk must be >= 1 (got {m.head_chunk})")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})")
     need(
         m.vocab_size >= 50257,

@@ -144,11 +144,13 @@ class GPT(nn.Module):
         block: str = "sequential",
         qk_norm: bool = False,
         fused_head: bool = True,
+        head_chunk: int = 1024,
     ):
         super().__init__()
         if block not in ("sequential", "parallel"):
             raise ValueError(f"unknown block type {block!r}")
-        self.depth, self.context, self.fused_head = depth, context, fused_head
+        self.depth, self.context = depth, context
+        self.fused_head, self.head_chunk = fused_head, head_chunk
         Block = PLACEMENTS[placement]
         self.constants = Block.constants(depth, **(placement_options or {}))
         norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
@@ -196,6 +198,7 @@ class GPT(nn.Module):
             block=str(m.block),
             qk_norm=m.qk_norm,
             fused_head=m.fused_head,
+            head_chunk=m.head_chunk,
         )
 
     @torch.no_grad()
@@ -255,4 +258,5 @@ class GPT(nn.Module):
                 logits.float().flatten(0, 1), targets.flatten(), reduction=reduction
             )
             return logits, loss
-        return None, linear_cross_entropy(h, self.lm_head.weight, targets, reduction)
+        loss = linear_cross_entropy(h, self.lm_head.weight, targets, reduction, self.head_chunk)
+        return None, loss
