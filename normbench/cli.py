@@ -15,6 +15,7 @@ starts, so bad input gives one line on stderr, exit code 2, and no run directory
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import signal
@@ -202,6 +203,7 @@ def preflight(args: Any, config_name: str = "train") -> None:
 
     checked_data: dict[str, Any] = {}
     for cfg in job_configs(args, config_name):
+        check_output_dir(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
         validate(cfg)
@@ -213,7 +215,120 @@ def preflight(args: Any, config_name: str = "train") -> None:
         check_data_fits(checked_data[key], cfg.model.context)
 
 
+def check_output_dir(cfg: DictConfig) -> None:
+    """Before anything runs: the run (or sweep) directory can be written, and a run that may
+    not resume (train.resume=never) does not land on an existing record."""
+    import tempfile
+
+    from hydra.types import RunMode
+
+    from normbench import checkpoint
+    from normbench.config import ConfigError
+
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's resolvers (${now:...}) for the directory's name
+    multirun = cfg.hydra.mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    target = Path(str(OmegaConf.select(cfg, key))).expanduser().resolve()
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={target}: {existing} is a file, not a folder; choose another")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={target} cannot be written ({e.strerror} in {existing}); "
+            f"set {key} to a writable folder"
+        ) from e
+    if not multirun:
+        checkpoint.RunLock.check_free(target)
+    if not multirun and str(cfg.train.resume) == "never" and checkpoint.record_files(target):
+        raise ConfigError(
+            f"train.resume=never but {target} already holds a run record; choose another "
+            "hydra.run.dir, or train.resume=auto to continue it"
+        )
+    if str(cfg.train.resume) not in ("auto", "never"):
+        checkpoint.load(Path(str(cfg.train.resume)).expanduser())
+
+
 # --- the Hydra task -------------------------------------------------------------------------
+
+
+class Interrupted(BaseException):
+    """A run stopped by SIGINT or SIGTERM after writing its checkpoint and record: ends the
+    sweep too, with exit code 130 or 143."""
+
+    def __init__(self, signal_name: str, step: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.step = signal_name, step
+
+
+def plan_resume(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any] | None, int, bool]:
+    """(checkpoint state or None, the step the record keeps rows up to, already finished).
+
+    train.resume=auto continues from the newest valid checkpoint in the run directory
+    (a SLURM requeue runs the same command there); a run that already completed or diverged
+    is left alone. never: the run directory must hold no run record. A path: that checkpoint.
+    """
+    from normbench import checkpoint
+    from normbench.config import ConfigError
+
+    mode = str(cfg.train.resume)
+    existing = checkpoint.record_files(run_dir)
+    if mode == "never":
+        if existing:
+            raise ConfigError(
+                f"train.resume=never but {run_dir} already holds a run record "
+                f"({', '.join(existing)}); choose another hydra.run.dir, or train.resume=auto"
+            )
+        return None, 0, False
+    if mode == "auto":
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            try:
+                status = json.loads(summary_path.read_text()).get("status")
+            except (OSError, json.JSONDecodeError):
+                status = None
+            if status in ("completed", "diverged"):
+                return None, 0, True
+        found = checkpoint.latest(run_dir)
+        if found is None:
+            return None, 0, False
+        state = found[1]
+    else:
+        state = checkpoint.load(Path(mode).expanduser())
+    check_same_config(state, cfg)
+    return state, int(state["step"]), False
+
+
+def check_same_config(state: dict[str, Any], cfg: DictConfig) -> None:
+    """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
+    from normbench.config import ConfigError, to_container
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    free = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
+    then = flat(state.get("config", {}))
+    now = flat(to_container(cfg))
+    for key in sorted(set(then) | set(now)):
+        if key.startswith(free):
+            continue
+        if then.get(key) != now.get(key):
+            raise ConfigError(
+                f"the checkpoint was written with {key}={then.get(key)!r}, this run has "
+                f"{key}={now.get(key)!r}; resume with the same config, or start a new run "
+                "(another hydra.run.dir, or train.resume=never)"
+            )
 
 
 def train_task(cfg: DictConfig) -> float:
@@ -225,12 +340,8 @@ def train_task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from normbench.checkpoint import RunLock
     from normbench.config import to_container, validate
-    from normbench.data import load_tokens
-    from normbench.divergence import objective
-    from normbench.logger import NullLogger, make_logger
-    from normbench.record import NullRecord, RunRecord, new_summary
-    from normbench.train import check_data_fits, configure_threads, train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir).resolve()
@@ -238,15 +349,64 @@ def train_task(cfg: DictConfig) -> float:
     validate(cfg)
     config = to_container(cfg)
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
-    record = RunRecord(run_dir) if main else NullRecord()
+    lock = RunLock(run_dir) if main else None
+    try:
+        return _train_job(cfg, run_dir, group, config, main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_job(
+    cfg: DictConfig, run_dir: Path, group: str | None, config: dict[str, Any], main: bool
+) -> float:
+    """train_task's body, holding the run directory's lock."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from normbench.checkpoint import Checkpointer
+    from normbench.data import load_tokens
+    from normbench.divergence import objective
+    from normbench.logger import NullLogger, make_logger
+    from normbench.record import NullRecord, RunRecord, new_summary
+    from normbench.train import StopRequest, check_data_fits, configure_threads, train
+
+    hc = HydraConfig.get()
+    resume, keep_until, finished = plan_resume(cfg, run_dir)
+    if finished:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if main:
+            log.info("%s already %s; nothing to do", run_dir, summary["status"])
+            print(f"run_dir: {run_dir}", flush=True)
+        return summary.get("objective") or objective(
+            summary, cfg.train.max_steps, cfg.divergence.penalty
+        )
+    record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
     record.write_config(config)
-    logger = make_logger(cfg, run_dir, group=group, config=config) if main else NullLogger()
+    previous_id = (resume or {}).get("summary", {}).get("wandb") or {}
+    logger = (
+        make_logger(cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id"))
+        if main
+        else NullLogger()
+    )
+    checkpointer = (
+        Checkpointer(run_dir, cfg.train.ckpt_every, cfg.train.ckpt_keep) if main else None
+    )
+    stop = StopRequest()
     summary = new_summary()
+    summary["wandb"] = logger.info  # in every checkpoint: a resume continues this W&B run
     try:
         summary["threads"] = configure_threads(cfg.threads, hc.launcher)
         tokens = load_tokens(cfg.data)
         check_data_fits(tokens, cfg.model.context)
-        train(cfg, tokens, record, logger, summary)
+        train(cfg, tokens, record, logger, summary, checkpointer, resume, stop, config=config)
+    except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
+        summary.update(
+            status="interrupted",
+            stopped_by="a second signal",
+            error=f"{type(e).__name__}: stopped at once; the newest checkpoint is the last "
+            "periodic one",
+        )
+        raise
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
         if main and isinstance(e, Exception) and not _is_user_error(e):  # a bug: keep it
@@ -255,9 +415,11 @@ def train_task(cfg: DictConfig) -> float:
     finally:
         summary["objective"] = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
         summary["wandb"] = logger.info
+        if stop.requested and "stopped_by" not in summary:
+            summary["stopped_by"] = stop.signal
         record.write_summary(summary)
         record.close()
-        logger.finish(summary, failed=summary["status"] == "failed")
+        logger.finish(summary, failed=summary["status"] in ("failed", "interrupted"))
         status = summary["status"]
         if not main:
             pass
@@ -278,6 +440,8 @@ def train_task(cfg: DictConfig) -> float:
             )
         if main:
             print(f"run_dir: {run_dir}", flush=True)
+    if summary["status"] == "interrupted":
+        raise Interrupted(str(stop.signal), summary["steps"])
     return summary["objective"]
 
 
@@ -534,6 +698,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         COMMANDS[command](rest)
         dist.finish()
+    except Interrupted as e:
+        code = 143 if e.signal_name == "SIGTERM" else 130
+        _fail(
+            f"interrupted by {e.signal_name} after step {e.step}; the checkpoint and the record "
+            "are written: run the same command to resume",
+            code,
+        )
     except KeyboardInterrupt:
         _fail("interrupted", 130)
     except Terminated:
@@ -542,7 +713,7 @@ def main(argv: list[str] | None = None) -> None:
         if user_full_error:
             raise
         if _is_user_error(e):
-            _fail(describe_error(e))
+            _fail(describe_error(e), getattr(e, "exit_code", 2))
         _fail(
             f"{type(e).__name__}: {_one_line(str(e), 300)} "
             "(set HYDRA_FULL_ERROR=1 for the traceback)",

@@ -131,6 +131,9 @@ class TrainLoopConfig:
     log_every: int = MISSING
     eval_batch_size: Optional[int] = MISSING  # null: train.batch_size
     compile: bool = MISSING  # torch.compile the model (compiled once per process, cached)
+    ckpt_every: int = MISSING  # checkpoint every N steps (0: only at the end)
+    ckpt_keep: int = MISSING  # the newest N checkpoints are kept
+    resume: str = MISSING  # auto | never | the path of a checkpoint
 
 
 @dataclass
@@ -336,6 +339,10 @@ def validate(cfg: DictConfig) -> None:
     need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     need(t.eval_every >= 1, f"train.eval_every must be >= 1 (got {t.eval_every})")
     need(t.log_every >= 1, f"train.log_every must be >= 1 (got {t.log_every})")
+    need(
+        t.ckpt_every >= 0, f"train.ckpt_every must be >= 0, 0: only at the end (got {t.ckpt_every})"
+    )
+    need(t.ckpt_keep >= 1, f"train.ckpt_keep must be >= 1 (got {t.ckpt_keep})")
     need(
         t.eval_batch_size is None or t.eval_batch_size >= 1,
         f"train.eval_batch_size must be >= 1 (got {t.eval_batch_size})",

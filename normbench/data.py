@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ import tiktoken
 import torch
 
 from normbench.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # GPT-2's BPE files ship with the package (the files tiktoken downloads, MIT licensed),
 # so tokenizing never needs a network. tiktoken checks them against these sha256 sums.
@@ -122,11 +125,14 @@ def _read_text(path_str: str, what: str) -> list[str]:
     if not path.is_file():
         raise DataError(f"{what}={path_str!r} is not a file; give the path of a UTF-8 text file")
     try:
-        return path.read_text(encoding="utf-8").splitlines(keepends=True)
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
             f"{what}={path_str!r} is not UTF-8 text ({e.reason} at byte {e.start})"
         ) from None
+    if not text.strip():
+        raise DataError(f"{what}={path_str!r} is empty; give a file with text in it")
+    return text.splitlines(keepends=True)
 
 
 def _local_dir(path: str) -> Path | None:
@@ -244,11 +250,38 @@ def load_tokens(data: Any) -> TokenSplits:
     """The train and validation token streams, from the cache or tokenized now and cached."""
     ident = source_identity(data)  # hashes the source files once per load
     directory = cache_directory(data, ident)
+    if (directory / "meta.json").is_file():
+        problem = cache_problem(directory)
+        if problem is not None:  # never used as it is: moved aside and rebuilt
+            log.warning("the token cache %s is damaged (%s); rebuilding it", directory, problem)
+            damaged = directory.with_name(f"{directory.name}.damaged-{os.getpid()}")
+            try:
+                directory.rename(damaged)
+                shutil.rmtree(damaged, ignore_errors=True)
+            except OSError:  # another process moved it first
+                pass
     if not (directory / "meta.json").is_file():
         _build_cache(data, ident, directory)
     meta = json.loads((directory / "meta.json").read_text())
     arrays = {s: np.memmap(directory / f"{s}.bin", dtype=np.uint16, mode="r") for s in SPLITS}
     return TokenSplits(arrays["train"], arrays["val"], directory, meta)
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why a cached token folder cannot be trusted (size or sha256 off), or None."""
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "meta.json unreadable"
+    for split in SPLITS:
+        path = directory / f"{split}.bin"
+        if f"{split}_sha256" not in meta:
+            return "written without checksums by an older normbench"
+        if not path.is_file() or path.stat().st_size != 2 * meta.get(f"{split}_tokens", -1):
+            return f"{path.name} has the wrong size"
+        if _sha256_file(path) != meta[f"{split}_sha256"]:
+            return f"{path.name} does not match its sha256"
+    return None
 
 
 def _build_cache(data: Any, ident: dict[str, Any], directory: Path) -> None:
@@ -276,6 +309,7 @@ def _build_cache(data: Any, ident: dict[str, Any], directory: Path) -> None:
             tokens = tokenize(docs)
             tokens.tofile(tmp / f"{split}.bin")
             meta[f"{split}_tokens"] = int(tokens.size)
+            meta[f"{split}_sha256"] = _sha256_file(tmp / f"{split}.bin")
             meta[f"{split}_documents"] = len(docs)
         meta["seconds"] = round(time.perf_counter() - t0, 2)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))

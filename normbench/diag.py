@@ -187,6 +187,13 @@ class Diagnostics:
             self.history.append(row)
         return row
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.extend(state["history"])
+
     def recent(self) -> list[dict[str, Any]]:
         """The ring buffer: per-layer statistics of the last `divergence.history` steps."""
         return list(self.history)

@@ -99,6 +99,18 @@ def total(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any (a stop request reaches ranks unevenly)."""
+    import torch
+    import torch.distributed as tdist
+
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def rows() -> slice:
     """This rank's rows of a global batch whose size is a multiple of the world size."""
     rank, size = world() if active() else (0, 1)

@@ -80,8 +80,32 @@ def describe(record: dict[str, Any]) -> str:
     return line
 
 
-class SpikeDetector:
+class _Stateful:
+    """The mutable fields of a detector (`STATE`) as plain values, for checkpoints."""
+
+    STATE: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, deque) else v
+            for k, v in vars(self).items()
+            if k in self.STATE
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in self.STATE:
+            current = getattr(self, key)
+            if isinstance(current, deque):
+                current.clear()
+                current.extend(state[key])
+            else:
+                setattr(self, key, state[key])
+
+
+class SpikeDetector(_Stateful):
     """Loss above an EMA reference by a relative or absolute margin for `patience` steps."""
+
+    STATE = ("ref", "count")
 
     def __init__(
         self, rel_margin: float | None, abs_margin: float | None, patience: int, ema: float
@@ -119,8 +143,10 @@ class SpikeDetector:
         )
 
 
-class GradExplosionDetector:
+class GradExplosionDetector(_Stateful):
     """Gradient norm above `factor` x its running median for `patience` consecutive steps."""
+
+    STATE = ("history", "count")
 
     def __init__(self, factor: float, window: int, min_steps: int, patience: int):
         self.factor, self.min_steps, self.patience = factor, min_steps, patience
@@ -151,9 +177,11 @@ class GradExplosionDetector:
         )
 
 
-class StagnationDetector:
+class StagnationDetector(_Stateful):
     """From step max(after x max_steps, min_steps) on, the mean loss of the last `window`
     steps still within `rel` of ln(vocab)."""
+
+    STATE = ("losses", "fired")
 
     def __init__(
         self, rel: float, after: float, min_steps: int, window: int, max_steps: int, vocab: int
@@ -221,6 +249,18 @@ class DivergenceMonitor:
         if self.stagnation is not None and (event := self.stagnation.update(step, loss)):
             events.append(event)
         return events
+
+    def detectors(self) -> dict[str, _Stateful]:
+        found = {"spike": self.spike, "grad_explosion": self.grad, "stagnation": self.stagnation}
+        return {name: d for name, d in found.items() if d is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: d.state_dict() for name, d in self.detectors().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, d in self.detectors().items():
+            if name in state:
+                d.load_state_dict(state[name])
 
     def stops(self, events: list[Event]) -> bool:
         """Whether these events end the run (a non-finite step always does)."""

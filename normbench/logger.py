@@ -76,9 +76,11 @@ class WandbLogger:
         tags: list[str],
         axes: dict[str, Any],
         config: dict[str, Any],
+        resume_id: str | None = None,
     ) -> None:
         self.run: Any = None
         self.info: dict[str, Any] | None = None
+        self.files: Path | None = None
         try:
             import wandb
 
@@ -94,6 +96,8 @@ class WandbLogger:
                 dir=str(run_dir),
                 mode=mode,
                 reinit="finish_previous",
+                # a resumed run continues the same W&B run
+                **({"id": resume_id, "resume": "allow"} if resume_id else {}),
             )
             self.run.define_metric("step")
             for pattern in (
@@ -113,16 +117,23 @@ class WandbLogger:
                 self.run.define_metric(pattern, step_metric="step")
             self.run.define_metric("val/loss", step_metric="step", summary="min,last")
             self.info = {"project": logger_cfg.project, "group": group, "id": self.run.id}
+            self.files = Path(self.run.dir).parent  # this run's folder under wandb/
             say_offline(mode, why, self.run)
         except Exception as e:
             self._fail("start", e)
 
     def _fail(self, what: str, e: Exception) -> None:
+        """Say once what failed and how to upload later; W&B is off for the rest of the run."""
+        later = ""
+        if getattr(self, "files", None) is not None:
+            later = f"; what W&B saved so far is in {self.files}: `wandb sync {self.files}`"
         log.warning(
-            "W&B: could not %s the run (%s: %s); the local run record is unaffected",
+            "W&B: could not %s the run (%s: %s); training goes on and the local run record is "
+            "unaffected%s",
             what,
             type(e).__name__,
             " ".join(str(e).split())[:200],
+            later,
         )
         self.run = None
 
@@ -145,7 +156,14 @@ class WandbLogger:
         self.run = None
 
 
-def make_logger(cfg: Any, run_dir: Path, *, group: str | None, config: dict[str, Any]) -> Any:
+def make_logger(
+    cfg: Any,
+    run_dir: Path,
+    *,
+    group: str | None,
+    config: dict[str, Any],
+    resume_id: str | None = None,
+) -> Any:
     """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes."""
     if cfg.logger.backend == "none":
         return NullLogger()
@@ -174,6 +192,7 @@ def make_logger(cfg: Any, run_dir: Path, *, group: str | None, config: dict[str,
         tags=tags,
         axes=axes,
         config=config,
+        resume_id=resume_id,
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-STATUSES = ("completed", "diverged", "failed")
+STATUSES = ("completed", "diverged", "interrupted", "failed")
 SUMMARY_KEYS = (
     "status",
     "steps",
@@ -84,10 +84,32 @@ class NullRecord:
         pass
 
 
+def _keep_rows(path: Path, last_step: int) -> None:
+    """Keep the lines of a JSONL file whose step is at most `last_step` (a resume drops what
+    was logged after its checkpoint, so no step is logged twice); a cut last line goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut by a kill
+        if row.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+    write_atomic(path, "".join(kept))
+
+
 class RunRecord:
-    def __init__(self, run_dir: Path) -> None:
+    """The files of one run. `resume_after`: the step of the checkpoint a resumed run
+    continues from (rows logged after it are dropped); 0 starts the record afresh."""
+
+    def __init__(self, run_dir: Path, resume_after: int | None = None) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        if resume_after is not None:
+            for name in ("metrics.jsonl", "events.jsonl"):
+                _keep_rows(self.dir / name, resume_after)
         self._metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
         self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
 

@@ -116,8 +116,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def evaluate(
-    model: GPT, tokens: Any, context: int, batch_size: int, device: torch.device, precision: str
-) -> float:
+    model: GPT,
+    tokens: Any,
+    context: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    stop: Callable[[], bool] | None = None,
+) -> float | None:
     """Mean next-token cross-entropy over the whole split (every prediction once; under
     torchrun each rank takes every N-th batch and the sums are added up)."""
     was_training = model.training
@@ -125,6 +131,9 @@ def evaluate(
     rank, size = dist.world() if dist.active() else (0, 1)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, predictions
     for i, (x, y) in enumerate(eval_windows(tokens, context, batch_size)):
+        if stop is not None and stop():  # a stop request: the evaluation is redone on resume
+            model.train(was_training)
+            return None
         if i % size != rank:
             continue
         x, y = x.to(device), y.to(device)
@@ -210,13 +219,76 @@ def forward_backward(
     return loss_value, grad_norm
 
 
-def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict[str, Any]) -> None:
+class StopRequest:
+    """A graceful stop asked for by SIGINT or SIGTERM during training.
+
+    The first signal sets `signal` (the loop finishes its step, writes a checkpoint and the
+    record, and ends the run as `interrupted`); a second one stops at once (KeyboardInterrupt
+    for Ctrl-C, the usual handler's exception for SIGTERM).
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @contextlib.contextmanager
+    def installed(self) -> Any:
+        """Handle SIGINT and SIGTERM this way while training (main thread only)."""
+        import signal as signals
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signals.getsignal(s) for s in (signals.SIGINT, signals.SIGTERM)}
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signals.Signals(signum).name
+            if self.signal is not None:  # the second signal: stop now
+                if signum == signals.SIGINT:
+                    raise KeyboardInterrupt
+                old = previous[signum]
+                if callable(old):
+                    old(signum, frame)
+                raise SystemExit(128 + signum)
+            self.signal = name
+            log.warning(
+                "%s: stopping after this step with a checkpoint (again to stop at once)", name
+            )
+
+        for s in previous:
+            signals.signal(s, handler)
+        try:
+            yield
+        finally:
+            for s, old in previous.items():
+                signals.signal(s, old)
+
+
+def train(
+    cfg: Any,
+    tokens: TokenSplits,
+    record: Any,
+    logger: Any,
+    summary: dict[str, Any],
+    checkpointer: Any = None,
+    resume: dict[str, Any] | None = None,
+    stop: StopRequest | None = None,
+    config: dict[str, Any] | None = None,
+) -> None:
     """Train to `train.max_steps` (or divergence), filling in `summary` for the run record.
 
     The summary is updated as training goes, so an interrupted or crashed run still reports
-    how far it got; its status becomes `completed` or `diverged` only at the end.
+    how far it got; its status becomes `completed`, `diverged` or `interrupted` only at the
+    end. `checkpointer` (normbench/checkpoint.py) is asked to save the loop's state every
+    `train.ckpt_every` steps, at the end and when a stop is requested; `resume` is such a
+    state, from which the loop continues exactly as if it had never stopped.
     """
     t_start = time.perf_counter()
+    stop = stop or StopRequest()
     device = resolve_device(str(cfg.device.value))
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -235,6 +307,14 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
     eval_bs = t.eval_batch_size or t.batch_size
     tokens_per_step = t.batch_size * context
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    progress = Progress(t.max_steps)
+    monitor = DivergenceMonitor(
+        cfg.divergence, max_steps=t.max_steps, vocab_size=cfg.model.vocab_size
+    )
+    diag = Diagnostics(
+        model, every=cfg.diag.every, per_param=cfg.diag.per_param, history=cfg.divergence.history
+    )
+    loop = {"train_time": 0.0, "interval_time": 0.0, "interval_losses": [], "wall_s": 0.0}
 
     summary.update(steps=0, tokens=0, n_params=model.num_params(), device=str(device))
     log.info(
@@ -252,8 +332,47 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
         f"{len(tokens.val):,}",
     )
 
-    def run_eval(step: int) -> None:
-        val_loss = evaluate(run, tokens.val, context, eval_bs, device, precision)
+    def state(step: int, evaluated: bool) -> dict[str, Any]:
+        """Everything the loop needs to continue after `step` (see normbench/checkpoint.py)."""
+        return {
+            "step": step,
+            "evaluated": evaluated,
+            "config": config or {},
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                "batches": batches.rng.bit_generator.state,
+            },
+            "monitor": monitor.state_dict(),
+            "diag": diag.state_dict(),
+            "loop": {**loop, "wall_s": loop["wall_s"] + time.perf_counter() - t_start},
+            "summary": dict(summary),
+        }
+
+    def restore(saved: dict[str, Any]) -> int:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if device.type == "cuda" and saved["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        batches.rng.bit_generator.state = saved["rng"]["batches"]
+        monitor.load_state_dict(saved["monitor"])
+        diag.load_state_dict(saved["diag"])
+        loop.update(saved["loop"])
+        summary.update({k: v for k, v in saved["summary"].items() if k not in ("device",)})
+        return int(saved["step"])
+
+    def run_eval(step: int) -> bool:
+        """Evaluate and log; False when a stop request cut the evaluation short."""
+        # Under torchrun an evaluation is never cut short: ranks must stay in step.
+        cut = None if dist.active() else (lambda: stop.requested)
+        val_loss = evaluate(run, tokens.val, context, eval_bs, device, precision, stop=cut)
+        if val_loss is None:
+            return False
         ppl = math.exp(val_loss) if val_loss < 700 else math.inf
         row = {"step": step, "tokens": step * tokens_per_step, "val/loss": val_loss, "val/ppl": ppl}
         record.log(row)
@@ -264,6 +383,7 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
         ):
             summary["best_val_loss"] = val_loss
         progress.write(f"step {step}: val/loss {val_loss:.4f}, val/ppl {ppl:,.2f}")
+        return True
 
     def report(event: Event, stats: dict[str, Any]) -> None:
         """A divergence event: to events.jsonl (with the ring buffer), W&B, the summary."""
@@ -283,75 +403,91 @@ def train(cfg: Any, tokens: TokenSplits, record: Any, logger: Any, summary: dict
         summary["events"] += 1
         progress.write(f"step {event.step}: divergence event {describe(entry)}")
 
-    progress = Progress(t.max_steps)
-    monitor = DivergenceMonitor(
-        cfg.divergence, max_steps=t.max_steps, vocab_size=cfg.model.vocab_size
-    )
-    diag = Diagnostics(
-        model, every=cfg.diag.every, per_param=cfg.diag.per_param, history=cfg.divergence.history
-    )
-    train_time, interval_time, interval_losses = 0.0, 0.0, []
-    stopped = False
+    def eval_due(step: int) -> bool:
+        return step % t.eval_every == 0 or step == t.max_steps
+
+    start, status = 1, None
+    if resume is not None:
+        done = restore(resume)
+        progress.write(f"resumed after step {done} (of {t.max_steps})")
+        start = done + 1
+        if eval_due(done) and not resume["evaluated"]:
+            run_eval(done)
     model.train()
     try:
-        for step in range(1, t.max_steps + 1):
-            if step == 1:
-                summary["startup_s"] = process_age()  # from the command to the first step
-            tic = time.perf_counter()
-            x, y = batches.next(device)
-            x, y = x[dist.rows()], y[dist.rows()]  # this rank's share of the global batch
-            with diag.watch(step):
-                loss_value, grad_norm = forward_backward(
-                    run, x, y, precision, clip, on_grads=diag.on_grads
-                )
-            stats = diag.step_stats(loss_value, grad_norm)
-            events = monitor.check(step, loss_value, grad_norm)
-            for event in events:
-                report(event, stats)
-            if monitor.stops(events):  # before the update: the weights stay as they were
-                row = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss_value}
-                record.log(row)
-                logger.log(row)
-                summary["diag"] = {k: v for k, v in stats.items() if k not in ("loss", "grad_norm")}
-                progress.write(f"step {step}: stopped (divergence.action={cfg.divergence.action})")
-                stopped = True
-                break
-            lr = scheduler.get_last_lr()[0]
-            diag.before_update()
-            optimizer.step()
-            scheduler.step()
-            diag_row = diag.after_update(stats)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - tic
-            train_time += elapsed
-            interval_time += elapsed
-            interval_losses.append(loss_value)
-            summary["steps"] = step
-            if step % t.log_every == 0 or step == t.max_steps:
-                row = {
-                    "step": step,
-                    "tokens": step * tokens_per_step,
-                    "train/loss": sum(interval_losses) / len(interval_losses),
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_s": len(interval_losses) * tokens_per_step / interval_time,
-                }
-                record.log(row)
-                logger.log(row)
-                progress.update(step, row, eta_s=train_time / step * (t.max_steps - step))
-                interval_time, interval_losses = 0.0, []
-            if diag_row is not None:
-                row = {"step": step, "tokens": step * tokens_per_step, **diag_row}
-                record.log(row)
-                logger.log(row)
-                summary["diag"] = diag_row
-            if step % t.eval_every == 0 or step == t.max_steps:
-                run_eval(step)
-        summary["status"] = "diverged" if stopped else "completed"
+        with stop.installed():
+            for step in range(start, t.max_steps + 1):
+                if step == start and resume is None:
+                    summary["startup_s"] = process_age()  # from the command to step 1
+                tic = time.perf_counter()
+                x, y = batches.next(device)
+                x, y = x[dist.rows()], y[dist.rows()]  # this rank's share of the global batch
+                with diag.watch(step):
+                    loss_value, grad_norm = forward_backward(
+                        run, x, y, precision, clip, on_grads=diag.on_grads
+                    )
+                stats = diag.step_stats(loss_value, grad_norm)
+                events = monitor.check(step, loss_value, grad_norm)
+                for event in events:
+                    report(event, stats)
+                if monitor.stops(events):  # before the update: the weights stay as they were
+                    row = {"step": step, "tokens": step * tokens_per_step, "train/loss": loss_value}
+                    record.log(row)
+                    logger.log(row)
+                    summary["diag"] = {
+                        k: v for k, v in stats.items() if k not in ("loss", "grad_norm")
+                    }
+                    progress.write(
+                        f"step {step}: stopped (divergence.action={cfg.divergence.action})"
+                    )
+                    status = "diverged"
+                    break
+                lr = scheduler.get_last_lr()[0]
+                diag.before_update()
+                optimizer.step()
+                scheduler.step()
+                diag_row = diag.after_update(stats)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - tic
+                loop["train_time"] += elapsed
+                loop["interval_time"] += elapsed
+                loop["interval_losses"].append(loss_value)
+                summary["steps"] = step
+                if step % t.log_every == 0 or step == t.max_steps:
+                    losses = loop["interval_losses"]
+                    row = {
+                        "step": step,
+                        "tokens": step * tokens_per_step,
+                        "train/loss": sum(losses) / len(losses),
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_s": len(losses) * tokens_per_step / loop["interval_time"],
+                    }
+                    record.log(row)
+                    logger.log(row)
+                    eta = loop["train_time"] / step * (t.max_steps - step)
+                    progress.update(step, row, eta_s=eta)
+                    loop["interval_time"], loop["interval_losses"] = 0.0, []
+                if diag_row is not None:
+                    row = {"step": step, "tokens": step * tokens_per_step, **diag_row}
+                    record.log(row)
+                    logger.log(row)
+                    summary["diag"] = diag_row
+                stopping = dist.any_rank(stop.requested)
+                evaluated = eval_due(step) and not stopping and run_eval(step)
+                stopping = dist.any_rank(stop.requested)
+                if checkpointer is not None and (checkpointer.due(step, t.max_steps) or stopping):
+                    summary["tokens"] = step * tokens_per_step
+                    checkpointer.save(step, state(step, evaluated))
+                if stopping:
+                    status = "interrupted"
+                    progress.write(f"step {step}: stopped ({stop.signal}); checkpoint written")
+                    break
+        summary["status"] = status or "completed"
     finally:
         progress.close()
         summary["tokens"] = summary["steps"] * tokens_per_step
-        if train_time > 0 and summary["steps"] > 0:
-            summary["tokens_per_s"] = summary["steps"] * tokens_per_step / train_time
-        summary["wall_s"] = time.perf_counter() - t_start
+        if loop["train_time"] > 0 and summary["steps"] > 0:
+            summary["tokens_per_s"] = summary["steps"] * tokens_per_step / loop["train_time"]
+        summary["wall_s"] = loop["wall_s"] + time.perf_counter() - t_start
