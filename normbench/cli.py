@@ -220,12 +220,11 @@ def check_output_dir(cfg: DictConfig) -> None:
     not resume (train.resume=never) does not land on an existing record."""
     import tempfile
 
+    from hydra.core.utils import setup_globals
     from hydra.types import RunMode
 
     from normbench import checkpoint
     from normbench.config import ConfigError
-
-    from hydra.core.utils import setup_globals
 
     setup_globals()  # Hydra's resolvers (${now:...}) for the directory's name
     multirun = cfg.hydra.mode == RunMode.MULTIRUN
