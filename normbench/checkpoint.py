@@ -12,7 +12,6 @@ in the run directory; the newest `train.ckpt_keep` are kept. Loading uses
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from normbench.errors import NormbenchError
+from normbench.record import sha256_file as _sha256
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ class CheckpointWriteError(NormbenchError):
     """A checkpoint that cannot be written (disk full, a size limit, permissions)."""
 
     exit_code = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -31,6 +31,7 @@ import tiktoken
 import torch
 
 from normbench.errors import DataError
+from normbench.record import sha256_file as _sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,6 @@ def tokenize(documents: Sequence[str]) -> np.ndarray:
 
 
 # --- sources -----------------------------------------------------------------------------
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_text(path_str: str, what: str) -> list[str]:

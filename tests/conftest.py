@@ -53,18 +53,22 @@ def text_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return train, val
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    """Environment of a CLI subprocess: isolated cache, offline W&B and hub."""
+def cli_environment(root: Path) -> dict[str, str]:
+    """Environment of a CLI subprocess: isolated cache under `root`, offline W&B and hub."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
     env.update(
-        NORMBENCH_CACHE_DIR=str(tmp_path / "cache"),
+        NORMBENCH_CACHE_DIR=str(root / "cache"),
         WANDB_MODE="offline",
         HF_HUB_OFFLINE="1",
-        HF_HOME=str(tmp_path / "hf"),
-        NETRC=str(tmp_path / "no-netrc"),
+        HF_HOME=str(root / "hf"),
+        NETRC=str(root / "no-netrc"),
     )
     return env
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    return cli_environment(tmp_path)
 
 
 def run_cli(

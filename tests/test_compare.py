@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY, compose_config, read_jsonl, run_cli, text_data
+from conftest import REPO, TINY, cli_environment, compose_config, read_jsonl, run_cli, text_data
 from wandb_records import offline_runs
 
 SWEEP_ARGS = [*TINY, "train.max_steps=8", "train.eval_every=4", "optim.warmup_steps=0"]
@@ -27,13 +27,7 @@ SWEEP_ARGS += ["diag.every=4", "precision=fp32"]
 def sweep(tmp_path_factory, text_files) -> Path:
     """A real 2 x 2 multirun: pre/post x lr 1e-3/10; lr=10 diverges. W&B offline."""
     root = tmp_path_factory.mktemp("sweep")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(
-        NORMBENCH_CACHE_DIR=str(root / "cache"),
-        WANDB_MODE="offline",
-        HF_HUB_OFFLINE="1",
-        NETRC=str(root / "no-netrc"),
-    )
+    env = cli_environment(root)
     sweep_dir = root / "sweep"
     args = ["train", "-m", "norm=pre,post", "optim.lr=1e-3,10", *SWEEP_ARGS]
     args += [*text_data(*text_files), f"hydra.sweep.dir={sweep_dir}"]

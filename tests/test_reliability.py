@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, read_jsonl, run_cli, text_data
+from conftest import TINY, cli_environment, read_jsonl, run_cli, text_data
 from wandb_records import offline_runs
 
 # fp32 for bit-identical results; a checkpoint every 3 steps, everything logged every step
@@ -61,9 +61,7 @@ def comparable(rows: list[dict]) -> list[dict]:
 def reference(tmp_path_factory, text_files):
     """The uninterrupted run that every resumed run must reproduce."""
     root = tmp_path_factory.mktemp("reference")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-    env.update(NORMBENCH_CACHE_DIR=str(root / "cache"), WANDB_MODE="offline",
-               HF_HUB_OFFLINE="1", NETRC=str(root / "no-netrc"))  # fmt: skip
+    env = cli_environment(root)
     done = run_cli(["train", *RUN, *text_data(*text_files), f"hydra.run.dir={root / 'run'}"],
                    cwd=root, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
