@@ -229,10 +229,18 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: str | None = None
+        self.forced: int | None = None  # the second signal's number
 
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+    def at_once(self) -> BaseException:
+        """The exception of a second signal (one that struck inside a library call may have
+        come out as that library's error)."""
+        if self.forced == 2:  # SIGINT
+            return KeyboardInterrupt()
+        return SystemExit(128 + (self.forced or 15))
 
     @contextlib.contextmanager
     def installed(self) -> Any:
@@ -248,6 +256,7 @@ class StopRequest:
         def handler(signum: int, frame: Any) -> None:
             name = signals.Signals(signum).name
             if self.signal is not None:  # the second signal: stop now
+                self.forced = signum
                 if signum == signals.SIGINT:
                     raise KeyboardInterrupt
                 old = previous[signum]
@@ -479,7 +488,12 @@ def train(
                 stopping = dist.any_rank(stop.requested)
                 if checkpointer is not None and (checkpointer.due(step, t.max_steps) or stopping):
                     summary["tokens"] = step * tokens_per_step
-                    checkpointer.save(step, state(step, evaluated))
+                    try:
+                        checkpointer.save(step, state(step, evaluated))
+                    except Exception:
+                        if stop.forced is not None:  # a second signal cut the write short
+                            raise stop.at_once() from None
+                        raise
                 if stopping:
                     status = "interrupted"
                     progress.write(f"step {step}: stopped ({stop.signal}); checkpoint written")
