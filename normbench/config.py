@@ -20,6 +20,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from normbench.claims import CLAIMS
 from normbench.errors import ConfigError
 from normbench.norm import KINDS, PLACEMENTS
 from normbench.norm.kinds import kind_options
@@ -37,6 +38,7 @@ class Choice(str, Enum):
 # Generated from the registries, so a new kind or placement needs no edit here.
 NormKind = Choice("NormKind", {name: name for name in KINDS})
 Placement = Choice("Placement", {name: name for name in PLACEMENTS})
+Claim = Choice("Claim", {name: name for name in CLAIMS})
 
 
 class BlockType(Choice):
@@ -255,6 +257,7 @@ class NormbenchConfig:
     device: Device = MISSING
     precision: Precision = MISSING
     threads: Optional[int] = MISSING  # torch CPU threads per job; null: see train.yaml
+    claim: Optional[Claim] = MISSING  # the literature claim a preset checks (normbench/claims.py)
     norm: NormConfig = field(default_factory=NormConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
