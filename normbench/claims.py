@@ -299,7 +299,7 @@ def judge_xiong_hidden(v: Verdict, t: ProbeTable) -> None:
                 name = {"post": "Post-LN", "pre": "Pre-LN"}[norm]
                 v.measured.append(
                     (
-                        f"{name} depth {depth}: ||x|| entering block 2, {depth // 2 + 1}, "
+                        f"{name} depth {depth}: ‖x‖ entering block 2, {depth // 2 + 1}, "
                         f"output (seed {s})",
                         ", ".join(f"{hs[i]:.3g}" for i in (0, depth // 2 - 1, -1)),
                     )

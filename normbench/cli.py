@@ -197,7 +197,7 @@ def job_configs(args: Any, config_name: str) -> list[DictConfig]:
 
 def preflight(args: Any, config_name: str = "train") -> None:
     """Validate every job and make sure its data is tokenized, before any job starts."""
-    from normbench.config import validate
+    from normbench.config import validate, validate_claim
     from normbench.data import load_tokens
     from normbench.train import check_data_fits, check_global_batch, resolve_device
 
@@ -207,6 +207,7 @@ def preflight(args: Any, config_name: str = "train") -> None:
         with open_dict(cfg):
             del cfg["hydra"]
         validate(cfg)
+        validate_claim(cfg, config_name)
         resolve_device(str(cfg.device.value))
         check_global_batch(cfg.train.batch_size)
         key = OmegaConf.to_yaml(cfg.data, resolve=True)
@@ -530,7 +531,7 @@ def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    from normbench.config import validate, validate_probe
+    from normbench.config import validate, validate_claim, validate_probe
 
     loader = _loader(args)
 
@@ -544,6 +545,7 @@ def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
     overrides = list(args.overrides)
     base = compose(overrides)
     validate_probe(base)
+    validate_claim(base, "probe")
     p = base.probe
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
     for key, listed in (("norm", p.norms), ("depth", p.depths)):
@@ -607,6 +609,13 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
     }
     write_outputs(run_dir, table, settings)
     log.info("probe: tables in %s, figures %s", run_dir / "probe.md", run_dir / "probe.png")
+    if cfg.claim is not None:  # the preset's verdict, as `normbench compare <run_dir>` gives it
+        from normbench.compare import judge_claims, load_probe, write_verdicts
+
+        verdicts = judge_claims([], [load_probe(run_dir)])
+        write_verdicts(run_dir, verdicts)
+        for v in verdicts:
+            print(f"{v.title}: {v.outcome} ({run_dir / 'verdicts.md'})", flush=True)
     print(f"run_dir: {run_dir}", flush=True)
 
 

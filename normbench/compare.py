@@ -54,7 +54,7 @@ SHORT = {
 }
 LONG = {short: key for key, short in SHORT.items()}
 # Not axes: where things were written, values derived from other keys, other commands' keys.
-IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe")
+IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim")
 
 
 class CompareError(NormbenchError):
@@ -133,27 +133,128 @@ def load_run(run_dir: Path) -> Run:
     )
 
 
-def find_runs(paths: list[str]) -> list[Run]:
-    """Every run record (a folder with summary.json and config.yaml) under the paths."""
+@dataclass
+class Probe:
+    """One `normbench probe` run directory (probe.json)."""
+
+    dir: Path
+    config: dict[str, Any]  # flattened, like Run.config
+    table: dict[str, Any]  # probe.json: settings, layers, models, per_seed
+
+
+def load_probe(run_dir: Path) -> Probe:
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        table = json.loads((run_dir / "probe.json").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
+        raise CompareError(f"{run_dir} is not a readable probe record ({type(e).__name__})") from e
+    return Probe(dir=run_dir, config=flatten(config), table=table)
+
+
+def find_records(paths: list[str]) -> tuple[list[Run], list[Probe]]:
+    """Every run record (a folder with summary.json and config.yaml) and every probe record
+    (probe.json and config.yaml) under the paths."""
     if not paths:
         raise CompareError("give run directories, sweep directories or globs to compare")
-    found: dict[Path, None] = {}
+    found: dict[Path, str] = {}
     for pattern in paths:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches or not all(Path(m).exists() for m in matches):
             raise CompareError(f"{pattern}: no such file or directory")
         for match in map(Path, matches):
-            if (match / "summary.json").is_file():
-                found[match.resolve()] = None
-            else:
-                for summary in sorted(match.rglob("summary.json")):
-                    if (summary.parent / "config.yaml").is_file():
-                        found[summary.parent.resolve()] = None
+            for name in ("summary.json", "probe.json"):
+                candidates = [match / name] if (match / name).is_file() else match.rglob(name)
+                for record in sorted(candidates):
+                    if (record.parent / "config.yaml").is_file():
+                        found[record.parent.resolve()] = name
     if not found:
         raise CompareError(
-            f"no run records (folders with summary.json and config.yaml) under {' '.join(paths)}"
+            "no run records (folders with summary.json and config.yaml) or probe records "
+            f"(probe.json) under {' '.join(paths)}"
         )
-    return [load_run(d) for d in found]
+    runs = [load_run(d) for d, kind in found.items() if kind == "summary.json"]
+    probes = [load_probe(d) for d, kind in found.items() if kind == "probe.json"]
+    return runs, probes
+
+
+def find_runs(paths: list[str]) -> list[Run]:
+    """Every run record under the paths (probe records left out)."""
+    runs, _ = find_records(paths)
+    if not runs:
+        raise CompareError(f"no run records (folders with summary.json) under {' '.join(paths)}")
+    return runs
+
+
+# --- verdicts on the literature's claims (normbench/claims.py) ----------------------------------
+
+
+def _values(records: list[Any], key: str) -> str:
+    found = sorted({fmt(r.config.get(key)) for r in records if r.config.get(key) is not None})
+    return ",".join(found) if found else "-"
+
+
+def run_setting(runs: list[Run]) -> str:
+    """The shared settings of a claim's training runs, in one line."""
+    v = lambda key: _values(runs, key)  # noqa: E731
+    return (
+        f"{len(runs)} runs: norm {v('norm.name')}, kind {v('norm.kind')}, depth {v('depth')}, "
+        f"d_model {v('model.d_model')}, context {v('model.context')}, init {v('model.init')}; "
+        f"{v('train.max_steps')} steps of {v('train.batch_size')} sequences; AdamW lr "
+        f"{v('optim.lr')}, warmup {v('optim.warmup_steps')}, betas {v('optim.betas')}, "
+        f"grad clip {v('optim.grad_clip')}; {v('precision')}; seeds {v('seed')}; data "
+        f"{v('data.label')}"
+    )
+
+
+def probe_setting(probes: list[Probe]) -> str:
+    p = probes[0].table.get("settings", {})
+    v = lambda key: _values(probes, key)  # noqa: E731
+    return (
+        f"normbench probe at initialization, fp32: norms "
+        f"{','.join(sorted({n for q in probes for n in q.table['settings']['norms']}))}, "
+        f"depths {','.join(str(d) for d in sorted({d for q in probes for d in q.table['settings']['depths']}))}, "
+        f"d_model {v('model.d_model')}, context {v('model.context')}, init {v('model.init')}, "
+        f"kind {v('norm.kind')}; {p.get('batches')} batches of {p.get('batch_size')} sequences; "
+        f"one AdamW step of lr {p.get('lr') or v('optim.lr')}; seeds "
+        f"{','.join(str(s) for s in p.get('seeds', []))}; data {v('data.label')}"
+    )
+
+
+def judge_claims(runs: list[Run], probes: list[Probe]) -> list[Any]:
+    """A verdict for every claim that some of the records were run for (config `claim`)."""
+    from normbench.claims import CLAIMS, ProbeTable, judge
+
+    verdicts = []
+    for name, claim in CLAIMS.items():
+        if claim.command == "probe":
+            mine = [p for p in probes if p.config.get("claim") == name]
+            if not mine:
+                continue
+            if any("per_seed" not in p.table for p in mine):
+                raise CompareError(
+                    f"{mine[0].dir}: probe.json has no per-seed rows (written by an older "
+                    "normbench); run the probe again"
+                )
+            table = ProbeTable(
+                [row for p in mine for row in p.table["per_seed"]["layers"]],
+                [row for p in mine for row in p.table["per_seed"]["models"]],
+            )
+            verdicts.append(judge(name, table, probe_setting(mine), [str(p.dir) for p in mine]))
+        else:
+            mine = [r for r in runs if r.config.get("claim") == name]
+            if mine:
+                verdicts.append(judge(name, mine, run_setting(mine), [str(r.dir) for r in mine]))
+    return verdicts
+
+
+def write_verdicts(out: Path, verdicts: list[Any]) -> None:
+    """verdicts.md and verdicts.json (nothing when no record was run for a claim)."""
+    if not verdicts:
+        return
+    text = "# Verdicts\n\n" + "\n".join(v.markdown() for v in verdicts)
+    (out / "verdicts.md").write_text(text, encoding="utf-8")
+    data = [v.to_dict() for v in verdicts]
+    (out / "verdicts.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def resolve_key(name: str, runs: list[Run]) -> str:
@@ -363,17 +464,34 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.8em; color: #555; }
 .note { color: #555; font-size: 0.9em; }
+.verdict { border: 1px solid #ccc; padding: 0 1em; margin: 1em 0; }
+.reproduced { color: #080; } .not-reproduced { color: #b00; }
+.partly-reproduced { color: #a60; } .inconclusive { color: #555; }
 """
 
 
-def write_html(
-    out: Path,
-    runs: list[Run],
-    axes: Axes,
-    rows: list[dict[str, Any]],
-    figures: dict[str, list[Path]],
-    sources: list[str],
-) -> Path:
+def _verdict_html(v: Any) -> str:
+    measured = _html_table([[q, m] for q, m in v.measured], ["quantity", "measured"])
+    checks = _html_table(
+        [[c.condition, c.measured, "yes" if c.held else "no"] for c in v.checks],
+        ["condition", "measured", "held"],
+    )
+    outcome = v.outcome.replace(" ", "-")
+    return (
+        f'<div class="verdict"><h3>{html.escape(v.title)}: '
+        f'<span class="{outcome}">{html.escape(v.outcome)}</span></h3>'
+        f"<p><i>Claim</i> ({html.escape(v.source)}): {html.escape(v.statement)}</p>"
+        f'<p class="note"><i>Setting</i>: {html.escape(v.setting)}</p>'
+        + (measured if v.measured else "")
+        + (checks if v.checks else "")
+        + (f'<p class="note">{html.escape(v.note)}</p>' if v.note else "")
+        + "</div>"
+    )
+
+
+def _runs_html(
+    runs: list[Run], axes: Axes, rows: list[dict[str, Any]], figures: dict[str, list[Path]]
+) -> str:
     keys = [short(k) for k in axes.config_keys]
     table_rows = []
     for row in rows:
@@ -418,26 +536,74 @@ def write_html(
         if figures.get(name):
             body = "".join(_img(p) for p in figures[name])
             sections.append(f"<h2>{html.escape(title)}</h2>{body}")
-    n_div = sum(r.diverged for r in runs)
     axes_text = ", ".join(short(k) for k in axes.varying) or "none"
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>normbench compare</title>
-<style>{CSS}</style></head><body>
-<h1>normbench compare: {len(runs)} runs, {n_div} diverged</h1>
-<p class="note">From {html.escape(" ".join(sources))}. Varying: {html.escape(axes_text)}.
+    return f"""<p class="note">Varying: {html.escape(axes_text)}.
 Stability map axes: x = {html.escape(short(axes.x) if axes.x else "-")}, y =
 {html.escape(short(axes.y) if axes.y else "-")}. Means and standard deviations are over seeds;
-validation losses of diverged runs are left out of them. Generated
-{html.escape(time.strftime("%Y-%m-%d %H:%M:%S"))}.
+validation losses of diverged runs are left out of them.
 Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a>.</p>
 <h2>Summary</h2>{summary_html}
 {"".join(sections)}
-<h2>Runs</h2>{runs_html}
+<h2>Runs</h2>{runs_html}"""
+
+
+def write_html(
+    out: Path,
+    runs: list[Run],
+    axes: Axes | None,
+    rows: list[dict[str, Any]],
+    figures: dict[str, list[Path]],
+    sources: list[str],
+    verdicts: list[Any] | None = None,
+    probes: list[Probe] | None = None,
+) -> Path:
+    verdicts, probes = verdicts or [], probes or []
+    parts = []
+    if verdicts:
+        files = '<a href="verdicts.md">verdicts.md</a>, <a href="verdicts.json">verdicts.json</a>'
+        parts.append(
+            f'<h2>Verdicts on the literature\'s claims</h2><p class="note">Thresholds fixed in '
+            f"normbench/claims.py before any run; means ± std over seeds. Files: {files}.</p>"
+            + "".join(_verdict_html(v) for v in verdicts)
+        )
+    if figures.get("probes"):
+        names = ", ".join(html.escape(str(p.dir)) for p in probes)
+        parts.append(
+            f'<h2>Probes at initialization</h2><p class="note">From {names}.</p>'
+            + "".join(_img(p) for p in figures["probes"])
+        )
+    if runs and axes is not None:
+        parts.append(_runs_html(runs, axes, rows, figures))
+    n_div = sum(r.diverged for r in runs)
+    title = f"{len(runs)} runs, {n_div} diverged" if runs else ""
+    if probes:
+        title += (", " if title else "") + f"{len(probes)} probe{'s' * (len(probes) > 1)}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>normbench compare</title>
+<style>{CSS}</style></head><body>
+<h1>normbench compare: {html.escape(title)}</h1>
+<p class="note">From {html.escape(" ".join(sources))}. Generated
+{html.escape(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>
+{"".join(parts)}
 </body></html>
 """
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def copy_probe_figures(out: Path, probes: list[Probe]) -> list[Path]:
+    """Each probe's comparison figure (probe.png and .svg), renamed probe<i>."""
+    copied = []
+    for i, probe in enumerate(probes):
+        stem = "probe" if len(probes) == 1 else f"probe{i}"
+        for ext in ("png", "svg"):
+            source = probe.dir / f"probe.{ext}"
+            if source.is_file():
+                shutil.copyfile(source, out / f"{stem}.{ext}")
+        if (out / f"{stem}.png").is_file():
+            copied.append(out / f"{stem}.png")
+    return copied
 
 
 def build_report(
@@ -446,25 +612,32 @@ def build_report(
     x: str | None = None,
     y: str | None = None,
     group_by: list[str] | None = None,
-) -> tuple[Path, list[Run], Axes, list[dict[str, Any]], dict[str, list[Path]]]:
-    """Read the runs and write the report into `out` (replaced whole; built beside it first,
-    so that a failure leaves no half-written report)."""
+) -> tuple[Path, list[Run], Axes | None, list[dict[str, Any]], dict[str, list[Path]]]:
+    """Read the records and write the report into `out` (replaced whole; built beside it
+    first, so that a failure leaves no half-written report)."""
     from normbench import figures as fig
 
-    runs = find_runs(paths)
-    axes = choose_axes(runs, x, y, group_by)
+    runs, probes = find_records(paths)
+    axes = choose_axes(runs, x, y, group_by) if runs else None
     for i, run in enumerate(runs):
-        run.label = f"{i:02d} {describe(run, axes.varying)}".strip()
+        run.label = f"{i:02d} {describe(run, axes.varying if axes else [])}".strip()
+    verdicts = judge_claims(runs, probes)
     out = (out or default_out(paths)).resolve()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        rows = summary_rows(runs, axes)
-        write_csv(tmp / "summary.csv", rows)
-        (tmp / "summary.md").write_text(table_markdown(rows, axes), encoding="utf-8")
-        figures = fig.report_figures(tmp, runs, axes)
-        write_html(tmp, runs, axes, rows, figures, paths)
+        rows: list[dict[str, Any]] = []
+        figures: dict[str, list[Path]] = {}
+        if runs and axes is not None:
+            rows = summary_rows(runs, axes)
+            write_csv(tmp / "summary.csv", rows)
+            (tmp / "summary.md").write_text(table_markdown(rows, axes), encoding="utf-8")
+            figures = fig.report_figures(tmp, runs, axes)
+        if probes:
+            figures["probes"] = copy_probe_figures(tmp, probes)
+        write_verdicts(tmp, verdicts)
+        write_html(tmp, runs, axes, rows, figures, paths, verdicts, probes)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -472,6 +645,8 @@ def build_report(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     figures = {k: [out / p.name for p in v] for k, v in figures.items()}
+    for v in verdicts:
+        print(f"{v.title}: {v.outcome}", flush=True)
     return out, runs, axes, rows, figures
 
 

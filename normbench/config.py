@@ -396,6 +396,19 @@ def validate_divergence(cfg: DictConfig) -> None:
             raise ConfigError(message)
 
 
+def validate_claim(cfg: DictConfig, command: str) -> None:
+    """A claim is judged from one command's records: a probe claim's runs are probes."""
+    if cfg.claim is None:
+        return
+    claim = CLAIMS[str(cfg.claim)]
+    if claim.command != command:
+        raise ConfigError(
+            f"claim={claim.name} is judged from `normbench {claim.command}` records; run "
+            f"normbench {claim.command}{' -m' if claim.command == 'train' else ''} "
+            f"experiment={claim.name}, or drop claim="
+        )
+
+
 def validate_probe(cfg: DictConfig) -> None:
     """`normbench probe`'s settings (the model, data and norm are checked by `validate`)."""
     p = cfg.probe

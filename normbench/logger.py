@@ -9,6 +9,7 @@ Every W&B call is guarded: a tracking failure prints one warning and training go
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -218,13 +219,35 @@ def log_report(
         reinit="finish_previous",
     ) as run:
         keys = list(dict.fromkeys(k for row in rows for k in row))
-        table = wandb.Table(columns=keys, data=[[row.get(k) for k in keys] for row in rows])
+        if rows:
+            table = wandb.Table(columns=keys, data=[[row.get(k) for k in keys] for row in rows])
+            run.log({"compare/summary": table})
         images = {
             f"compare/{kind}/{path.stem}": wandb.Image(str(path))
             for kind, paths in figures.items()
             for path in paths
         }
-        run.log({"compare/summary": table, **images})
+        run.log(images)
+        verdicts_file = out / "verdicts.json"
+        if verdicts_file.is_file():  # the claims judged (normbench/claims.py)
+            verdicts = json.loads(verdicts_file.read_text(encoding="utf-8"))
+            rows_v = [
+                [
+                    v["claim"],
+                    v["outcome"],
+                    "; ".join(c["condition"] for c in v["checks"]),
+                    v["note"],
+                ]
+                for v in verdicts
+            ]
+            run.log(
+                {
+                    "compare/verdicts": wandb.Table(
+                        columns=["claim", "outcome", "conditions", "note"], data=rows_v
+                    )
+                }
+            )
+            run.summary.update({f"verdict/{v['claim']}": v["outcome"] for v in verdicts})
         run.summary.update(
             {"runs": len(runs), "diverged": sum(r.status == "diverged" for r in runs)}
         )

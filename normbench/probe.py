@@ -5,8 +5,8 @@ For every placement in `probe.norms` and depth in `probe.depths` (each composed 
 `probe.batches` batches of real tokens in float32:
 
 - per block l: the gradient norm of the attention weights and of the MLP weights (the
-  weight matrices; the quantity of Xiong et al. 2020, 2002.04745, Fig. 3), averaged over the
-  batches; and the hidden-state norm entering the block, the mean over tokens of ||x_l||_2
+  weight matrices), and of the MLP's output projection W2 alone (`grad_mlp_out`, the
+  quantity of Xiong et al. 2020, 2002.04745, Theorem 1 and Fig. 3), averaged over the batches; and the hidden-state norm entering the block, the mean over tokens of ||x_l||_2
   (their Lemma 2), also at the output of the last block (`layer` = N + 1);
 - per model: the change of the output after one AdamW step of learning rate `probe.lr`
   (default optim.lr) on the mean gradient of those batches (Liu et al. 2020, 2004.08249;
@@ -15,7 +15,8 @@ For every placement in `probe.norms` and depth in `probe.depths` (each composed 
 
 Numbers are means over seeds, with the standard deviation over seeds beside them. The run
 directory gets `probe.json` (settings, `layers` with one row per placement, depth and layer,
-and `models` with one row per placement and depth), `probe.csv`, `probe.md`, and figures:
+`models` with one row per placement and depth, and `per_seed` with the same rows for each
+seed, from which `normbench compare` judges a preset's claim, normbench/claims.py), `probe.csv`, `probe.md`, and figures:
 `probe_<placement>.png` (and .svg) per placement and `probe.png` comparing them.
 """
 
@@ -39,7 +40,7 @@ from normbench.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
-LAYER_KEYS = ("grad_attn", "grad_mlp", "hidden_norm")
+LAYER_KEYS = ("grad_attn", "grad_mlp", "grad_mlp_out", "hidden_norm")
 MODEL_KEYS = ("output_change", "logit_change", "loss")
 
 
@@ -74,7 +75,7 @@ def probe_model(
     handles.append(
         blocks[-1].register_forward_hook(lambda m, args, out: record(len(blocks) + 1, out))
     )
-    grads: dict[str, list[list[float]]] = {"attn": [], "mlp": []}
+    grads: dict[str, list[list[float]]] = {"attn": [], "mlp": [], "mlp_out": []}
     total = {id(p): torch.zeros_like(p) for p in model.parameters()}
     losses = []
     model.train()
@@ -86,6 +87,7 @@ def probe_model(
             losses.append(float(loss.detach()))
             grads["attn"].append([_norm([p.grad for p in _weights(b.attn)]) for b in blocks])
             grads["mlp"].append([_norm([p.grad for p in _weights(b.mlp)]) for b in blocks])
+            grads["mlp_out"].append([_norm([b.mlp.proj.weight.grad]) for b in blocks])
             for p in model.parameters():
                 if p.grad is not None:
                     total[id(p)] += p.grad
@@ -124,6 +126,7 @@ def probe_model(
         if i < len(blocks):
             row["grad_attn"] = sum(g[i] for g in grads["attn"]) / n
             row["grad_mlp"] = sum(g[i] for g in grads["mlp"]) / n
+            row["grad_mlp_out"] = sum(g[i] for g in grads["mlp_out"]) / n
         for suffix in streams:
             key = f"{i + 1}/{suffix}" if suffix else str(i + 1)
             name = f"hidden_norm_{suffix}" if suffix else "hidden_norm"
@@ -154,8 +157,11 @@ def run_probe(
     lr: float | None,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Probe every (placement, depth) config in `jobs` over the seeds; the two tables."""
+    """Probe every (placement, depth) config in `jobs` over the seeds: the two tables (means
+    and standard deviations over seeds) and the same rows per seed (`per_seed`)."""
     layers, models = [], []
+    seed_layers: list[dict[str, Any]] = []
+    seed_models: list[dict[str, Any]] = []
     for cfg in jobs:
         train = tokens_for(cfg).train
         step_lr = lr if lr is not None else cfg.optim.lr
@@ -167,6 +173,11 @@ def run_probe(
             data = [windows.next(device) for _ in range(batches)]
             per_seed.append(probe_model(model, data, cfg.optim, step_lr))
         who = {"norm": str(cfg.norm.name), "kind": str(cfg.norm.kind), "depth": cfg.depth}
+        for seed, result in zip(seeds, per_seed, strict=True):
+            seed_layers += [{**who, "seed": seed, **row} for row in result["layers"]]
+            seed_models.append(
+                {**who, "seed": seed, "lr": step_lr, **{k: result[k] for k in MODEL_KEYS}}
+            )
         for i, first in enumerate(per_seed[0]["layers"]):
             row: dict[str, Any] = {**who, "layer": first["layer"]}
             for key in first:
@@ -188,7 +199,11 @@ def run_probe(
             layers[-2]["grad_mlp"],
             layers[-1]["hidden_norm"],
         )
-    return {"layers": layers, "models": models}
+    return {
+        "layers": layers,
+        "models": models,
+        "per_seed": {"layers": seed_layers, "models": seed_models},
+    }
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -225,6 +240,7 @@ def write_outputs(run_dir: Path, table: dict[str, Any], settings: dict[str, Any]
         json.dumps({"settings": settings, **table}, indent=1) + "\n"
     )
     layer_keys = list(dict.fromkeys(k for row in table["layers"] for k in row))
+    # (probe.json also holds the per-seed rows; the CSV and markdown show means and stds.)
     with open(run_dir / "probe.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=layer_keys)
         writer.writeheader()
