@@ -120,8 +120,9 @@ class Claim:
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value); NaN for none."""
-    v = [float(x) for x in values]
+    """Mean and sample standard deviation (0 for one value) of the finite values; NaN for
+    none (e.g. the rank correlation of a constant profile)."""
+    v = [float(x) for x in values if math.isfinite(float(x))]
     if not v:
         return math.nan, math.nan
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
@@ -129,7 +130,7 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 def pm(values: Iterable[float], digits: int = 3) -> str:
     """'mean ± std (n=k)' in `digits` significant digits."""
-    v = list(values)
+    v = [float(x) for x in values if math.isfinite(float(x))]
     m, s = mean_std(v)
     if not v:
         return "-"
