@@ -449,15 +449,23 @@ def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
     norms = sorted({_cfg(r, "norm.name") for r in runs})
     if "post" not in norms:
         raise Missing("no norm=post runs")
+    incomplete = []
     for norm in norms:
-        shallow = _need_runs(runs, f"depth {lo}", norm=norm, depth=lo)
-        deep = _need_runs(runs, f"depth {hi}", norm=norm, depth=hi)
+        shallow = _select(runs, norm=norm, depth=lo)
+        deep = _select(runs, norm=norm, depth=hi)
+        if not (shallow and deep):  # e.g. a sweep cut short: judge the placements it has
+            if norm == "post":
+                raise Missing(f"norm=post needs runs at depth {lo} and {hi}")
+            incomplete.append(norm)
+            continue
         v.measured.append((f"{norm} depth {lo}: final val loss", _loss_text(shallow)))
         v.measured.append((f"{norm} depth {hi}: final val loss", _loss_text(deep)))
         a, n_div = _final_losses(deep)
         b, _ = _final_losses(shallow)
         d = mean_std(a)[0] - mean_std(b)[0] if a and b else math.nan
         penalty[norm] = (d, stderr_diff(a, b) if a and b else math.nan, n_div)
+    if incomplete:
+        v.note = f"left out, lacking runs at depth {lo} or {hi}: {', '.join(incomplete)}"
     ref, ref_se, _ = penalty.get("pre", (0.0, 0.0, 0))
     ref_name = f"Pre-LN's ({ref:+.3g})" if "pre" in penalty else "0"
 

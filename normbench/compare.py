@@ -9,6 +9,10 @@ PNG and SVG: loss curves per group coloured by placement with divergence events 
 stability map per placement (final validation loss over two axes, diverged cells marked and
 counted), per-layer diagnostics, and for each diverged run its last steps layer by layer.
 
+Probe records (`normbench probe` run directories, probe.json) are read too. Records made by a
+reproduction preset (config `claim`, configs/experiment/) are judged against the claim
+(normbench/claims.py): `verdicts.md`, `verdicts.json` and a section at the top of the page.
+
 The axes are the config keys that vary across the runs (derived keys such as a kind's eps
 left out); the seed is averaged over. `--x`/`--y` choose the stability map's axes (default
 lr x depth) and `--group-by` the keys that make one loss-curve figure each (default: every

@@ -218,36 +218,33 @@ def log_report(
         config={"runs": [str(r.dir) for r in runs]},
         reinit="finish_previous",
     ) as run:
-        keys = list(dict.fromkeys(k for row in rows for k in row))
-        if rows:
-            table = wandb.Table(columns=keys, data=[[row.get(k) for k in keys] for row in rows])
-            run.log({"compare/summary": table})
-        images = {
+        payload: dict[str, Any] = {
             f"compare/{kind}/{path.stem}": wandb.Image(str(path))
             for kind, paths in figures.items()
             for path in paths
         }
-        run.log(images)
+        if rows:
+            keys = list(dict.fromkeys(k for row in rows for k in row))
+            data = [[row.get(k) for k in keys] for row in rows]
+            payload["compare/summary"] = wandb.Table(columns=keys, data=data)
         verdicts_file = out / "verdicts.json"
+        verdicts = []
         if verdicts_file.is_file():  # the claims judged (normbench/claims.py)
             verdicts = json.loads(verdicts_file.read_text(encoding="utf-8"))
-            rows_v = [
-                [
-                    v["claim"],
-                    v["outcome"],
-                    "; ".join(c["condition"] for c in v["checks"]),
-                    v["note"],
-                ]
-                for v in verdicts
-            ]
-            run.log(
-                {
-                    "compare/verdicts": wandb.Table(
-                        columns=["claim", "outcome", "conditions", "note"], data=rows_v
-                    )
-                }
+            payload["compare/verdicts"] = wandb.Table(
+                columns=["claim", "outcome", "conditions", "note"],
+                data=[
+                    [
+                        v["claim"],
+                        v["outcome"],
+                        "; ".join(c["condition"] for c in v["checks"]),
+                        v["note"],
+                    ]
+                    for v in verdicts
+                ],
             )
-            run.summary.update({f"verdict/{v['claim']}": v["outcome"] for v in verdicts})
+        run.log(payload)
+        run.summary.update({f"verdict/{v['claim']}": v["outcome"] for v in verdicts})
         run.summary.update(
             {"runs": len(runs), "diverged": sum(r.status == "diverged" for r in runs)}
         )

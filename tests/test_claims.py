@@ -24,6 +24,7 @@ from normbench.claims import (
 from normbench.compare import Run
 
 from conftest import TINY, run_cli, text_data
+from wandb_records import offline_runs
 
 OUTCOMES = {REPRODUCED, PARTLY, NOT, INCONCLUSIVE}
 
@@ -172,9 +173,12 @@ def test_depth_breakdown_is_judged_against_pre_ln():
                 runs.append(
                     run(5.0 + penalties[norm] + 0.01 * seed, norm=norm, depth=24, seed=seed)
                 )
+    runs.append(run(5.0, norm="mix", depth=6))  # a sweep cut short: mix only at depth 6
     v = judge("depth_breakdown", runs)
     assert [c.held for c in v.checks] == [True, True, False]  # post breaks; deepnorm; b2t
-    assert v.outcome == PARTLY
+    assert v.outcome == PARTLY and "mix" in v.note
+    post_only = [r for r in runs if r.config["norm.name"] != "post" or r.config["depth"] == 6]
+    assert "norm=post needs runs at depth 6 and 24" in judge("depth_breakdown", post_only).note
 
 
 def test_peri_growth_uses_the_diagnostics():
@@ -273,7 +277,10 @@ def test_probe_presets_produce_a_verdict(claim, extra, tmp_path, cli_env, text_f
     assert (run_dir / "verdicts.md").is_file()
 
     out = tmp_path / "report"
-    done = run_cli(["compare", str(run_dir), "--out", str(out)], cwd=tmp_path, env=cli_env)
+    wandb_flag = ["--wandb"] if claim == "xiong_hidden" else []
+    done = run_cli(
+        ["compare", str(run_dir), "--out", str(out), *wandb_flag], cwd=tmp_path, env=cli_env
+    )
     assert done.returncode == 0, done.stderr
     (verdict,) = json.loads((out / "verdicts.json").read_text())
     assert verdict["claim"] == claim and verdict["outcome"] in OUTCOMES
@@ -294,3 +301,7 @@ def test_probe_presets_produce_a_verdict(claim, extra, tmp_path, cli_env, text_f
     assert "Verdicts on the literature" in page and verdict["outcome"] in page
     assert "data:image/png;base64" in page  # the probe's figure embedded
     assert verdict["outcome"] in done.stdout
+    if wandb_flag:  # the verdicts reach W&B as a table and summary keys
+        (logged,) = offline_runs(out / "wandb")
+        assert logged.summary[f"verdict/{claim}"] == verdict["outcome"]
+        assert any(h.get("compare/verdicts/_type") == "table-file" for h in logged.history)
