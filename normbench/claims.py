@@ -82,6 +82,9 @@ class Verdict:
         return {**asdict(self), "outcome": self.outcome}
 
     def markdown(self) -> str:
+        def cell(text: str) -> str:  # a | would end the table cell
+            return text.replace("|", "\\|")
+
         lines = [
             f"### {self.title}: **{self.outcome}**",
             "",
@@ -92,12 +95,12 @@ class Verdict:
             lines += [f"*Setting*: {self.setting}", ""]
         if self.measured:
             lines += ["| quantity | measured |", "|---|---|"]
-            lines += [f"| {q} | {v} |" for q, v in self.measured]
+            lines += [f"| {cell(q)} | {cell(v)} |" for q, v in self.measured]
             lines.append("")
         if self.checks:
             lines += ["| condition | measured | held |", "|---|---|---|"]
             lines += [
-                f"| {c.condition} | {c.measured} | {'yes' if c.held else 'no'} |"
+                f"| {cell(c.condition)} | {cell(c.measured)} | {'yes' if c.held else 'no'} |"
                 for c in self.checks
             ]
             lines.append("")
@@ -241,8 +244,8 @@ def judge_xiong_gradients(v: Verdict, t: ProbeTable) -> None:
         for d in depths:
             first = [t.profile(norm, d, s, key)[0][1] for s in t.seeds(norm, d)]
             last = [t.profile(norm, d, s, key)[-1][1] for s in t.seeds(norm, d)]
-            v.measured.append((f"{name} depth {d}: |grad W2| at layer 1", pm(first)))
-            v.measured.append((f"{name} depth {d}: |grad W2| at layer {d}", pm(last)))
+            v.measured.append((f"{name} depth {d}: ‖grad W2‖ at layer 1", pm(first)))
+            v.measured.append((f"{name} depth {d}: ‖grad W2‖ at layer {d}", pm(last)))
         m_along, m_rho, m_across = mean_std(along)[0], mean_std(rho)[0], mean_std(across)[0]
         what = f"layer {hi} / layer 1 at depth {hi}"
         if norm == "post":
@@ -543,7 +546,7 @@ def judge_rmsnorm(v: Verdict, runs: list[Any]) -> None:
     tol = max(MATCH, 2 * se) if not math.isnan(se) else MATCH
     v.checks.append(
         Check(
-            f"RMSNorm's final val loss matches LayerNorm's: |difference| <= max({MATCH} nats, "
+            f"RMSNorm's final val loss matches LayerNorm's: the absolute difference <= max({MATCH} nats, "
             "2 SE), neither diverging",
             f"{d:+.3g} ± {se:.2g} nats (tolerance {tol:.2g}); diverged {div_a + div_b}",
             div_a + div_b == 0 and abs(d) <= tol,

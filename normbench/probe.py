@@ -262,8 +262,10 @@ def write_outputs(run_dir: Path, table: dict[str, Any], settings: dict[str, Any]
 
 def _depth_ticks(ax: Any, depths: list[int]) -> None:
     """Depths as plain numbers on the log axis."""
+    from matplotlib.ticker import NullLocator
+
     ax.set_xticks(depths, [str(d) for d in depths])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())  # (the y axis keeps its labels within a decade)
 
 
 def plot(run_dir: Path, table: dict[str, Any]) -> list[Path]:
