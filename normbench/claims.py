@@ -14,6 +14,9 @@ that a reader can disagree with them; they are never tuned to make a claim come 
 - "flat / does not shrink": the ratio within [1/1.5, 1.5], or above `SHRINKS` = 0.8;
 - "constant": max / min over the layers at most `CONSTANT` = 1.1;
 - "much faster / much more": a factor of at least `MUCH` = 2;
+- the output change after one update compares placements only while it is small: when a
+  model's output moves by more than `SATURATED` = 0.7 of its RMS (unrelated outputs differ
+  by sqrt(2) = 1.41 of it) the comparison is inconclusive (lower `probe.lr`);
 - a loss difference counts when it is at least `DELTA` = 0.1 nats and at least twice its
   standard error over seeds; losses "match" within `MATCH` = 0.02 nats or twice the standard
   error, whichever is larger.
@@ -41,6 +44,7 @@ CONSTANT = 1.1
 MUCH = 2.0
 DELTA = 0.1
 MATCH = 0.02
+SATURATED = 0.7  # an output change of this fraction of the output's RMS: the step was too large
 
 REPRODUCED, PARTLY, NOT, INCONCLUSIVE = (
     "reproduced",
@@ -207,6 +211,8 @@ class ProbeTable:
     def model(self, norm: str, depth: int, seed: int, key: str) -> float:
         for r in self.models:
             if (r["norm"], r["depth"], r["seed"]) == (norm, depth, seed):
+                if key not in r:
+                    raise Missing(f"probe.json has no {key} (an older normbench); probe again")
                 return float(r[key])
         raise Missing(f"no probe of norm={norm} depth={depth} seed={seed}")
 
@@ -334,6 +340,7 @@ def judge_output_change(v: Verdict, t: ProbeTable) -> None:
     if not others:
         raise Missing("no probe of pre, deepnorm or admin to compare Post-LN with")
     growth: dict[str, list[float]] = {}
+    largest = (0.0, "")
     for norm in ["post", *others]:
         depths = t.depths(norm)
         lo, hi = depths[0], depths[-1]
@@ -341,12 +348,28 @@ def judge_output_change(v: Verdict, t: ProbeTable) -> None:
             raise Missing(f"norm={norm} was probed at one depth; give probe.depths at least 2")
         for d in depths:
             values = [t.model(norm, d, s, "output_change") for s in t.seeds(norm, d)]
-            v.measured.append((f"{norm} depth {d}: output change", pm(values)))
+            rel = [
+                c / t.model(norm, d, s, "output_rms")
+                for c, s in zip(values, t.seeds(norm, d), strict=True)
+            ]
+            v.measured.append(
+                (
+                    f"{norm} depth {d}: output change (relative to the output's RMS)",
+                    f"{pm(values)} ({pm(rel, 2)})",
+                )
+            )
+            largest = max(largest, (max(rel), f"{norm} depth {d}"))
         growth[norm] = [
             t.model(norm, hi, s, "output_change") / t.model(norm, lo, s, "output_change")
             for s in t.common_seeds(norm, [lo, hi])
         ]
         v.measured.append((f"{norm}: output change depth {hi} / depth {lo}", pm(growth[norm])))
+    if largest[0] > SATURATED:
+        raise Missing(
+            f"the output of {largest[1]} moved by {largest[0]:.2f} of its RMS in one step "
+            f"(> {SATURATED}; unrelated outputs differ by 1.41): saturated, so growth with depth "
+            "cannot show; lower probe.lr"
+        )
     post = mean_std(growth["post"])[0]
     for norm in others:
         other = mean_std(growth[norm])[0]

@@ -11,7 +11,9 @@ For every placement in `probe.norms` and depth in `probe.depths` (each composed 
 - per model: the change of the output after one AdamW step of learning rate `probe.lr`
   (default optim.lr) on the mean gradient of those batches (Liu et al. 2020, 2004.08249;
   Wang et al. 2022, 2203.00555): the RMS change of the hidden state entering the LM head
-  (`output_change`) and of the logits (`logit_change`), on the same batches.
+  (`output_change`) and of the logits (`logit_change`), on the same batches, and the RMS of
+  that hidden state before the step (`output_rms`): two unrelated outputs of equal RMS r
+  differ by sqrt(2) r, so a change near that means the step was too large to compare.
 
 Numbers are means over seeds, with the standard deviation over seeds beside them. The run
 directory gets `probe.json` (settings, `layers` with one row per placement, depth and layer,
@@ -41,7 +43,7 @@ from normbench.optim import build_optimizer
 log = logging.getLogger(__name__)
 
 LAYER_KEYS = ("grad_attn", "grad_mlp", "grad_mlp_out", "hidden_norm")
-MODEL_KEYS = ("output_change", "logit_change", "loss")
+MODEL_KEYS = ("output_change", "logit_change", "output_rms", "loss")
 
 
 def _weights(module: nn.Module) -> list[nn.Parameter]:
@@ -137,6 +139,7 @@ def probe_model(
         "layers": layers,
         "output_change": rms(h1 - h0),
         "logit_change": rms(z1 - z0),
+        "output_rms": rms(h0),
         "loss": sum(losses) / n,
     }
 

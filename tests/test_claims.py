@@ -54,7 +54,15 @@ def table(profile: Any, change: Any, norms=("pre", "post"), depths=(6, 24), seed
                     if layer <= d:
                         row["grad_mlp_out"] = g
                     layers.append(row)
-                models.append({"norm": n, "depth": d, "seed": s, "output_change": change(n, d, s)})
+                models.append(
+                    {
+                        "norm": n,
+                        "depth": d,
+                        "seed": s,
+                        "output_change": change(n, d, s),
+                        "output_rms": 1.0,
+                    }
+                )
     return ProbeTable(layers, models)
 
 
@@ -94,13 +102,20 @@ def test_output_change_against_each_placement():
     norms = ("post", "pre", "deepnorm", "admin")
 
     def change(n, d, s):  # Post-LN grows 4x from depth 6 to 24; admin 3x; the others ~1x
-        return {"post": 0.1 * d / 6, "admin": 0.5 * (1 + (d - 6) / 9)}.get(n, 1.0 + 0.001 * s)
+        return {"post": 0.01 * d / 6, "admin": 0.05 * (1 + (d - 6) / 9)}.get(n, 0.1 + 0.001 * s)
 
     v = judge("output_change", table(as_theory, change, norms=norms))
     held = {c.condition.split("than ")[1].split("'")[0]: c.held for c in v.checks}
     assert held == {"pre": True, "deepnorm": True, "admin": False}  # 4 / 3 < 2
     assert v.outcome == PARTLY
     assert any("post: output change depth 24 / depth 6" in q and "4 ±" in m for q, m in v.measured)
+
+
+def test_output_change_saturated_is_inconclusive():
+    """Outputs that moved by about sqrt(2) of their RMS are unrelated: no growth can show."""
+    v = judge("output_change", table(as_theory, lambda n, d, s: 1.4, norms=("post", "pre")))
+    assert v.outcome == INCONCLUSIVE and "saturated" in v.note and "lower probe.lr" in v.note
+    assert v.measured  # what was measured is still reported
 
 
 @pytest.mark.parametrize(
