@@ -177,6 +177,15 @@ def spearman(x: list[float], y: list[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx and syy else math.nan
 
 
+def r_squared(x: list[float], y: list[float]) -> float:
+    """The coefficient of determination of the least-squares line through (x, y)."""
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy * sxy / (sxx * syy) if sxx and syy else math.nan
+
+
 class Missing(Exception):
     """The records lack what a claim needs; the message says what to run."""
 
@@ -294,7 +303,7 @@ def judge_xiong_hidden(v: Verdict, t: ProbeTable) -> None:
     t.need(["pre", "post"])
     for norm in ("pre", "post"):
         depth = t.depths(norm)[-1]
-        growth, rho, spread = [], [], []
+        growth, rho, spread, r2 = [], [], [], []
         for s in t.seeds(norm, depth):
             # Entering block 2 .. the output: block 1's input is the embedding, which neither
             # placement normalizes.
@@ -304,6 +313,8 @@ def judge_xiong_hidden(v: Verdict, t: ProbeTable) -> None:
             hs = [h for _, h in prof]
             growth.append(hs[-1] / hs[0])
             rho.append(spearman([float(layer) for layer, _ in prof], hs))
+            if norm == "pre":  # Lemma 2's bounds are linear in l for ||x_l||^2
+                r2.append(r_squared([float(layer) for layer, _ in prof], [h * h for h in hs]))
             spread.append(max(hs) / min(hs))
             if s == t.seeds(norm, depth)[0]:
                 name = {"post": "Post-LN", "pre": "Pre-LN"}[norm]
@@ -315,6 +326,9 @@ def judge_xiong_hidden(v: Verdict, t: ProbeTable) -> None:
                     )
                 )
         if norm == "pre":
+            v.measured.append(
+                (f"Pre-LN depth {depth}: R^2 of a line through ‖x‖^2 against l", pm(r2, 4))
+            )
             v.checks.append(
                 Check(
                     f"Pre-LN's hidden-state norm grows with the layer index: output / block 2 "

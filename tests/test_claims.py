@@ -19,6 +19,7 @@ from normbench.claims import (
     REPRODUCED,
     ProbeTable,
     judge,
+    r_squared,
     spearman,
 )
 from normbench.compare import Run
@@ -35,6 +36,8 @@ def test_spearman():
     assert spearman([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]) == pytest.approx(0.8)
     assert spearman([1, 2, 3], [2, 2, 3]) == pytest.approx(math.sqrt(3) / 2)  # ties averaged
     assert math.isnan(spearman([1, 2], [1, 2]))
+    assert r_squared([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert r_squared([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.64)
 
 
 # --- probe claims on constructed tables -------------------------------------------------------
