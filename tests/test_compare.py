@@ -172,7 +172,7 @@ def test_compare_logs_the_report_to_wandb(sweep, tmp_path, cli_env):
     "args, message",
     [
         (["/no/such/dir"], "/no/such/dir: no such file or directory"),
-        (["EMPTY"], "no run records (folders with summary.json and config.yaml) under"),
+        (["EMPTY"], "no run records (folders with summary.json and config.yaml) or probe records"),
         (["SWEEP", "--x", "colour"], "unknown key 'colour'; the runs have:"),
         (["SWEEP", "--bogus"], "unrecognized arguments: --bogus"),
         ([], "the following arguments are required: paths"),
