@@ -17,6 +17,8 @@ that a reader can disagree with them; they are never tuned to make a claim come 
 - the output change after one update compares placements only while it is small: when a
   model's output moves by more than `SATURATED` = 0.7 of its RMS (unrelated outputs differ
   by sqrt(2) = 1.41 of it) the comparison is inconclusive (lower `probe.lr`);
+- a claim about Post-LN breaking down with depth needs a Post-LN that trains at the shallow
+  depth (not `DELTA` nats and 2 SE behind Pre-LN there); otherwise it is inconclusive;
 - a loss difference counts when it is at least `DELTA` = 0.1 nats and at least twice its
   standard error over seeds; losses "match" within `MATCH` = 0.02 nats or twice the standard
   error, whichever is larger.
@@ -506,6 +508,16 @@ def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
         penalty[norm] = (d, stderr_diff(a, b) if a and b else math.nan, n_div)
     if incomplete:
         v.note = f"left out, lacking runs at depth {lo} or {hi}: {', '.join(incomplete)}"
+    # The claim presupposes a Post-LN that trains when shallow: one that already fails at the
+    # shallow depth (diverges, or ends DELTA nats and 2 SE behind Pre-LN) cannot break down.
+    post_lo, post_lo_div = _final_losses(_select(runs, norm="post", depth=lo))
+    pre_lo, _ = _final_losses(_select(runs, norm="pre", depth=lo))
+    if post_lo_div or (pre_lo and post_lo and _differs(post_lo, pre_lo)[2]):
+        raise Missing(
+            f"Post-LN already fails at depth {lo} ({_loss_text(_select(runs, norm='post', depth=lo))}"
+            f"; Pre-LN {pm(pre_lo, 4)}), so this setting cannot show it breaking down with "
+            "depth; give it more warmup (optim.warmup_steps) or a lower optim.lr"
+        )
     ref, ref_se, _ = penalty.get("pre", (0.0, 0.0, 0))
     ref_name = f"Pre-LN's ({ref:+.3g})" if "pre" in penalty else "0"
 

@@ -199,6 +199,18 @@ def test_depth_breakdown_is_judged_against_pre_ln():
     assert "norm=post needs runs at depth 6 and 24" in judge("depth_breakdown", post_only).note
 
 
+def test_depth_breakdown_needs_a_post_ln_that_trains_when_shallow():
+    runs = []
+    for seed in (0, 1):
+        runs.append(run(6.6 + 0.01 * seed, norm="post", depth=6, seed=seed))  # stuck
+        runs.append(run(6.5 + 0.01 * seed, norm="post", depth=24, seed=seed))
+        runs.append(run(5.8 + 0.01 * seed, norm="pre", depth=6, seed=seed))
+        runs.append(run(5.9 + 0.01 * seed, norm="pre", depth=24, seed=seed))
+    v = judge("depth_breakdown", runs)
+    assert v.outcome == INCONCLUSIVE and "Post-LN already fails at depth 6" in v.note
+    assert "warmup" in v.note and v.measured
+
+
 def test_peri_growth_uses_the_diagnostics():
     def diag(out):
         return {"resid_rms/block_01": 1.0, "resid_rms/out": out}
