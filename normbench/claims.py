@@ -256,7 +256,7 @@ def judge_xiong_gradients(v: Verdict, t: ProbeTable) -> None:
             prof = t.profile(norm, hi, s, key)
             along.append(prof[-1][1] / prof[0][1])
             rho.append(spearman([float(layer) for layer, _ in prof], [g for _, g in prof]))
-            across.append(t.profile(norm, hi, s, key)[-1][1] / t.profile(norm, lo, s, key)[-1][1])
+            across.append(prof[-1][1] / t.profile(norm, lo, s, key)[-1][1])
         name = {"post": "Post-LN", "pre": "Pre-LN"}[norm]
         for d in depths:
             first = [t.profile(norm, d, s, key)[0][1] for s in t.seeds(norm, d)]
@@ -561,11 +561,12 @@ def judge_peri_growth(v: Verdict, runs: list[Any]) -> None:
     growth: dict[str, list[float]] = {}
     for norm in ("pre", "peri"):
         chosen = _need_runs(runs, "the claim compares Pre-LN with Peri-LN", norm=norm)
-        values = [g for g in map(_residual_growth, chosen) if g is not None]
-        if not values:
+        measured = [(r, _residual_growth(r)) for r in chosen]
+        measured = [(r, g) for r, g in measured if g is not None]
+        if not measured:
             raise Missing(f"the norm={norm} runs have no diagnostics; run with diag.every > 0")
-        growth[norm] = values
-        outs = [float(r.summary["diag"]["resid_rms/out"]) for r in chosen if _residual_growth(r)]
+        values = growth[norm] = [g for _, g in measured]
+        outs = [float(r.summary["diag"]["resid_rms/out"]) for r, _ in measured]
         v.measured.append((f"{norm}: residual RMS at the output, end of training", pm(outs)))
         v.measured.append((f"{norm}: residual RMS output / block 1", pm(values)))
         v.measured.append((f"{norm}: final val loss", _loss_text(chosen)))

@@ -610,9 +610,10 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
     write_outputs(run_dir, table, settings)
     log.info("probe: tables in %s, figures %s", run_dir / "probe.md", run_dir / "probe.png")
     if cfg.claim is not None:  # the preset's verdict, as `normbench compare <run_dir>` gives it
-        from normbench.compare import judge_claims, load_probe, write_verdicts
+        from normbench.compare import Probe, flatten, judge_claims, write_verdicts
 
-        verdicts = judge_claims([], [load_probe(run_dir)])
+        probe = Probe(run_dir, flatten(to_container(cfg)), {"settings": settings, **table})
+        verdicts = judge_claims([], [probe])
         write_verdicts(run_dir, verdicts)
         for v in verdicts:
             print(f"{v.title}: {v.outcome} ({run_dir / 'verdicts.md'})", flush=True)

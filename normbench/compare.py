@@ -122,15 +122,21 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(run_dir: Path) -> Run:
+def _read_record(run_dir: Path, name: str, what: str) -> tuple[dict[str, Any], Any]:
+    """The flattened config.yaml and the parsed JSON file `name` of a record directory."""
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        data = json.loads((run_dir / name).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-        raise CompareError(f"{run_dir} is not a readable run record ({type(e).__name__})") from e
+        raise CompareError(f"{run_dir} is not a readable {what} record ({type(e).__name__})") from e
+    return flatten(config), data
+
+
+def load_run(run_dir: Path) -> Run:
+    config, summary = _read_record(run_dir, "summary.json", "run")
     return Run(
         dir=run_dir,
-        config=flatten(config),
+        config=config,
         summary=summary,
         metrics=_read_jsonl(run_dir / "metrics.jsonl"),
         events=_read_jsonl(run_dir / "events.jsonl"),
@@ -147,12 +153,8 @@ class Probe:
 
 
 def load_probe(run_dir: Path) -> Probe:
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        table = json.loads((run_dir / "probe.json").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-        raise CompareError(f"{run_dir} is not a readable probe record ({type(e).__name__})") from e
-    return Probe(dir=run_dir, config=flatten(config), table=table)
+    config, table = _read_record(run_dir, "probe.json", "probe")
+    return Probe(dir=run_dir, config=config, table=table)
 
 
 def find_records(paths: list[str]) -> tuple[list[Run], list[Probe]]:
