@@ -306,7 +306,9 @@ def validate(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{missing[0]} is required; set {missing[0]}=<value>")
+    check_finite(cfg)
     need(cfg.depth >= 1, f"depth must be >= 1 (got {cfg.depth})")
+    need(0 <= cfg.seed < 2**64, f"seed must be in [0, 2^64) (got {cfg.seed})")
     need(
         cfg.threads is None or cfg.threads >= 1,
         f"threads must be >= 1, or null for automatic (got {cfg.threads})",
@@ -338,6 +340,7 @@ def validate(cfg: DictConfig) -> None:
         len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
         f"optim.betas must be two numbers in [0, 1) (got {list(o.betas)})",
     )
+    need(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
     need(o.grad_clip >= 0, f"optim.grad_clip must be >= 0, 0 disables it (got {o.grad_clip})")
     need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     need(t.eval_every >= 1, f"train.eval_every must be >= 1 (got {t.eval_every})")
@@ -346,6 +349,10 @@ def validate(cfg: DictConfig) -> None:
         t.ckpt_every >= 0, f"train.ckpt_every must be >= 0, 0: only at the end (got {t.ckpt_every})"
     )
     need(t.ckpt_keep >= 1, f"train.ckpt_keep must be >= 1 (got {t.ckpt_keep})")
+    need(
+        str(t.resume).strip() != "",
+        "train.resume must be auto, never or the path of a checkpoint (got an empty value)",
+    )
     need(
         t.eval_batch_size is None or t.eval_batch_size >= 1,
         f"train.eval_batch_size must be >= 1 (got {t.eval_batch_size})",
@@ -356,6 +363,22 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.backend == "wandb" and cfg.logger.mode is not None:
         modes = ("online", "offline", "disabled")
         need(cfg.logger.mode in modes, f"logger.mode must be one of {', '.join(modes)} or null")
+
+
+def check_finite(cfg: DictConfig) -> None:
+    """Every number in the config is finite: no setting means anything at inf or NaN (and a
+    NaN passes every range check written as a comparison)."""
+
+    def walk(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            path = f"{prefix}{key}" if isinstance(node, dict) else f"{prefix[:-1]}[{key}]"
+            if isinstance(value, (dict, list)):
+                walk(value, f"{path}.")
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{path} must be a finite number (got {value})")
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
 
 
 def validate_divergence(cfg: DictConfig) -> None:
