@@ -29,7 +29,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench import dist
+from normbench.checkpoint import CheckpointWriteError
 from normbench.errors import NormbenchError
+from normbench.record import RecordWriteError
 
 log = logging.getLogger("normbench")
 
@@ -167,15 +169,8 @@ def _loader(args: Any) -> Any:
     return ConfigLoaderImpl(config_search_path=search_path)
 
 
-def job_configs(args: Any, config_name: str) -> list[DictConfig]:
-    """The config of every job that `normbench train` with these arguments would run.
-
-    Mirrors Hydra: a single run composes once; a multirun with the basic sweeper takes the
-    cartesian product of the sweep overrides (and `hydra.sweeper.params`). Other sweepers
-    choose their jobs at run time, so only their base config is checked here.
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def _compose_base(args: Any, config_name: str) -> DictConfig:
+    """The config with Hydra's node, in the mode the command line (or the config) asks for."""
     from hydra.types import RunMode
 
     loader = _loader(args)
@@ -184,36 +179,132 @@ def job_configs(args: Any, config_name: str) -> list[DictConfig]:
     if not args.multirun and base.hydra.mode == RunMode.MULTIRUN:
         mode = RunMode.MULTIRUN
         base = loader.load_configuration(config_name, list(args.overrides), run_mode=mode)
-    if mode == RunMode.RUN:
+    with open_dict(base):
+        base.hydra.mode = mode  # Hydra leaves it unset for `-m`; the job configs inherit it
+    return base
+
+
+def _is_multirun(cfg: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return cfg.hydra.mode == RunMode.MULTIRUN
+
+
+def _basic_sweeper(cfg: DictConfig) -> bool:
+    """The basic sweeper's jobs are known before the sweep (the cartesian product); other
+    sweepers (Optuna) choose theirs at run time."""
+    return str(cfg.hydra.sweeper._target_).endswith("BasicSweeper")
+
+
+def job_configs(args: Any, config_name: str) -> list[DictConfig]:
+    """The config of every job that `normbench train` with these arguments would run.
+
+    Mirrors Hydra: a single run composes once; a multirun with the basic sweeper takes the
+    cartesian product of the sweep overrides (and `hydra.sweeper.params`), each job with its
+    `hydra.job.num` (so `hydra.sweep.subdir` names its folder). Other sweepers choose their
+    jobs at run time, so only their base config is checked here.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    base = _compose_base(args, config_name)
+    if not _is_multirun(base) or not _basic_sweeper(base):
         return [base]
-    if not base.hydra.sweeper._target_.endswith("BasicSweeper"):
-        return [base]  # the sweeper picks the jobs at run time: check what is fixed
+    loader = _loader(args)
     params = [f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()]
     parser = OverridesParser.create(config_loader=loader)
     parsed = parser.parse_overrides(params + list(args.overrides))
     jobs = BasicSweeper.split_arguments(parsed, None)[0]
-    return [loader.load_sweep_config(base, job) for job in jobs]
+    configs = []
+    for num, job in enumerate(jobs):
+        cfg = loader.load_sweep_config(base, job)
+        with open_dict(cfg):
+            cfg.hydra.mode = base.hydra.mode
+            cfg.hydra.job.num, cfg.hydra.job.id = num, str(num)
+        configs.append(cfg)
+    return configs
 
 
-def preflight(args: Any, config_name: str = "train") -> None:
-    """Validate every job and make sure its data is tokenized, before any job starts."""
-    from normbench.config import validate, validate_claim
+def pin_output_dir(args: Any, config_name: str) -> tuple[str, Path]:
+    """Resolve the run (or sweep) directory once and pin it as an override, so that every
+    later composition, Hydra's own included, uses the same folder (the default one is named
+    by the time, to the microsecond) and the resume command can name it."""
+    from hydra.core.utils import setup_globals
+
+    from normbench.config import ConfigError
+    from normbench.rundir import override_value
+
+    setup_globals()  # Hydra's resolvers (${now:...}) for the directory's name
+    base = _compose_base(args, config_name)
+    key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
+    try:
+        target = Path(str(OmegaConf.select(base, key))).expanduser().resolve()
+    except OSError as e:
+        raise ConfigError(f"{key}: {e.strerror}; choose another folder") from e
+    args.overrides = [o for o in args.overrides if o.lstrip("+").split("=", 1)[0] != key]
+    args.overrides.append(f"{key}={override_value(str(target))}")
+    return key, target
+
+
+def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
+    """Before any job starts: validate every job, make sure its data is tokenized, then take
+    the output directory: pinned, locked (returned with its key, hydra.run.dir or
+    hydra.sweep.dir; release the lock when the command ends), and checked to hold no other
+    configuration's run or sweep. A refused command leaves the directory as it was (no
+    .hydra/, no log, no lock file of its own)."""
+    from normbench.checkpoint import RunLock
+    from normbench.checkpoint import load as load_checkpoint
+    from normbench.config import to_container, validate, validate_claim
     from normbench.data import load_tokens
+    from normbench.rundir import (
+        check_run_dir,
+        check_sweep_dir,
+        sweep_definition,
+        write_sweep_manifest,
+    )
     from normbench.train import check_data_fits, check_global_batch, resolve_device
 
+    key, target = pin_output_dir(args, config_name)
     checked_data: dict[str, Any] = {}
-    for cfg in job_configs(args, config_name):
+    jobs: list[tuple[str, dict[str, Any]]] = []
+    configs = job_configs(args, config_name)
+    multirun, basic = _is_multirun(configs[0]), _basic_sweeper(configs[0])
+    sweeper = OmegaConf.to_container(configs[0].hydra.sweeper, resolve=True)
+    for cfg in configs:
         check_output_dir(cfg)
+        subdir = str(OmegaConf.select(cfg, "hydra.sweep.subdir")) if multirun and basic else ""
         with open_dict(cfg):
             del cfg["hydra"]
         validate(cfg)
         validate_claim(cfg, config_name)
+        if str(cfg.train.resume) not in ("auto", "never"):
+            state = load_checkpoint(Path(str(cfg.train.resume)).expanduser())
+            check_same_config(state, to_container(cfg))
         resolve_device(str(cfg.device.value))
         check_global_batch(cfg.train.batch_size)
-        key = OmegaConf.to_yaml(cfg.data, resolve=True)
-        if key not in checked_data:
-            checked_data[key] = load_tokens(cfg.data)
-        check_data_fits(checked_data[key], cfg.model.context)
+        data_key = OmegaConf.to_yaml(cfg.data, resolve=True)
+        if data_key not in checked_data:
+            checked_data[data_key] = load_tokens(cfg.data)
+        check_data_fits(checked_data[data_key], cfg.model.context)
+        jobs.append((subdir, to_container(cfg)))
+    definition = sweep_definition(jobs if basic else None, jobs[0][1], sweeper)
+
+    def check() -> None:
+        if multirun:
+            check_sweep_dir(target, definition)
+        else:
+            check_run_dir(target, jobs[0][1], key)
+
+    check()  # before the lock, so that a refusal touches nothing
+    lock = RunLock.acquire(target)
+    try:
+        check()  # again under the lock: another process may have written in between
+        if multirun:
+            write_sweep_manifest(target, definition)
+    except BaseException:
+        lock.abandon()
+        raise
+    return key, lock
 
 
 def check_output_dir(cfg: DictConfig) -> None:
@@ -243,15 +334,11 @@ def check_output_dir(cfg: DictConfig) -> None:
             f"{key}={target} cannot be written ({e.strerror} in {existing}); "
             f"set {key} to a writable folder"
         ) from e
-    if not multirun:
-        checkpoint.RunLock.check_free(target)
     if not multirun and str(cfg.train.resume) == "never" and checkpoint.record_files(target):
         raise ConfigError(
             f"train.resume=never but {target} already holds a run record; choose another "
             "hydra.run.dir, or train.resume=auto to continue it"
         )
-    if str(cfg.train.resume) not in ("auto", "never"):
-        checkpoint.load(Path(str(cfg.train.resume)).expanduser())
 
 
 # --- the Hydra task -------------------------------------------------------------------------
@@ -266,15 +353,20 @@ class Interrupted(BaseException):
         self.signal_name, self.step = signal_name, step
 
 
-def plan_resume(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any] | None, int, bool]:
+def plan_resume(
+    cfg: DictConfig, run_dir: Path, config: dict[str, Any]
+) -> tuple[dict[str, Any] | None, int, bool]:
     """(checkpoint state or None, the step the record keeps rows up to, already finished).
 
+    First of all, a run directory whose record was written by another configuration is
+    refused (for a finished run too: its results are never returned for another config).
     train.resume=auto continues from the newest valid checkpoint in the run directory
     (a SLURM requeue runs the same command there); a run that already completed or diverged
     is left alone. never: the run directory must hold no run record. A path: that checkpoint.
     """
     from normbench import checkpoint
     from normbench.config import ConfigError
+    from normbench.rundir import check_run_dir
 
     mode = str(cfg.train.resume)
     existing = checkpoint.record_files(run_dir)
@@ -285,12 +377,13 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any] | None, 
                 f"({', '.join(existing)}); choose another hydra.run.dir, or train.resume=auto"
             )
         return None, 0, False
+    check_run_dir(run_dir, config)
     if mode == "auto":
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
             try:
                 status = json.loads(summary_path.read_text()).get("status")
-            except (OSError, json.JSONDecodeError):
+            except (OSError, json.JSONDecodeError, AttributeError):
                 status = None
             if status in ("completed", "diverged"):
                 return None, 0, True
@@ -300,35 +393,21 @@ def plan_resume(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any] | None, 
         state = found[1]
     else:
         state = checkpoint.load(Path(mode).expanduser())
-    check_same_config(state, cfg)
+    check_same_config(state, config)
     return state, int(state["step"]), False
 
 
-def check_same_config(state: dict[str, Any], cfg: DictConfig) -> None:
+def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
     """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
-    from normbench.config import ConfigError, to_container
+    from normbench.config import ConfigError
+    from normbench.rundir import differences
 
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    free = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
-    then = flat(state.get("config", {}))
-    now = flat(to_container(cfg))
-    for key in sorted(set(then) | set(now)):
-        if key.startswith(free):
-            continue
-        if then.get(key) != now.get(key):
-            raise ConfigError(
-                f"the checkpoint was written with {key}={then.get(key)!r}, this run has "
-                f"{key}={now.get(key)!r}; resume with the same config, or start a new run "
-                "(another hydra.run.dir, or train.resume=never)"
-            )
+    diffs = differences(state.get("config", {}), config)
+    if diffs:
+        raise ConfigError(
+            f"the checkpoint was written with another config ({diffs[0]}); resume with the "
+            "same config, or start a new run (another hydra.run.dir, or train.resume=never)"
+        )
 
 
 def train_task(cfg: DictConfig) -> float:
@@ -349,7 +428,7 @@ def train_task(cfg: DictConfig) -> float:
     validate(cfg)
     config = to_container(cfg)
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
-    lock = RunLock(run_dir) if main else None
+    lock = RunLock.acquire(run_dir) if main else None
     try:
         return _train_job(cfg, run_dir, group, config, main)
     finally:
@@ -367,11 +446,11 @@ def _train_job(
     from normbench.data import load_tokens
     from normbench.divergence import objective
     from normbench.logger import NullLogger, make_logger
-    from normbench.record import NullRecord, RunRecord, new_summary
+    from normbench.record import NullRecord, RecordWriteError, RunRecord, new_summary
     from normbench.train import StopRequest, check_data_fits, configure_threads, train
 
     hc = HydraConfig.get()
-    resume, keep_until, finished = plan_resume(cfg, run_dir)
+    resume, keep_until, finished = plan_resume(cfg, run_dir, config)
     if finished:
         summary = json.loads((run_dir / "summary.json").read_text())
         if main:
@@ -381,20 +460,20 @@ def _train_job(
             summary, cfg.train.max_steps, cfg.divergence.penalty
         )
     record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
-    record.write_config(config)
-    previous_id = (resume or {}).get("summary", {}).get("wandb") or {}
-    logger = (
-        make_logger(cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id"))
-        if main
-        else NullLogger()
-    )
-    checkpointer = (
-        Checkpointer(run_dir, cfg.train.ckpt_every, cfg.train.ckpt_keep) if main else None
-    )
     stop = StopRequest()
     summary = new_summary()
-    summary["wandb"] = logger.info  # in every checkpoint: a resume continues this W&B run
+    logger: Any = NullLogger()
     try:
+        record.write_config(config)
+        previous_id = (resume or {}).get("summary", {}).get("wandb") or {}
+        if main:
+            logger = make_logger(
+                cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id")
+            )
+        checkpointer = (
+            Checkpointer(run_dir, cfg.train.ckpt_every, cfg.train.ckpt_keep) if main else None
+        )
+        summary["wandb"] = logger.info  # in every checkpoint: a resume continues this W&B run
         summary["threads"] = configure_threads(cfg.threads, hc.launcher)
         tokens = load_tokens(cfg.data)
         check_data_fits(tokens, cfg.model.context)
@@ -410,14 +489,21 @@ def _train_job(
     except BaseException as e:
         summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
         if main and isinstance(e, Exception) and not _is_user_error(e):  # a bug: keep it
-            (run_dir / "traceback.txt").write_text(traceback.format_exc())
+            try:
+                (run_dir / "traceback.txt").write_text(traceback.format_exc())
+            except OSError:
+                pass
         raise
     finally:
         summary["objective"] = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
         summary["wandb"] = logger.info
         if stop.requested and "stopped_by" not in summary:
             summary["stopped_by"] = stop.signal
-        record.write_summary(summary)
+        unrecorded = None
+        try:
+            record.write_summary(summary)
+        except RecordWriteError as e:  # even the space kept for it was not enough
+            unrecorded = e
         record.close()
         logger.finish(summary, failed=summary["status"] in ("failed", "interrupted"))
         status = summary["status"]
@@ -440,6 +526,8 @@ def _train_job(
             )
         if main:
             print(f"run_dir: {run_dir}", flush=True)
+        if unrecorded is not None:
+            raise unrecorded
     if summary["status"] == "interrupted":
         raise Interrupted(str(stop.signal), summary["steps"])
     return summary["objective"]
@@ -453,57 +541,71 @@ def _hydra_args(argv: list[str], command: str = "train") -> tuple[Any, Any]:
     return parser, parser.parse_args(argv)
 
 
+# The command that continues the run (or sweep) this process started: printed when it is
+# interrupted or stops on a write error (the default output folder is named by the time).
+_resume_hint: str | None = None
+
+
 def cmd_train(argv: list[str]) -> None:
+    global _resume_hint
     from hydra._internal.utils import _run_hydra
 
     from normbench.config import register_configs
+    from normbench.rundir import resume_command
 
     register_configs()
     parser, args = _hydra_args(argv)
     config_name = args.config_name or "train"
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+    key, lock = "", None
     if dist.world()[1] > 1 and not informational:
-        join_torchrun(args, config_name)
+        key, lock = join_torchrun(args, config_name)
     elif not informational:
-        preflight(args, config_name)
-    _run_hydra(
-        args=args,
-        args_parser=parser,
-        task_function=train_task,
-        config_path=str(config_dir()),
-        config_name=config_name,
-    )
+        key, lock = preflight(args, config_name)
+    if lock is not None:
+        _resume_hint = resume_command(argv, key, lock.dir)
+    try:
+        _run_hydra(
+            args=args,
+            args_parser=parser,
+            task_function=train_task,
+            config_path=str(config_dir()),
+            config_name=config_name,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def join_torchrun(args: Any, config_name: str) -> None:
-    """Under torchrun: join the process group; rank 0 checks the job and picks the run
-    directory, which every rank then uses (only rank 0 writes into it)."""
-    from hydra.types import RunMode
+def join_torchrun(args: Any, config_name: str) -> tuple[str, Any]:
+    """Under torchrun: join the process group; rank 0 checks the job and takes the run
+    directory (as preflight, whose result it returns), which every rank then uses (only
+    rank 0 writes into it)."""
+    from normbench.rundir import override_value
 
     if args.multirun:
         raise NormbenchError("torchrun runs one job per launch; drop -m (sweep outside torchrun)")
     dist.init()
     verdict: tuple[str, str] = ("error", "")
+    key, lock = "hydra.run.dir", None
     if dist.is_main():
         try:
-            preflight(args, config_name)
-            base = _loader(args).load_configuration(
-                config_name, list(args.overrides), run_mode=RunMode.RUN
-            )
-            verdict = ("ok", str(Path(str(base.hydra.run.dir)).resolve()))
+            key, lock = preflight(args, config_name)
+            verdict = ("ok", str(lock.dir))
         except Exception as e:
             dist.broadcast(("error", ""))
             raise e
     verdict = dist.broadcast(verdict)
     if verdict[0] != "ok":  # rank 0 says what is wrong
         sys.exit(2)
-    args.overrides = [*args.overrides, f"hydra.run.dir={verdict[1]}"]
     if not dist.is_main():  # no .hydra folder, no log file: rank 0 writes those
         args.overrides += [
+            f"hydra.run.dir={override_value(verdict[1])}",
             "hydra.output_subdir=null",
             "hydra/job_logging=disabled",
             "hydra/hydra_logging=disabled",
         ]
+    return key, lock
 
 
 def cmd_prepare(argv: list[str]) -> None:
@@ -626,8 +728,10 @@ def cmd_probe(argv: list[str]) -> None:
 
     from hydra._internal.utils import _run_hydra
 
-    from normbench.config import register_configs
+    from normbench.checkpoint import RunLock
+    from normbench.config import register_configs, to_container
     from normbench.data import load_tokens
+    from normbench.rundir import check_run_dir
     from normbench.train import check_data_fits
 
     register_configs()
@@ -641,21 +745,34 @@ def cmd_probe(argv: list[str]) -> None:
         raise NormbenchError("probe uses its own config (configs/probe.yaml); drop --config-name")
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
     jobs: list[DictConfig] = []
+    lock = None
     if not informational:
-        _, jobs = probe_jobs(args)
+        base, jobs = probe_jobs(args)
         checked: dict[str, Any] = {}
         for job in jobs:
-            key = OmegaConf.to_yaml(job.data, resolve=True)
-            if key not in checked:
-                checked[key] = load_tokens(job.data)
-            check_data_fits(checked[key], job.model.context)
-    _run_hydra(
-        args=args,
-        args_parser=parser,
-        task_function=partial(probe_task, jobs=jobs),
-        config_path=str(config_dir()),
-        config_name="probe",
-    )
+            data_key = OmegaConf.to_yaml(job.data, resolve=True)
+            if data_key not in checked:
+                checked[data_key] = load_tokens(job.data)
+            check_data_fits(checked[data_key], job.model.context)
+        key, target = pin_output_dir(args, "probe")
+        check_run_dir(target, to_container(base), key)  # a probe's folder holds that probe
+        lock = RunLock.acquire(target)
+        try:
+            check_run_dir(target, to_container(base), key)
+        except BaseException:
+            lock.abandon()
+            raise
+    try:
+        _run_hydra(
+            args=args,
+            args_parser=parser,
+            task_function=partial(probe_task, jobs=jobs),
+            config_path=str(config_dir()),
+            config_name="probe",
+        )
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def cmd_compare(argv: list[str]) -> None:
@@ -704,6 +821,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+    # A log file that cannot be written (a full disk) must not print a traceback per line;
+    # the run's own record says what failed.
+    logging.raiseExceptions = False
     try:
         COMMANDS[command](rest)
         dist.finish()
@@ -711,7 +831,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 143 if e.signal_name == "SIGTERM" else 130
         _fail(
             f"interrupted by {e.signal_name} after step {e.step}; the checkpoint and the record "
-            "are written: run the same command to resume",
+            f"are written; resume with: {_resume_hint or 'the same command'}",
             code,
         )
     except KeyboardInterrupt:
@@ -722,7 +842,10 @@ def main(argv: list[str] | None = None) -> None:
         if user_full_error:
             raise
         if _is_user_error(e):
-            _fail(describe_error(e), getattr(e, "exit_code", 2))
+            message = describe_error(e)
+            if _resume_hint and isinstance(e, (RecordWriteError, CheckpointWriteError)):
+                message += f"; once fixed, continue with: {_resume_hint}"
+            _fail(message, getattr(e, "exit_code", 2))
         _fail(
             f"{type(e).__name__}: {_one_line(str(e), 300)} "
             "(set HYDRA_FULL_ERROR=1 for the traceback)",

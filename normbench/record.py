@@ -1,18 +1,49 @@
 """The local run record: config.yaml, metrics.jsonl, events.jsonl and summary.json.
 
-The record is written independently of W&B, so a tracking failure never loses it.
+The record is written independently of W&B, so a tracking failure never loses it. A run
+keeps disk space for its summary (`.summary-reserve`, 1 MiB, removed when the run ends), so a
+disk that fills up mid-run still ends with a `summary.json` saying `failed` and why.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from normbench.errors import NormbenchError
+
+# Write errors that more space (or a higher limit) would cure.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+RESERVE = ".summary-reserve"
+RESERVE_BYTES = 1 << 20
+# A temporary file of write_atomic (`.<name>.tmp-<pid>`) left by a kill.
+_PARTIAL = re.compile(r"\.(config\.yaml|summary\.json|metrics\.jsonl|events\.jsonl)\.tmp-\d+")
+
+
+class RecordWriteError(NormbenchError):
+    """A record file that cannot be written (disk full, a file-size limit, permissions)."""
+
+    exit_code = 1
+
+
+def write_error(path: Path, e: OSError) -> RecordWriteError:
+    """The one-line error for a failed write of `path`, with the space left."""
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free"
+    except OSError:
+        free = ""
+    reason = e.strerror or type(e).__name__
+    return RecordWriteError(f"could not write {path} ({reason}{free})")
+
 
 STATUSES = ("completed", "diverged", "interrupted", "failed")
 SUMMARY_KEYS = (
@@ -69,10 +100,15 @@ def sha256_file(path: Path) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write text so that readers see the old file or the new one, never a part."""
+    """Write text so that readers see the old file or the new one, never a part; a failed
+    write leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class NullRecord:
@@ -112,35 +148,90 @@ def _keep_rows(path: Path, last_step: int) -> None:
 
 class RunRecord:
     """The files of one run. `resume_after`: the step of the checkpoint a resumed run
-    continues from (rows logged after it are dropped); 0 starts the record afresh."""
+    continues from (rows logged after it are dropped); 0 starts the record afresh.
+
+    Every write that fails raises RecordWriteError naming the file and the space left; the
+    summary is written even on a full disk (the space kept in `.summary-reserve` is given
+    back for it).
+    """
 
     def __init__(self, run_dir: Path, resume_after: int | None = None) -> None:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.dir.iterdir():  # temporary files of a killed write
+            if _PARTIAL.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
+        self._reserve = self.dir / RESERVE
+        self._metrics = self._events = None
+        self._guard(self._reserve, self._keep_space)
         if resume_after is not None:
             for name in ("metrics.jsonl", "events.jsonl"):
-                _keep_rows(self.dir / name, resume_after)
-        self._metrics = open(self.dir / "metrics.jsonl", "a", encoding="utf-8")
-        self._events = open(self.dir / "events.jsonl", "a", encoding="utf-8")
+                self._guard(self.dir / name, lambda n=name: _keep_rows(self.dir / n, resume_after))
+        self._metrics = self._guard(self.dir / "metrics.jsonl", lambda: self._open("metrics"))
+        self._events = self._guard(self.dir / "events.jsonl", lambda: self._open("events"))
+
+    def _open(self, name: str) -> Any:
+        return open(self.dir / f"{name}.jsonl", "a", encoding="utf-8")
+
+    def _keep_space(self) -> None:
+        try:
+            with open(self._reserve, "wb") as f:
+                try:  # blocks the file system really allocates (not a sparse file)
+                    os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+                except (AttributeError, OSError) as e:
+                    if getattr(e, "errno", None) in NO_SPACE:
+                        raise
+                    f.write(b"\0" * RESERVE_BYTES)
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
+            raise
+
+    def _guard(self, path: Path, write: Any) -> Any:
+        try:
+            return write()
+        except OSError as e:
+            raise write_error(path, e) from e
 
     def write_config(self, config: dict[str, Any]) -> None:
-        write_atomic(self.dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        text = yaml.safe_dump(config, sort_keys=False)
+        self._guard(self.dir / "config.yaml", lambda: write_atomic(self.dir / "config.yaml", text))
+
+    def _append(self, f: Any, path: Path, row: dict[str, Any]) -> None:
+        try:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+            f.flush()
+        except OSError as e:
+            raise write_error(path, e) from e
 
     def log(self, row: dict[str, Any]) -> None:
         """One JSON object per line; flushed so a crash keeps every logged step."""
-        self._metrics.write(json.dumps(_jsonable(row)) + "\n")
-        self._metrics.flush()
+        self._append(self._metrics, self.dir / "metrics.jsonl", row)
 
     def event(self, event: dict[str, Any]) -> None:
         """One divergence event per line of events.jsonl (the file exists even with none)."""
-        self._events.write(json.dumps(_jsonable(event)) + "\n")
-        self._events.flush()
+        self._append(self._events, self.dir / "events.jsonl", event)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        """summary.json, atomically; on a full disk the reserved space is given back first."""
         assert summary.get("status") in STATUSES, summary.get("status")
-        clean = _jsonable(summary)
-        write_atomic(self.dir / "summary.json", json.dumps(clean, indent=2) + "\n")
+        path = self.dir / "summary.json"
+        text = json.dumps(_jsonable(summary), indent=2) + "\n"
+        try:
+            write_atomic(path, text)
+        except OSError as e:
+            if e.errno not in NO_SPACE or not self._reserve.exists():
+                raise write_error(path, e) from e
+            self._reserve.unlink(missing_ok=True)
+            self._guard(path, lambda: write_atomic(path, text))
 
     def close(self) -> None:
-        self._metrics.close()
-        self._events.close()
+        """Close the files (a failed last flush loses at most a cut line, which every reader
+        skips) and give the reserved space back."""
+        for f in (self._metrics, self._events):
+            if f is None:
+                continue
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._reserve.unlink(missing_ok=True)

@@ -244,10 +244,11 @@ def test_interrupted_run_is_recorded_as_interrupted(sig, code, name, tmp_path, c
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert err.splitlines()[-1] == (
+    assert err.splitlines()[-1].startswith(
         f"normbench: error: interrupted by {name} after step {summary['steps']}; the checkpoint "
-        "and the record are written: run the same command to resume"
+        "and the record are written; resume with: normbench train "
     )
+    assert err.splitlines()[-1].endswith(f"hydra.run.dir={run_dir}")
     assert summary["status"] == "interrupted" and summary["stopped_by"] == name
     assert summary["steps"] >= 2
     assert (run_dir / "checkpoints" / f"step_{summary['steps']:08d}.pt").is_file()

@@ -221,7 +221,8 @@ def test_disk_full_mid_run_stops_cleanly_keeping_the_last_checkpoint(tmp_path, c
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err
     assert (
-        "could not write the checkpoint of step 6" in err and "previous checkpoint is kept" in err
+        "could not write the checkpoint of step 6" in err
+        and "the checkpoint of step 3 is kept" in err
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "could not write the checkpoint" in summary["error"]
