@@ -17,20 +17,47 @@ The axes are the config keys that vary across the runs (derived keys such as a k
 left out); the seed is averaged over. `--x`/`--y` choose the stability map's axes (default
 lr x depth) and `--group-by` the keys that make one loss-curve figure each (default: every
 varying key but the placement and the seed).
+
+Records that cannot be read (a summary.json that is not a JSON object, an empty config.yaml,
+...) and run folders with no record yet (a config or metrics but no summary.json: killed
+before the first write) are left out of the tables and figures, and listed with the reason
+in the report (the Runs section, summary.md) and on stderr, one line each. The report shows
+labels and values as data: summary.md escapes & < > and |, summary.csv puts a ' before a text
+that a spreadsheet would run as a formula (one beginning with = + - @, a tab or a CR).
+
+Where the report goes: `--out DIR`, by default PATH/compare for one directory, else a new
+./compare-<date>. compare writes only there and never deletes what it did not write: every
+report folder holds `.normbench-report.json`, the list of the files and folders compare wrote
+into it. DIR may be a new folder (its parents are created) or compare's own earlier report,
+which is replaced: the new report is built in a hidden folder beside it (.DIR.tmp-*) and
+swapped in at once (Linux renameat2 RENAME_EXCHANGE: a reader sees the old report or the new,
+never none; elsewhere the old one is renamed aside first), then the old one is deleted file
+by file, only what its marker lists. A failure or Ctrl-C leaves the old report as it was and
+no hidden folder. Refused, with nothing touched (exit 2): a DIR that is a file or a symbolic
+link, an existing folder without the marker (a report of an older normbench too: delete it
+yourself), a report holding anything its marker does not list, a DIR that is one of the
+inputs or holds one. Report folders are never read as records.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
+import ctypes
+import dataclasses
+import errno
 import glob
 import html
 import json
 import math
 import os
+import re
+import secrets
 import shutil
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +92,28 @@ class CompareError(NormbenchError):
     """Bad input to `normbench compare` (one line, what to change)."""
 
 
+class Unreadable(Exception):
+    """A record compare cannot use; the message is the reason (shown in the report)."""
+
+
+MARKER = ".normbench-report.json"  # in every report folder: the files compare wrote there
+REPORT_FORMAT = 1
+NO_RECORD = "no record (killed before the first write?)"
+# Folders inside a run directory that are never runs themselves and hold no records.
+NOT_RUNS = ("checkpoints", "wandb", ".hydra")
+# compare's own folders beside a report: one being built, or an old one being removed.
+TEMP_NAME = re.compile(r"^\..+\.(tmp|old)-\d+-[0-9a-f]+$")
+# Summary keys the report computes with, and the types they may have (or null).
+SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(
+        ("steps", "tokens", "val_loss", "best_val_loss", "val_ppl", "tokens_per_s"), (int, float)
+    ),
+    "diverged_at_step": (int, float),
+    "diag": (dict,),
+    "wandb": (dict,),
+}
+
+
 @dataclass
 class Run:
     """One run directory's record."""
@@ -86,6 +135,14 @@ class Run:
 
     def rows(self, key: str) -> list[dict[str, Any]]:
         return [r for r in self.metrics if r.get(key) is not None]
+
+
+@dataclass
+class Skipped:
+    """A record directory left out of the report, and why."""
+
+    dir: Path
+    reason: str
 
 
 @dataclass
@@ -111,29 +168,63 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, up to the first line that is not one."""
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    for line in lines:
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a crash: the rows before it still count
             break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
     return rows
 
 
-def _read_record(run_dir: Path, name: str, what: str) -> tuple[dict[str, Any], Any]:
-    """The flattened config.yaml and the parsed JSON file `name` of a record directory."""
+def _parse(path: Path, kind: str) -> Any:
+    """The parsed YAML or JSON file, or Unreadable with the reason in a few words."""
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        data = json.loads((run_dir / name).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-        raise CompareError(f"{run_dir} is not a readable {what} record ({type(e).__name__})") from e
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise Unreadable(f"{path.name} is missing") from None
+    except OSError as e:
+        raise Unreadable(f"{path.name} cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise Unreadable(f"{path.name} is not UTF-8 text") from None
+    try:
+        return yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError, RecursionError):
+        raise Unreadable(f"{path.name} is not valid {kind}") from None
+
+
+def _read_record(run_dir: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The flattened config.yaml and the JSON object in file `name` of a record directory;
+    Unreadable when either is not what normbench writes."""
+    config = _parse(run_dir / "config.yaml", "YAML")
+    if config is None:
+        raise Unreadable("config.yaml is empty")
+    if not isinstance(config, dict):
+        raise Unreadable("config.yaml is not a mapping")
+    data = _parse(run_dir / name, "JSON")
+    if not isinstance(data, dict):
+        raise Unreadable(f"{name} is not a JSON object")
     return flatten(config), data
 
 
 def load_run(run_dir: Path) -> Run:
-    config, summary = _read_record(run_dir, "summary.json", "run")
+    """The run record of `run_dir` (Unreadable when it is not one compare can use)."""
+    config, summary = _read_record(run_dir, "summary.json")
+    for key, types in SUMMARY_TYPES.items():
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            what = "an object" if types == (dict,) else "a number"
+            raise Unreadable(f"summary.json: {key} is not {what}")
     return Run(
         dir=run_dir,
         config=config,
@@ -153,34 +244,105 @@ class Probe:
 
 
 def load_probe(run_dir: Path) -> Probe:
-    config, table = _read_record(run_dir, "probe.json", "probe")
+    """The probe record of `run_dir` (Unreadable when it is not one compare can use)."""
+    config, table = _read_record(run_dir, "probe.json")
+    if not isinstance(table.get("settings"), dict):
+        raise Unreadable("probe.json: settings is not an object")
     return Probe(dir=run_dir, config=config, table=table)
 
 
-def find_records(paths: list[str]) -> tuple[list[Run], list[Probe]]:
-    """Every run record (a folder with summary.json and config.yaml) and every probe record
-    (probe.json and config.yaml) under the paths."""
+@dataclass
+class Records:
+    """What compare found under its paths."""
+
+    runs: list[Run]
+    probes: list[Probe]
+    skipped: list[Skipped]  # unreadable records, and runs killed before their first record
+    inputs: list[Path]  # the paths (globs expanded) and the record folders, resolved
+
+
+def is_report(folder: Path) -> bool:
+    """A folder that `normbench compare` wrote (it holds the marker file)."""
+    return (folder / MARKER).is_file()
+
+
+def _folders(root: Path) -> list[tuple[Path, set[str]]]:
+    """`root` and every folder below it with the names of its files, sorted; report
+    folders, compare's temporary folders and folders that are never runs left out."""
+
+    def left_out(folder: Path) -> bool:
+        return folder.name in NOT_RUNS or bool(TEMP_NAME.match(folder.name)) or is_report(folder)
+
+    if not root.is_dir() or is_report(root):
+        return []
+    found = []
+    for top, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not left_out(Path(top) / d))
+        found.append((Path(top), set(files)))
+    return found
+
+
+def _kind(folder: Path, files: set[str]) -> str | None:
+    """probe.json or summary.json for a record, NO_RECORD for a run killed before its
+    first record (a config or metrics but no record), else None."""
+    for name in ("probe.json", "summary.json"):
+        if name in files:
+            return name
+    if files & {"config.yaml", "metrics.jsonl"} or (folder / ".hydra" / "config.yaml").is_file():
+        return NO_RECORD
+    return None
+
+
+def read_records(paths: list[str]) -> Records:
+    """Every run record (summary.json and config.yaml), probe record (probe.json and
+    config.yaml) and record-less run folder under the paths; CompareError when none of
+    them can be read."""
     if not paths:
         raise CompareError("give run directories, sweep directories or globs to compare")
     found: dict[Path, str] = {}
+    matched: list[Path] = []
     for pattern in paths:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches or not all(Path(m).exists() for m in matches):
             raise CompareError(f"{pattern}: no such file or directory")
         for match in map(Path, matches):
-            for name in ("summary.json", "probe.json"):
-                candidates = [match / name] if (match / name).is_file() else match.rglob(name)
-                for record in sorted(candidates):
-                    if (record.parent / "config.yaml").is_file():
-                        found[record.parent.resolve()] = name
-    if not found:
+            if not is_report(match):  # a report is never read, so never an input
+                matched.append(match.resolve())
+            for folder, files in _folders(match):
+                kind = _kind(folder, files)
+                if kind is not None:
+                    found.setdefault(folder.resolve(), kind)
+    records = Records([], [], [], matched + list(found))
+    for folder, kind in found.items():
+        try:
+            if kind == NO_RECORD:
+                raise Unreadable(NO_RECORD)
+            if kind == "summary.json":
+                records.runs.append(load_run(folder))
+            else:
+                records.probes.append(load_probe(folder))
+        except Unreadable as e:
+            records.skipped.append(Skipped(folder, str(e)))
+    if not records.runs and not records.probes:
+        where = " ".join(paths)
+        if not records.skipped:
+            raise CompareError(
+                "no run records (folders with summary.json and config.yaml) or probe records "
+                f"(probe.json) under {where}"
+            )
+        shown = "; ".join(f"{s.dir}: {s.reason}" for s in records.skipped[:3])
+        more = f"; {len(records.skipped) - 3} more" if len(records.skipped) > 3 else ""
         raise CompareError(
-            "no run records (folders with summary.json and config.yaml) or probe records "
-            f"(probe.json) under {' '.join(paths)}"
+            f"no readable run or probe records under {where} ({shown}{more}); "
+            "fix or remove these folders, or give other paths"
         )
-    runs = [load_run(d) for d, kind in found.items() if kind == "summary.json"]
-    probes = [load_probe(d) for d, kind in found.items() if kind == "probe.json"]
-    return runs, probes
+    return records
+
+
+def find_records(paths: list[str]) -> tuple[list[Run], list[Probe]]:
+    """Every readable run record and probe record under the paths."""
+    records = read_records(paths)
+    return records.runs, records.probes
 
 
 def find_runs(paths: list[str]) -> list[Run]:
@@ -215,10 +377,11 @@ def run_setting(runs: list[Run]) -> str:
 def probe_setting(probes: list[Probe]) -> str:
     p = probes[0].table.get("settings", {})
     v = lambda key: _values(probes, key)  # noqa: E731
+    norms = {str(n) for q in probes for n in q.table["settings"].get("norms", [])}
+    depths = {d for q in probes for d in q.table["settings"].get("depths", [])}
     return (
-        f"normbench probe at initialization, fp32: norms "
-        f"{','.join(sorted({n for q in probes for n in q.table['settings']['norms']}))}, "
-        f"depths {','.join(str(d) for d in sorted({d for q in probes for d in q.table['settings']['depths']}))}, "
+        f"normbench probe at initialization, fp32: norms {','.join(sorted(norms))}, "
+        f"depths {','.join(str(d) for d in sorted(depths, key=_order))}, "
         f"d_model {v('model.d_model')}, context {v('model.context')}, init {v('model.init')}, "
         f"kind {v('norm.kind')}; {p.get('batches')} batches of {p.get('batch_size')} sequences; "
         f"one AdamW step of lr {p.get('lr') or v('optim.lr')}; seeds "
@@ -253,11 +416,30 @@ def judge_claims(runs: list[Run], probes: list[Probe]) -> list[Any]:
     return verdicts
 
 
+def _markdown_safe(v: Any) -> Any:
+    """A copy of verdict `v` whose texts (which hold config values: the setting, the
+    note) show in markdown as written, HTML special characters escaped."""
+    e = lambda text: html.escape(str(text), quote=False)  # noqa: E731
+    return dataclasses.replace(
+        v,
+        title=e(v.title),
+        source=e(v.source),
+        statement=e(v.statement),
+        setting=e(v.setting),
+        note=e(v.note),
+        measured=[(e(q), e(m)) for q, m in v.measured],
+        checks=[
+            dataclasses.replace(c, condition=e(c.condition), measured=e(c.measured))
+            for c in v.checks
+        ],
+    )
+
+
 def write_verdicts(out: Path, verdicts: list[Any]) -> None:
     """verdicts.md and verdicts.json (nothing when no record was run for a claim)."""
     if not verdicts:
         return
-    text = "# Verdicts\n\n" + "\n".join(v.markdown() for v in verdicts)
+    text = "# Verdicts\n\n" + "\n".join(_markdown_safe(v).markdown() for v in verdicts)
     (out / "verdicts.md").write_text(text, encoding="utf-8")
     data = [v.to_dict() for v in verdicts]
     (out / "verdicts.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -401,10 +583,17 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
+def md_cell(value: Any) -> str:
+    """A markdown table cell showing `value` as written: HTML special characters escaped,
+    a `|` (which would end the cell) backslashed, line breaks as spaces."""
+    text = html.escape(str(value), quote=False).replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
 def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
     keys = [short(k) for k in axes.config_keys]
     head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "tokens/s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(map(md_cell, head)) + " |", "|" + "---|" * len(head)]
     for row in rows:
         diverged = f"{row['diverged']}/{row['runs']}"
         if row["diverged"]:
@@ -416,17 +605,35 @@ def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
             diverged,
             f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(map(md_cell, cells)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def skipped_markdown(skipped: list[Skipped]) -> str:
+    """The records left out of the report, and why (nothing when none was)."""
+    if not skipped:
+        return ""
+    lines = ["## Not in the report", "", "| directory | reason |", "|---|---|"]
+    lines += [f"| {md_cell(s.dir)} | {md_cell(s.reason)} |" for s in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV value that a spreadsheet shows as data: a text beginning with = + - @, a tab or
+    a carriage return (which it would run as a formula) gets a leading '; numbers stay."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     keys = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
+        writer = csv.writer(f)
+        writer.writerow([csv_cell(k) for k in keys])
         for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row[k] for k in keys})
+            cells = ["" if row.get(k) is None else row[k] for k in keys]
+            writer.writerow([csv_cell(c) for c in cells])
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -437,6 +644,203 @@ def default_out(paths: list[str]) -> Path:
     if len(paths) == 1 and not glob.has_magic(paths[0]) and Path(paths[0]).is_dir():
         return Path(paths[0]) / "compare"
     return Path(f"compare-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+
+
+# --- where the report goes: never over anything compare did not write ---------------------------
+
+
+def _tree(root: Path) -> tuple[list[str], list[str]]:
+    """The files (symbolic links included, never followed) and the folders below `root`,
+    as sorted POSIX paths relative to it."""
+    files, folders = [], []
+    for top, dirs, names in os.walk(root):
+        rel = Path(top).relative_to(root)
+        for d in list(dirs):
+            if (Path(top) / d).is_symlink():
+                dirs.remove(d)
+                names.append(d)
+            else:
+                folders.append((rel / d).as_posix())
+        files += [(rel / n).as_posix() for n in names]
+    return sorted(files), sorted(folders)
+
+
+def _parents(files: list[str]) -> set[str]:
+    return {p.as_posix() for f in files for p in Path(f).parents if p != Path(".")}
+
+
+def _plain(rel: Any) -> bool:
+    """A relative POSIX path that stays inside its folder."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    path = Path(rel)
+    return not path.is_absolute() and ".." not in path.parts and rel == path.as_posix()
+
+
+@dataclass
+class Written:
+    """What compare wrote into a report folder (its marker): the files and the folders."""
+
+    files: list[str]
+    folders: list[str]
+
+    def all_folders(self) -> set[str]:
+        return set(self.folders) | _parents(self.files)
+
+
+def read_marker(folder: Path) -> Written | None:
+    """What compare wrote into report `folder`, or None when the folder is not a report (no
+    marker, or one that compare would not have written)."""
+    try:
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != REPORT_FORMAT:
+        return None
+    files, folders = marker.get("files"), marker.get("folders")
+    if not isinstance(files, list) or not isinstance(folders, list):
+        return None
+    if not all(map(_plain, files + folders)):
+        return None
+    return Written(files, folders)
+
+
+def write_marker(folder: Path) -> None:
+    """Record every file and folder now in `folder` as written by compare."""
+    files, folders = _tree(folder)
+    marker = {
+        "written_by": "normbench compare",
+        "format": REPORT_FORMAT,
+        "files": [f for f in files if f != MARKER],
+        "folders": folders,
+    }
+    (folder / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+
+
+def unlisted(folder: Path, written: Written) -> list[str]:
+    """What report `folder` holds that its marker does not list (added by someone else)."""
+    files, folders = _tree(folder)
+    listed, allowed = set(written.files) | {MARKER}, written.all_folders()
+    return [f for f in files if f not in listed] + [d for d in folders if d not in allowed]
+
+
+def check_out(out: Path, inputs: list[Path], paths: list[str], given: bool) -> Path:
+    """The absolute report folder for `out`, or CompareError when writing there could
+    touch anything but compare's own earlier report."""
+    name = f"--out {out}" if given else f"the default report folder {out}"
+    other = "give --out a new folder"
+    if given:
+        default = default_out(paths)
+        where = os.path.join(paths[0], "compare") if default.name == "compare" else None
+        where = where or "a new dated folder here"
+        other = f"choose another --out (the default is {where})"
+    absolute = Path(os.path.abspath(out))
+    if absolute.parent == absolute:
+        raise CompareError(f"{name} is the root of the file system; {other}")
+    target = absolute.parent.resolve() / absolute.name
+    for path in inputs:
+        if path == target:
+            raise CompareError(f"{name} is one of the inputs; {other}")
+        if target in path.parents:
+            raise CompareError(f"{name} contains the input {path}; {other}")
+    if target.is_symlink():
+        raise CompareError(f"{name} is a symbolic link; give a folder path, or {other}")
+    if target.exists() and not target.is_dir():
+        raise CompareError(f"{name} is a file, not a folder; {other}")
+    if target.is_dir():
+        written = read_marker(target)
+        if written is None:
+            raise CompareError(
+                f"{name} exists and is not a normbench compare report (no {MARKER}); choose a "
+                "new folder — compare never deletes what it did not write"
+            )
+        extra = unlisted(target, written)
+        if extra:
+            raise CompareError(
+                f"{name} holds {extra[0]}, which compare did not write; move it out of the "
+                "report or choose another --out — compare never deletes what it did not write"
+            )
+    return target
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, AT_FDCWD = 1, 2, -100
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> bool:
+    """Linux renameat2(2): True when done, False where the system or the file system lacks
+    it (then the caller falls back to rename); OSError on any other failure."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc older than glibc 2.28
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    if call(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(source), None, str(target))
+
+
+def _beside(out: Path, kind: str) -> Path:
+    """A fresh hidden name beside `out` for a report being built (tmp) or removed (old)."""
+    return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def install(built: Path, out: Path) -> Path | None:
+    """Move the report `built` to `out`. An earlier report at `out` is swapped out in one
+    step (renameat2 RENAME_EXCHANGE: readers see the old report or the new, never none) or,
+    where that is not available, renamed aside first. Returns where the old report now is."""
+    if not os.path.lexists(out):
+        if not _renameat2(built, out, RENAME_NOREPLACE):
+            os.rename(built, out)
+        return None
+    if _renameat2(built, out, RENAME_EXCHANGE):
+        return built
+    aside = _beside(out, "old")
+    os.rename(out, aside)
+    try:
+        os.rename(built, out)
+    except BaseException:
+        os.rename(aside, out)
+        raise
+    return aside
+
+
+def remove_report(folder: Path) -> bool:
+    """Delete a report folder file by file: only what its marker lists, then the folders
+    that are left empty. Anything else (added since) stays, and so does the folder; returns
+    whether the folder is gone."""
+    written = read_marker(folder)
+    if written is None:
+        return False
+    for rel in written.files:
+        path = folder / rel
+        inside = all(not (folder / p).is_symlink() for p in Path(rel).parents if p != Path("."))
+        if inside and os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+            path.unlink()
+    (folder / MARKER).unlink(missing_ok=True)
+    for rel in sorted(written.all_folders(), key=lambda p: -len(Path(p).parts)):
+        with contextlib.suppress(OSError):  # not empty: it holds something else now
+            (folder / rel).rmdir()
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def discard(built: Path) -> None:
+    """Remove a report folder being built (compare's own, from mkdir on) after a failure."""
+    if not os.path.lexists(built):
+        return
+    if is_report(built):  # complete, or the old report after a swap: by its marker
+        remove_report(built)
+    else:
+        shutil.rmtree(built, ignore_errors=True)
 
 
 def _img(path: Path) -> str:
@@ -553,6 +957,13 @@ Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a
 <h2>Runs</h2>{runs_html}"""
 
 
+def _skipped_html(skipped: list[Skipped]) -> str:
+    if not skipped:
+        return ""
+    rows = [[str(s.dir), s.reason] for s in skipped]
+    return "<h3>Not in the report</h3>" + _html_table(rows, ["directory", "reason"])
+
+
 def write_html(
     out: Path,
     runs: list[Run],
@@ -562,8 +973,9 @@ def write_html(
     sources: list[str],
     verdicts: list[Any] | None = None,
     probes: list[Probe] | None = None,
+    skipped: list[Skipped] | None = None,
 ) -> Path:
-    verdicts, probes = verdicts or [], probes or []
+    verdicts, probes, skipped = verdicts or [], probes or [], skipped or []
     parts = []
     if verdicts:
         files = '<a href="verdicts.md">verdicts.md</a>, <a href="verdicts.json">verdicts.json</a>'
@@ -579,11 +991,15 @@ def write_html(
             + "".join(_img(p) for p in figures["probes"])
         )
     if runs and axes is not None:
-        parts.append(_runs_html(runs, axes, rows, figures))
+        parts.append(_runs_html(runs, axes, rows, figures) + _skipped_html(skipped))
+    elif skipped:
+        parts.append("<h2>Runs</h2>" + _skipped_html(skipped))
     n_div = sum(r.diverged for r in runs)
     title = f"{len(runs)} runs, {n_div} diverged" if runs else ""
     if probes:
         title += (", " if title else "") + f"{len(probes)} probe{'s' * (len(probes) > 1)}"
+    if skipped:
+        title += f", {len(skipped)} not readable"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>normbench compare</title>
 <style>{CSS}</style></head><body>
@@ -612,6 +1028,31 @@ def copy_probe_figures(out: Path, probes: list[Probe]) -> list[Path]:
     return copied
 
 
+def write_report(
+    tmp: Path, records: Records, axes: Axes | None, verdicts: list[Any], sources: list[str]
+) -> tuple[list[dict[str, Any]], dict[str, list[Path]]]:
+    """Every file of the report, into the new folder `tmp`; its marker last."""
+    from normbench import figures as fig
+
+    runs, probes, skipped = records.runs, records.probes, records.skipped
+    rows: list[dict[str, Any]] = []
+    figures: dict[str, list[Path]] = {}
+    if runs and axes is not None:
+        rows = summary_rows(runs, axes)
+        write_csv(tmp / "summary.csv", rows)
+        figures = fig.report_figures(tmp, runs, axes)
+    if rows or skipped:
+        text = table_markdown(rows, axes) if rows and axes is not None else ""
+        text += ("\n" if text and skipped else "") + skipped_markdown(skipped)
+        (tmp / "summary.md").write_text(text, encoding="utf-8")
+    if probes:
+        figures["probes"] = copy_probe_figures(tmp, probes)
+    write_verdicts(tmp, verdicts)
+    write_html(tmp, runs, axes, rows, figures, sources, verdicts, probes, skipped)
+    write_marker(tmp)
+    return rows, figures
+
+
 def build_report(
     paths: list[str],
     out: Path | None,
@@ -619,37 +1060,36 @@ def build_report(
     y: str | None = None,
     group_by: list[str] | None = None,
 ) -> tuple[Path, list[Run], Axes | None, list[dict[str, Any]], dict[str, list[Path]]]:
-    """Read the records and write the report into `out` (replaced whole; built beside it
-    first, so that a failure leaves no half-written report)."""
-    from normbench import figures as fig
+    """Read the records and write the report into `out` (default: default_out).
 
-    runs, probes = find_records(paths)
+    `out` must be new or compare's own earlier report (check_out). The report is built in a
+    hidden folder beside it and swapped in (install), so that a failure or Ctrl-C leaves the
+    earlier report as it was and no half-written one; the earlier report is then deleted
+    file by file, as its marker lists them."""
+    records = read_records(paths)
+    runs, probes = records.runs, records.probes
+    out = check_out(out or default_out(paths), records.inputs, paths, given=out is not None)
     axes = choose_axes(runs, x, y, group_by) if runs else None
     for i, run in enumerate(runs):
         run.label = f"{i:02d} {describe(run, axes.varying if axes else [])}".strip()
     verdicts = judge_claims(runs, probes)
-    out = (out or default_out(paths)).resolve()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    for s in records.skipped:
+        print(f"normbench compare: skipped {s.dir}: {s.reason}", file=sys.stderr, flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _beside(out, "tmp")
+    tmp.mkdir()
     try:
-        rows: list[dict[str, Any]] = []
-        figures: dict[str, list[Path]] = {}
-        if runs and axes is not None:
-            rows = summary_rows(runs, axes)
-            write_csv(tmp / "summary.csv", rows)
-            (tmp / "summary.md").write_text(table_markdown(rows, axes), encoding="utf-8")
-            figures = fig.report_figures(tmp, runs, axes)
-        if probes:
-            figures["probes"] = copy_probe_figures(tmp, probes)
-        write_verdicts(tmp, verdicts)
-        write_html(tmp, runs, axes, rows, figures, paths, verdicts, probes)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        rows, figures = write_report(tmp, records, axes, verdicts, paths)
+        old = install(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         raise
+    if old is not None and not remove_report(old):
+        print(
+            f"normbench compare: kept {old}: it holds files compare did not write",
+            file=sys.stderr,
+            flush=True,
+        )
     figures = {k: [out / p.name for p in v] for k, v in figures.items()}
     for v in verdicts:
         print(f"{v.title}: {v.outcome}", flush=True)
@@ -668,7 +1108,16 @@ def main(argv: list[str]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("paths", nargs="+", help="run directories, sweep directories or globs")
-    parser.add_argument("--out", type=Path, help="report directory (default: PATH/compare)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="report folder (default: PATH/compare for one directory, else ./compare-<date>): "
+        "a new folder, or compare's own earlier report, which is replaced (deleting only the "
+        "files its .normbench-report.json lists). Refused, nothing touched: a file, any other "
+        "existing folder, a report holding files compare did not write, an input, or a "
+        "folder holding an input",
+    )
     parser.add_argument("--x", help="stability map x axis (default: lr)")
     parser.add_argument("--y", help="stability map y axis (default: depth)")
     parser.add_argument("--group-by", help="comma-separated keys, one loss-curve figure each")
@@ -679,5 +1128,8 @@ def main(argv: list[str]) -> None:
     if args.wandb:
         from normbench.logger import log_report
 
-        log_report(out, runs, rows, figures)
+        try:
+            log_report(out, runs, rows, figures)
+        finally:  # W&B's files in the report are compare's too: the next run replaces them
+            write_marker(out)
     print(f"report: {out / 'index.html'}", flush=True)
