@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,24 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(args: list[str], cwd: Path, env: dict[str, str], **kw: Any) -> subprocess.Popen[str]:
+    """Start `python -m normbench <args>` in the background (to signal or kill it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "normbench", *args],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )  # fmt: skip
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 180, poll: float = 0.05) -> None:
+    """Poll until `predicate()` is true; AssertionError after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError("timed out")
 
 
 def text_data(train: Path, val: Path) -> list[str]:

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import torch
 
 from normbench import checkpoint
 
-from conftest import TINY, run_cli, text_data
+from conftest import TINY, run_cli, start_cli, text_data, wait_for
 
 FAST = [*TINY, "precision=fp32", "logger=none"]
 
@@ -33,22 +32,6 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
         digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
         out[str(p.relative_to(folder))] = (digest, p.stat().st_mtime_ns)
     return out
-
-
-def start(args: list[str], cwd: Path, env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "normbench", *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
-    )  # fmt: skip
-
-
-def wait_for(predicate, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def one_line_error(done: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -92,7 +75,7 @@ def test_a_refused_run_into_a_busy_directory_touches_nothing(tmp_path, cli_env, 
     run_dir = tmp_path / "run"
     args = ["train", *FAST, "train.max_steps=100000", *text_data(*text_files)]
     args += [f"hydra.run.dir={run_dir}"]
-    first = start(args, tmp_path, cli_env)
+    first = start_cli(args, tmp_path, cli_env)
     try:
         wait_for(lambda: logged_steps(run_dir) >= 1)
         hydra_files = snapshot(run_dir / ".hydra")
@@ -165,7 +148,7 @@ def test_two_sweeps_never_run_into_one_directory_at_once(tmp_path, cli_env, text
     sweep_dir = tmp_path / "sweep"
     args = ["train", "-m", "norm=pre,post", *FAST, "train.max_steps=100000"]
     args += [*text_data(*text_files), f"hydra.sweep.dir={sweep_dir}"]
-    first = start(args, tmp_path, cli_env)
+    first = start_cli(args, tmp_path, cli_env)
     try:
         wait_for(lambda: logged_steps(sweep_dir / "0_pre-d2") >= 1)
         second = run_cli(args, cwd=tmp_path, env=cli_env)
@@ -179,47 +162,54 @@ def test_two_sweeps_never_run_into_one_directory_at_once(tmp_path, cli_env, text
 # --- the resume command that is printed works --------------------------------------------------
 
 
+def interrupt(args: list[str], cwd: Path, env: dict[str, str], folders: str) -> tuple[str, Path]:
+    """Start, SIGTERM once a folder matching `folders` has logged 2 steps; (the resume
+    command printed, the folder)."""
+    proc = start_cli(args, cwd, env)
+    wait_for(lambda: any(logged_steps(p) >= 2 for p in cwd.glob(folders)))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    (folder,) = cwd.glob(folders)
+    return err.splitlines()[-1].split("resume with: ", 1)[1], folder
+
+
+def resumes(hint: str, cwd: Path, env: dict[str, str], log: Path) -> str:
+    """Run the printed command until it says it resumed; its stderr."""
+    proc = start_cli(shlex.split(hint)[1:], cwd, env)
+    wait_for(lambda: log.is_file() and "resumed after step" in log.read_text())
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)[1]
+
+
 def test_the_printed_resume_command_resumes_a_run_in_the_default_directory(
     tmp_path, cli_env, text_files
 ):
     """The default run directory is named by the time: the printed command pins it."""
     args = ["train", *FAST, "train.max_steps=100000", "train.log_every=1", *text_data(*text_files)]
-    proc = start(args, tmp_path, cli_env)
-    wait_for(lambda: any(logged_steps(p) >= 2 for p in tmp_path.glob("outputs/*/*")))
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    (run_dir,) = tmp_path.glob("outputs/*/*")
+    hint, run_dir = interrupt(args, tmp_path, cli_env, "outputs/*/*")
     step = json.loads((run_dir / "summary.json").read_text())["steps"]
-    hint = err.splitlines()[-1].split("resume with: ", 1)[1]
     command = shlex.split(hint)
     assert command[:2] == ["normbench", "train"] and command[-1] == f"hydra.run.dir={run_dir}"
-    command = [
-        c if c != "train.max_steps=100000" else f"train.max_steps={step + 2}" for c in command
-    ]
-    # (a different max_steps is a different config: refused, naming it)
-    other = run_cli(command[1:], cwd=tmp_path, env=cli_env)
-    assert "train.max_steps: 100000 there" in one_line_error(other)
-    proc = start(shlex.split(hint)[1:], tmp_path, cli_env)
-    wait_for(lambda: logged_steps(run_dir) >= step + 1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert f"resumed after step {step}" in err
+    # a different max_steps is a different config: refused, naming it
+    other = [c.replace("max_steps=100000", f"max_steps={step + 2}") for c in command[1:]]
+    assert "train.max_steps: 100000 there" in one_line_error(
+        run_cli(other, cwd=tmp_path, env=cli_env)
+    )
+    assert f"resumed after step {step}" in resumes(hint, tmp_path, cli_env, run_dir / "train.log")
     assert list(tmp_path.glob("outputs/*/*")) == [run_dir]
 
 
 def test_an_interrupted_sweep_prints_the_command_that_continues_it(tmp_path, cli_env, text_files):
     args = ["train", "-m", "norm=pre,post", *FAST, "train.max_steps=100000", "train.log_every=1"]
     args += text_data(*text_files)
-    proc = start(args, tmp_path, cli_env)
-    wait_for(lambda: any(logged_steps(p) >= 2 for p in tmp_path.glob("multirun/*/*/0_pre-d2")))
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    (sweep_dir,) = tmp_path.glob("multirun/*/*")
-    command = shlex.split(err.splitlines()[-1].split("resume with: ", 1)[1])
+    hint, job = interrupt(args, tmp_path, cli_env, "multirun/*/*/0_pre-d2")
+    command = shlex.split(hint)
     assert command[:3] == ["normbench", "train", "-m"]
-    assert command[-1] == f"hydra.sweep.dir={sweep_dir}"
+    assert command[-1] == f"hydra.sweep.dir={job.parent}"
+    step = json.loads((job / "summary.json").read_text())["steps"]
+    assert f"resumed after step {step}" in resumes(hint, tmp_path, cli_env, job / "train.log")
+    assert len(list(tmp_path.glob("multirun/*/*"))) == 1
 
 
 # --- checkpoints: pruned by what verifies, leftovers cleaned -----------------------------------
@@ -256,7 +246,7 @@ def test_pruning_keeps_the_newest_checkpoints_that_verify(tmp_path):
     assert not (folder / "step_00000004.pt").exists() and cut.is_file()
 
 
-def test_leftovers_of_interrupted_writes_are_removed_on_the_next_start(tmp_path):
+def test_leftovers_of_interrupted_writes_are_removed_on_the_next_start_cli(tmp_path):
     folder = tmp_path / "checkpoints"
     checkpoint.save(tmp_path, 2, _state(2))
     partial = folder / ".step_00000004.pt.tmp-4242"
@@ -277,7 +267,7 @@ def test_a_cut_short_newest_checkpoint_never_makes_the_fresh_one_go(tmp_path, cl
     run_dir = tmp_path / "run"
     args = ["train", *FAST, "train.max_steps=100000", "train.ckpt_every=3", "train.log_every=1"]
     args += [*text_data(*text_files), f"hydra.run.dir={run_dir}"]
-    proc = start(args, tmp_path, cli_env)
+    proc = start_cli(args, tmp_path, cli_env)
     wait_for(lambda: logged_steps(run_dir) >= 4)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
@@ -287,17 +277,15 @@ def test_a_cut_short_newest_checkpoint_never_makes_the_fresh_one_go(tmp_path, cl
     leftover = run_dir / "checkpoints" / ".step_00000002.pt.tmp-99999"
     leftover.write_bytes(b"partial")
     (run_dir / ".summary.json.tmp-99999").write_text("{")
-    proc = start(args, tmp_path, cli_env)
+    proc = start_cli(args, tmp_path, cli_env)
     step3 = run_dir / "checkpoints" / "step_00000003.pt.sha256"
-    deadline = time.time() + 180
-    while not step3.is_file() and time.time() < deadline:  # kill -9 as soon as it is written
-        time.sleep(0.002)
+    wait_for(step3.is_file, poll=0.002)  # kill -9 as soon as it is written
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
     assert "does not match its sha256" in err and "not deleted" in err
     assert checkpoint.verifies(step3.with_suffix(""))
     assert not leftover.exists() and not (run_dir / ".summary.json.tmp-99999").exists()
-    proc = start(args, tmp_path, cli_env)
+    proc = start_cli(args, tmp_path, cli_env)
     wait_for(lambda: "resumed after step" in (run_dir / "train.log").read_text())
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)

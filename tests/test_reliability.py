@@ -7,13 +7,12 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, cli_environment, read_jsonl, run_cli, text_data
+from conftest import TINY, cli_environment, read_jsonl, run_cli, start_cli, text_data, wait_for
 from wandb_records import offline_runs
 
 # fp32 for bit-identical results; a checkpoint every 3 steps, everything logged every step
@@ -23,19 +22,7 @@ TIMING = {"tokens_per_s"}  # wall-clock figures differ between runs; everything 
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str], **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "normbench", "train", *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
-    )  # fmt: skip
-
-
-def wait_for(predicate, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
+    return start_cli(["train", *args], cwd, env, **kw)
 
 
 def logged_steps(run_dir: Path) -> list[int]:
