@@ -237,12 +237,14 @@ def pin_output_dir(args: Any, config_name: str) -> tuple[str, Path]:
     setup_globals()  # Hydra's resolvers (${now:...}) for the directory's name
     base = _compose_base(args, config_name)
     key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
+    pinned = Path(str(OmegaConf.select(base, key))).expanduser()
     try:
-        target = Path(str(OmegaConf.select(base, key))).expanduser().resolve()
+        target = pinned.resolve()
     except OSError as e:
         raise ConfigError(f"{key}: {e.strerror}; choose another folder") from e
+    # Pinned as given (a relative folder stays relative: it names the W&B group of a sweep).
     args.overrides = [o for o in args.overrides if o.lstrip("+").split("=", 1)[0] != key]
-    args.overrides.append(f"{key}={override_value(str(target))}")
+    args.overrides.append(f"{key}={override_value(str(pinned))}")
     return key, target
 
 
