@@ -159,9 +159,8 @@ def prune(run_dir: Path, keep: int, newest: list[Path]) -> list[Path]:
     than any other (a checkpoint of a higher step from before a rewind does not make the
     fresh one go). A file that does not verify is not counted and not touched.
     """
-    mine = [p for p in newest if p.is_file()]
-    others = [p for p in verified(run_dir) if p not in mine]
-    ordered = others + [p for p in mine if verifies(p)]
+    ordered = [p for p in verified(run_dir) if p not in newest]
+    ordered += [p for p in newest if verifies(p)]
     gone = ordered[:-keep] if keep > 0 else ordered
     for old in gone:
         old.unlink(missing_ok=True)
@@ -312,9 +311,3 @@ class RunLock:
                 folder.rmdir()
             except OSError:
                 break
-
-
-def record_files(run_dir: Path) -> list[str]:
-    """The run-record files in a run directory (not Hydra's own .hydra/ and log files)."""
-    names = ("config.yaml", "metrics.jsonl", "events.jsonl", "summary.json", FOLDER)
-    return [n for n in names if (Path(run_dir) / n).exists()]

@@ -171,8 +171,10 @@ def _loader(args: Any) -> Any:
 
 def _compose_base(args: Any, config_name: str) -> DictConfig:
     """The config with Hydra's node, in the mode the command line (or the config) asks for."""
+    from hydra.core.utils import setup_globals
     from hydra.types import RunMode
 
+    setup_globals()  # Hydra's resolvers (${now:...}) for the output directory's name
     loader = _loader(args)
     mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
     base = loader.load_configuration(config_name, list(args.overrides), run_mode=mode)
@@ -196,18 +198,19 @@ def _basic_sweeper(cfg: DictConfig) -> bool:
     return str(cfg.hydra.sweeper._target_).endswith("BasicSweeper")
 
 
-def job_configs(args: Any, config_name: str) -> list[DictConfig]:
+def job_configs(args: Any, config_name: str, base: DictConfig | None = None) -> list[DictConfig]:
     """The config of every job that `normbench train` with these arguments would run.
 
     Mirrors Hydra: a single run composes once; a multirun with the basic sweeper takes the
     cartesian product of the sweep overrides (and `hydra.sweeper.params`), each job with its
     `hydra.job.num` (so `hydra.sweep.subdir` names its folder). Other sweepers choose their
-    jobs at run time, so only their base config is checked here.
+    jobs at run time, so only their base config is checked here. `base`: the composed
+    base config, when the caller has it already.
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    base = _compose_base(args, config_name)
+    base = base if base is not None else _compose_base(args, config_name)
     if not _is_multirun(base) or not _basic_sweeper(base):
         return [base]
     loader = _loader(args)
@@ -225,23 +228,34 @@ def job_configs(args: Any, config_name: str) -> list[DictConfig]:
     return configs
 
 
-def pin_output_dir(args: Any, config_name: str) -> tuple[str, Path]:
-    """Resolve the run (or sweep) directory once and pin it as an override, so that every
-    later composition, Hydra's own included, uses the same folder (the default one is named
-    by the time, to the microsecond) and the resume command can name it."""
-    from hydra.core.utils import setup_globals
+def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
+    """Resolve the run (or sweep) directory of the composed `base` once, check that it can
+    be written, and pin it as an override, so that every later composition, Hydra's own
+    included, uses the same folder (the default one is named by the time, to the
+    microsecond) and the resume command can name it."""
+    import tempfile
 
     from normbench.config import ConfigError
     from normbench.rundir import override_value
 
-    setup_globals()  # Hydra's resolvers (${now:...}) for the directory's name
-    base = _compose_base(args, config_name)
     key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
     pinned = Path(str(OmegaConf.select(base, key))).expanduser()
     try:
         target = pinned.resolve()
     except OSError as e:
         raise ConfigError(f"{key}: {e.strerror}; choose another folder") from e
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={target}: {existing} is a file, not a folder; choose another")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={target} cannot be written ({e.strerror} in {existing}); "
+            f"set {key} to a writable folder"
+        ) from e
     # Pinned as given (a relative folder stays relative: it names the W&B group of a sweep).
     args.overrides = [o for o in args.overrides if o.lstrip("+").split("=", 1)[0] != key]
     args.overrides.append(f"{key}={override_value(str(pinned))}")
@@ -256,8 +270,9 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     .hydra/, no log, no lock file of its own)."""
     from normbench.checkpoint import RunLock
     from normbench.checkpoint import load as load_checkpoint
-    from normbench.config import to_container, validate, validate_claim
+    from normbench.config import ConfigError, to_container, validate, validate_claim
     from normbench.data import load_tokens
+    from normbench.record import record_files
     from normbench.rundir import (
         check_run_dir,
         check_sweep_dir,
@@ -266,19 +281,23 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     )
     from normbench.train import check_data_fits, check_global_batch, resolve_device
 
-    key, target = pin_output_dir(args, config_name)
+    base = _compose_base(args, config_name)
+    key, target = pin_output_dir(args, base)
+    multirun, basic = _is_multirun(base), _basic_sweeper(base)
+    sweeper = OmegaConf.to_container(base.hydra.sweeper, resolve=True)
     checked_data: dict[str, Any] = {}
     jobs: list[tuple[str, dict[str, Any]]] = []
-    configs = job_configs(args, config_name)
-    multirun, basic = _is_multirun(configs[0]), _basic_sweeper(configs[0])
-    sweeper = OmegaConf.to_container(configs[0].hydra.sweeper, resolve=True)
-    for cfg in configs:
-        check_output_dir(cfg)
+    for cfg in job_configs(args, config_name, base):
         subdir = str(OmegaConf.select(cfg, "hydra.sweep.subdir")) if multirun and basic else ""
         with open_dict(cfg):
             del cfg["hydra"]
         validate(cfg)
         validate_claim(cfg, config_name)
+        if str(cfg.train.resume) == "never" and not multirun and record_files(target):
+            raise ConfigError(
+                f"train.resume=never but {target} already holds a run record; choose another "
+                "hydra.run.dir, or train.resume=auto to continue it"
+            )
         if str(cfg.train.resume) not in ("auto", "never"):
             state = load_checkpoint(Path(str(cfg.train.resume)).expanduser())
             check_same_config(state, to_container(cfg))
@@ -309,40 +328,6 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     return key, lock
 
 
-def check_output_dir(cfg: DictConfig) -> None:
-    """Before anything runs: the run (or sweep) directory can be written, and a run that may
-    not resume (train.resume=never) does not land on an existing record."""
-    import tempfile
-
-    from hydra.core.utils import setup_globals
-    from hydra.types import RunMode
-
-    from normbench import checkpoint
-    from normbench.config import ConfigError
-
-    setup_globals()  # Hydra's resolvers (${now:...}) for the directory's name
-    multirun = cfg.hydra.mode == RunMode.MULTIRUN
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    target = Path(str(OmegaConf.select(cfg, key))).expanduser().resolve()
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{key}={target}: {existing} is a file, not a folder; choose another")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as e:
-        raise ConfigError(
-            f"{key}={target} cannot be written ({e.strerror} in {existing}); "
-            f"set {key} to a writable folder"
-        ) from e
-    if not multirun and str(cfg.train.resume) == "never" and checkpoint.record_files(target):
-        raise ConfigError(
-            f"train.resume=never but {target} already holds a run record; choose another "
-            "hydra.run.dir, or train.resume=auto to continue it"
-        )
-
-
 # --- the Hydra task -------------------------------------------------------------------------
 
 
@@ -368,10 +353,11 @@ def plan_resume(
     """
     from normbench import checkpoint
     from normbench.config import ConfigError
+    from normbench.record import record_files
     from normbench.rundir import check_run_dir
 
     mode = str(cfg.train.resume)
-    existing = checkpoint.record_files(run_dir)
+    existing = record_files(run_dir)
     if mode == "never":
         if existing:
             raise ConfigError(
@@ -756,7 +742,7 @@ def cmd_probe(argv: list[str]) -> None:
             if data_key not in checked:
                 checked[data_key] = load_tokens(job.data)
             check_data_fits(checked[data_key], job.model.context)
-        key, target = pin_output_dir(args, "probe")
+        key, target = pin_output_dir(args, _compose_base(args, "probe"))
         check_run_dir(target, to_container(base), key)  # a probe's folder holds that probe
         lock = RunLock.acquire(target)
         try:

@@ -66,6 +66,7 @@ from typing import Any
 import yaml
 
 from normbench.errors import NormbenchError
+from normbench.rundir import flat
 
 # Config keys under their short names (the W&B axes); other keys keep their dotted path.
 SHORT = {
@@ -156,15 +157,10 @@ class Axes:
     config_keys: list[str] = field(default_factory=list)  # varying, without the seed
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{path}."))
-        else:
-            flat[path] = tuple(value) if isinstance(value, list) else value
-    return flat
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys of a record's config (normbench.rundir.flat), lists as tuples so that
+    values can be grouped."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flat(config).items()}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

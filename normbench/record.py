@@ -111,6 +111,13 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def record_files(run_dir: Path) -> list[str]:
+    """The run-record files in a run directory (not Hydra's own .hydra/ and log files; the
+    checkpoint folder counts)."""
+    names = ("config.yaml", "metrics.jsonl", "events.jsonl", "summary.json", "checkpoints")
+    return [n for n in names if (Path(run_dir) / n).exists()]
+
+
 class NullRecord:
     """The record of a torchrun rank other than 0: rank 0 writes the run's record."""
 
@@ -197,11 +204,8 @@ class RunRecord:
         self._guard(self.dir / "config.yaml", lambda: write_atomic(self.dir / "config.yaml", text))
 
     def _append(self, f: Any, path: Path, row: dict[str, Any]) -> None:
-        try:
-            f.write(json.dumps(_jsonable(row)) + "\n")
-            f.flush()
-        except OSError as e:
-            raise write_error(path, e) from e
+        line = json.dumps(_jsonable(row)) + "\n"
+        self._guard(path, lambda: (f.write(line), f.flush()))
 
     def log(self, row: dict[str, Any]) -> None:
         """One JSON object per line; flushed so a crash keeps every logged step."""

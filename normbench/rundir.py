@@ -20,12 +20,11 @@ from typing import Any
 import yaml
 
 from normbench.errors import ConfigError
-from normbench.record import write_atomic
+from normbench.record import record_files, write_atomic
 
 # Keys that may differ between a run and its resume (prefixes of dotted keys).
 FREE = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
 SWEEP_FILE = ".normbench-sweep.json"
-_RECORD = ("config.yaml", "metrics.jsonl", "events.jsonl", "summary.json", "checkpoints")
 
 
 def flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -66,7 +65,7 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     """The config a run directory's record was written with (None: no record there)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        if any((Path(run_dir) / n).exists() for n in _RECORD):
+        if record_files(run_dir):
             raise ConfigError(
                 f"{run_dir} holds a run record without config.yaml, so whose it is cannot be "
                 "checked; choose another output directory"
@@ -136,7 +135,7 @@ def check_sweep_dir(sweep_dir: Path, definition: dict[str, Any]) -> None:
     key = "hydra.sweep.dir"
     if not sweep_dir.is_dir():
         return
-    if any((sweep_dir / n).exists() for n in _RECORD):
+    if record_files(sweep_dir):
         raise ConfigError(f"{key}={sweep_dir} is a single run's directory; choose another {key}")
     manifest = sweep_dir / SWEEP_FILE
     if manifest.is_file():
