@@ -608,11 +608,7 @@ def cmd_prepare(argv: list[str]) -> None:
             "prepare takes overrides only (e.g. data=wikitext2 data.cache_dir=...)"
         )
     for cfg in job_configs(args, args.config_name or "train"):
-        tokens = load_tokens(cfg.data)
-        print(
-            f"{cfg.data.label}: {len(tokens.train):,} train and {len(tokens.val):,} validation "
-            f"tokens in {tokens.directory}"
-        )
+        print(load_tokens(cfg.data).describe())
 
 
 def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from normbench import vocab
 from normbench.claims import CLAIMS
 from normbench.errors import ConfigError
 from normbench.norm import KINDS, PLACEMENTS
@@ -106,7 +107,9 @@ class ModelConfig:
     init: Init = MISSING
     block: BlockType = MISSING
     qk_norm: bool = MISSING  # QKNorm (2010.04245): L2-normalized q, k and a learned scale
-    vocab_size: int = MISSING  # GPT-2's 50,257 padded to a multiple of 64 (faster matmuls)
+    # null: the data's vocabulary rounded up to a multiple of 64 (faster matmuls): GPT-2's
+    # 50,257 -> 50,304, or data.vocab_limit=4000 -> 4032; filled in by validate()
+    vocab_size: Optional[int] = MISSING
     bias: bool = MISSING  # biases in linear layers, as in GPT-2
     fused_head: bool = MISSING  # LM head + loss fused and chunked (normbench/loss.py)
     head_chunk: int = MISSING  # tokens per chunk of the fused head
@@ -152,6 +155,7 @@ class HubDataConfig:
     text_column: str = MISSING
     documents: Documents = MISSING
     cache_dir: str = MISSING
+    vocab_limit: Optional[int] = MISSING  # null: GPT-2's 50,257 tokens; K: normbench/vocab.py
 
 
 @dataclass
@@ -164,6 +168,7 @@ class TextDataConfig:
     val_path: str = MISSING
     documents: Documents = MISSING
     cache_dir: str = MISSING
+    vocab_limit: Optional[int] = MISSING  # null: GPT-2's 50,257 tokens; K: normbench/vocab.py
 
 
 @dataclass
@@ -322,10 +327,7 @@ def validate(cfg: DictConfig) -> None:
     need(m.context >= 1, f"model.context must be >= 1 (got {m.context})")
     need(m.head_chunk >= 1, f"model.head_chunk must be >= 1 (got {m.head_chunk})")
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})")
-    need(
-        m.vocab_size >= 50257,
-        f"model.vocab_size={m.vocab_size} is smaller than the GPT-2 vocabulary (50257)",
-    )
+    validate_vocab(cfg)
     need(math.isfinite(o.lr) and o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
     need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (got {o.min_lr})")
     need(o.warmup_steps >= 0, f"optim.warmup_steps must be >= 0 (got {o.warmup_steps})")
@@ -363,6 +365,41 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.backend == "wandb" and cfg.logger.mode is not None:
         modes = ("online", "offline", "disabled")
         need(cfg.logger.mode in modes, f"logger.mode must be one of {', '.join(modes)} or null")
+
+
+def validate_vocab(cfg: DictConfig) -> None:
+    """`data.vocab_limit` in [2, 50257] or null; `model.vocab_size` follows it: null is
+    filled in (the data's vocabulary rounded up to a multiple of 64), an explicit value must
+    hold the data's vocabulary and, with a limit, not exceed that rounded value (outputs that
+    never occur would only cost time and change what the loss means)."""
+    limit, m = vocab.limit_of(cfg.data), cfg.model
+    if limit is not None and limit < 2:
+        raise ConfigError(
+            "data.vocab_limit must be >= 2 (the K-1 most frequent training tokens plus one "
+            f"shared id), or null for the full vocabulary (got {limit})"
+        )
+    if limit is not None and limit > vocab.GPT2_VOCAB:
+        raise ConfigError(
+            f"data.vocab_limit={limit} is larger than the GPT-2 vocabulary "
+            f"({vocab.GPT2_VOCAB} tokens); give at most {vocab.GPT2_VOCAB}, or null for the "
+            "full vocabulary"
+        )
+    size, padded = vocab.data_vocab(limit), vocab.model_vocab(limit)
+    if m.vocab_size is None:
+        m.vocab_size = padded
+    where = "the GPT-2 vocabulary" if limit is None else f"data.vocab_limit={limit}"
+    if m.vocab_size < size:
+        raise ConfigError(
+            f"model.vocab_size={m.vocab_size} is smaller than {where} ({size} tokens); set "
+            f"model.vocab_size=null (it follows the data: {padded})"
+        )
+    if limit is not None and m.vocab_size > padded:
+        also = f" or a value in [{limit}, {padded}]" if padded > limit else ""
+        raise ConfigError(
+            f"model.vocab_size={m.vocab_size} does not fit data.vocab_limit={limit}: the model "
+            f"would train outputs that never occur; set model.vocab_size=null (it follows the "
+            f"data: {padded}){also}"
+        )
 
 
 def check_finite(cfg: DictConfig) -> None:

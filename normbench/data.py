@@ -5,6 +5,12 @@ through `datasets`) and `text` (two local UTF-8 files). Documents are joined wit
 end-of-text token. Token streams are cached as uint16 arrays under
 `<cache_dir>/tokens/<label>-<key>/`, keyed by the source and the tokenizer, so the next run
 (and a compute node with no network) reuses them.
+
+With `data.vocab_limit=K` (normbench/vocab.py) the streams are the full-vocabulary ones
+renumbered by a mapping derived from the training split; they are cached apart, under
+`<label>-vocab<K>-<key>/` with K in the key, the mapping in its meta.json. The
+full-vocabulary cache is built first (or reused) and keeps its key, so caches written
+before the option existed stay valid.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -30,6 +36,7 @@ import numpy as np
 import tiktoken
 import torch
 
+from normbench import vocab
 from normbench.errors import DataError
 from normbench.record import sha256_file as _sha256_file
 
@@ -231,18 +238,56 @@ class TokenSplits:
     directory: Path
     meta: dict[str, Any]
 
+    @property
+    def vocab(self) -> dict[str, Any] | None:
+        """The vocabulary mapping (normbench/vocab.py), or None for GPT-2's full vocabulary."""
+        return self.meta.get("vocab")
+
+    def describe(self) -> str:
+        """One line: the label, the token counts, the vocabulary and the cache folder."""
+        text = (
+            f"{self.meta['label']}: {len(self.train):,} train and {len(self.val):,} validation "
+            f"tokens in {self.directory}"
+        )
+        if self.vocab is not None:
+            v = self.vocab
+            text += (
+                f" ({v['label']}: {v['train_mapped_share']:.1%} of train and "
+                f"{v['val_mapped_share']:.1%} of validation tokens are the shared id "
+                f"{v['shared_id']})"
+            )
+        return text
+
 
 def cache_directory(data: Any, ident: dict[str, Any]) -> Path:
-    """`<cache_dir>/tokens/<label>-<hash of the source identity>`."""
+    """`<cache_dir>/tokens/<label>[-vocab<K>]-<hash of the source identity>`."""
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(data.label))
+    if ident.get("vocab_limit") is not None:
+        label += f"-vocab{ident['vocab_limit']}"
     return Path(data.cache_dir).expanduser() / "tokens" / f"{label}-{key}"
 
 
 def load_tokens(data: Any) -> TokenSplits:
-    """The train and validation token streams, from the cache or tokenized now and cached."""
+    """The train and validation token streams, from the cache or tokenized now and cached;
+    with `data.vocab_limit`, renumbered (normbench/vocab.py)."""
     ident = source_identity(data)  # hashes the source files once per load
-    directory = cache_directory(data, ident)
+    full_dir = cache_directory(data, ident)
+    limit = vocab.limit_of(data)
+    if limit is None:
+        return _cached(full_dir, lambda d: _build_cache(data, ident, d))
+    limited = {**ident, "vocab_limit": limit}
+
+    def build(directory: Path) -> None:
+        full = _cached(full_dir, lambda d: _build_cache(data, ident, d))
+        _build_limited(full, limited, limit, directory)
+
+    return _cached(cache_directory(data, limited), build)
+
+
+def _cached(directory: Path, build: Callable[[Path], None]) -> TokenSplits:
+    """The token streams in `directory`, built there first by `build` when missing (or
+    damaged: then moved aside and rebuilt)."""
     if (directory / "meta.json").is_file():
         problem = cache_problem(directory)
         if problem is not None:  # never used as it is: moved aside and rebuilt
@@ -254,7 +299,7 @@ def load_tokens(data: Any) -> TokenSplits:
             except OSError:  # another process moved it first
                 pass
     if not (directory / "meta.json").is_file():
-        _build_cache(data, ident, directory)
+        build(directory)
     meta = json.loads((directory / "meta.json").read_text())
     arrays = {s: np.memmap(directory / f"{s}.bin", dtype=np.uint16, mode="r") for s in SPLITS}
     return TokenSplits(arrays["train"], arrays["val"], directory, meta)
@@ -274,6 +319,9 @@ def cache_problem(directory: Path) -> str | None:
             return f"{path.name} has the wrong size"
         if _sha256_file(path) != meta[f"{split}_sha256"]:
             return f"{path.name} does not match its sha256"
+    limit = (meta.get("source") or {}).get("vocab_limit")
+    if limit is not None:
+        return vocab.mapping_problem(meta.get("vocab"), limit)
     return None
 
 
@@ -287,7 +335,38 @@ def _build_cache(data: Any, ident: dict[str, Any], directory: Path) -> None:
         "tokenizer": TOKENIZER,
         "dtype": "uint16",
     }
-    # Write into a temporary directory, then rename: a reader never sees half a cache.
+    streams = {}
+    for split in SPLITS:
+        docs = split_documents(lines[split], mode)
+        streams[split] = tokenize(docs)
+        meta[f"{split}_documents"] = len(docs)
+    _write_cache(directory, streams, meta, t0)
+
+
+def _build_limited(full: TokenSplits, ident: dict[str, Any], limit: int, directory: Path) -> None:
+    """The full-vocabulary streams renumbered: the `limit - 1` most frequent tokens of the
+    training split kept (ids 0..limit-2 by rank), every other token the shared id."""
+    t0 = time.perf_counter()
+    kept = vocab.kept_tokens(full.train, limit)
+    table = vocab.lookup(kept, limit)
+    streams = {"train": table[full.train], "val": table[full.val]}
+    meta: dict[str, Any] = {
+        "source": ident,
+        "label": full.meta["label"],
+        "tokenizer": TOKENIZER,
+        "dtype": "uint16",
+        "full_vocab_cache": full.directory.name,
+        **{f"{s}_documents": full.meta[f"{s}_documents"] for s in SPLITS},
+        "vocab": vocab.describe(kept, limit, streams["train"], streams["val"]),
+    }
+    _write_cache(directory, streams, meta, t0)
+
+
+def _write_cache(
+    directory: Path, streams: dict[str, np.ndarray], meta: dict[str, Any], t0: float
+) -> None:
+    """Write the streams and meta.json into a temporary directory, then rename it: a reader
+    never sees half a cache."""
     tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
@@ -298,12 +377,9 @@ def _build_cache(data: Any, ident: dict[str, Any], directory: Path) -> None:
         ) from e
     try:
         for split in SPLITS:
-            docs = split_documents(lines[split], mode)
-            tokens = tokenize(docs)
-            tokens.tofile(tmp / f"{split}.bin")
-            meta[f"{split}_tokens"] = int(tokens.size)
+            streams[split].astype(np.uint16).tofile(tmp / f"{split}.bin")
+            meta[f"{split}_tokens"] = int(streams[split].size)
             meta[f"{split}_sha256"] = _sha256_file(tmp / f"{split}.bin")
-            meta[f"{split}_documents"] = len(docs)
         meta["seconds"] = round(time.perf_counter() - t0, 2)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:

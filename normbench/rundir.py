@@ -24,6 +24,9 @@ from normbench.record import record_files, write_atomic
 
 # Keys that may differ between a run and its resume (prefixes of dotted keys).
 FREE = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
+# Keys added after records were written, with the value such a record ran with: a run of
+# an older normbench had the full vocabulary, so it resumes as data.vocab_limit=null.
+IMPLIED = {"data.vocab_limit": None}
 SWEEP_FILE = ".normbench-sweep.json"
 
 
@@ -39,8 +42,9 @@ def flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config without the keys a resume may change."""
-    return {k: v for k, v in flat(config).items() if not k.startswith(FREE)}
+    """The flattened config without the keys a resume may change (a key added since an
+    older record was written has the value that record implies: IMPLIED)."""
+    return {k: v for k, v in {**IMPLIED, **flat(config)}.items() if not k.startswith(FREE)}
 
 
 def differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:

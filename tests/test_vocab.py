@@ -1,0 +1,209 @@
+"""A smaller vocabulary (`data.vocab_limit`): the mapping, its cache, the config, a real run,
+its record and W&B run, and `normbench compare` keeping vocabularies apart."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from normbench.config import Documents
+from normbench.data import EOT, cache_directory, gpt2_encoding, load_tokens, source_identity
+from normbench.vocab import GPT2_VOCAB, kept_tokens, lookup
+
+from conftest import REPO, compose_config
+
+# A word that only the validation file has, many times: frequent there, absent from training.
+VAL_ONLY = " Xylophonist"
+
+
+def text_cfg(train: Path, val: Path, cache: Path, limit: int | None = None, **extra):
+    """A `data=text` config; `limit=None` without the key at all, as configs before it."""
+    cfg = {
+        "source": "text",
+        "label": "sample",
+        "train_path": str(train),
+        "val_path": str(val),
+        "documents": Documents["file"],
+        "cache_dir": str(cache),
+        **extra,
+    }
+    if limit is not None:
+        cfg["vocab_limit"] = limit
+    return OmegaConf.create(cfg)
+
+
+def reference_kept(train: np.ndarray, limit: int) -> list[int]:
+    """The K-1 most frequent training tokens, ties by id, computed another way."""
+    counts = Counter(int(t) for t in train)
+    ranked = sorted(range(GPT2_VOCAB), key=lambda t: (-counts.get(t, 0), t))
+    return ranked[: limit - 1]
+
+
+# --- the mapping ----------------------------------------------------------------------------
+
+
+def test_kept_tokens_by_training_count_ties_by_id_then_unseen_ids():
+    train = np.array([5, 5, 5, 7, 7, 3, 3, 9, 1], dtype=np.uint16)
+    assert kept_tokens(train, 4).tolist() == [5, 3, 7]  # 3 and 7 tie: the lower id first
+    assert kept_tokens(train, 6).tolist() == [5, 3, 7, 1, 9]
+    assert kept_tokens(train, 8).tolist() == [5, 3, 7, 1, 9, 0, 2]  # then unseen, by id
+    shuffled = np.random.default_rng(0).permutation(train)
+    assert kept_tokens(shuffled, 6).tolist() == [5, 3, 7, 1, 9]  # counts only, not order
+    table = lookup(kept_tokens(train, 4), 4)
+    assert table.dtype == np.uint16 and table.size == GPT2_VOCAB
+    assert table[[5, 3, 7, 9, 1, EOT]].tolist() == [0, 1, 2, 3, 3, 3]
+
+
+@pytest.fixture
+def split_files(tmp_path, text_files) -> tuple[Path, Path]:
+    """The shared text files, the validation one with a word the training one never has."""
+    train, val = text_files
+    assert VAL_ONLY.strip() not in train.read_text()
+    val_copy = tmp_path / "val.txt"
+    val_copy.write_text(val.read_text() + (VAL_ONLY * 300) + "\n")
+    return train, val_copy
+
+
+def test_mapping_from_the_training_split_only(tmp_path, split_files):
+    train, val = split_files
+    full = load_tokens(text_cfg(train, val, tmp_path / "c"))
+    small = load_tokens(text_cfg(train, val, tmp_path / "c", limit=300))
+    kept = reference_kept(np.asarray(full.train), 300)
+    mapping = small.vocab
+    assert mapping["kept"] == kept and mapping["limit"] == 300 and mapping["shared_id"] == 299
+    # every token renumbered by its training rank, every other one the shared id, both splits
+    rank = {t: i for i, t in enumerate(kept)}
+    for split in ("train", "val"):
+        before, after = getattr(full, split), getattr(small, split)
+        expected = [rank.get(int(t), 299) for t in before]
+        assert after.dtype == np.uint16 and after.tolist() == expected
+    # the word frequent only in validation is not kept: it never counts for the mapping
+    word = gpt2_encoding().encode_ordinary(VAL_ONLY)
+    assert not set(word) & set(kept)
+    assert Counter(int(t) for t in full.val).most_common(1)[0][0] in word  # yet most frequent
+    train_mapped = sum(int(t) not in rank for t in full.train)
+    assert mapping["train_mapped_tokens"] == train_mapped
+    assert mapping["train_mapped_share"] == pytest.approx(train_mapped / len(full.train))
+    val_mapped = sum(int(t) not in rank for t in full.val)
+    assert mapping["val_mapped_share"] == pytest.approx(val_mapped / len(full.val))
+    assert mapping["val_mapped_share"] > mapping["train_mapped_share"]
+    # another validation file: another cache entry, the same mapping
+    other = tmp_path / "other-val.txt"
+    other.write_text("An entirely different held-out text . " * 50)
+    again = load_tokens(text_cfg(train, other, tmp_path / "c", limit=300))
+    assert again.directory != small.directory and again.vocab["kept"] == kept
+
+
+def test_cache_key_has_the_limit_and_the_full_cache_keeps_its_key(tmp_path, text_files):
+    cache = tmp_path / "c"
+    legacy = text_cfg(*text_files, cache)  # no vocab_limit key: a config from before it
+    full = load_tokens(legacy)
+    ident = source_identity(legacy)
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    assert full.directory == cache / "tokens" / f"sample-{key}"  # as before the option
+    assert "vocab_limit" not in full.meta["source"] and full.vocab is None
+    assert load_tokens(text_cfg(*text_files, cache, vocab_limit=None)).directory == full.directory
+    dirs = {k: load_tokens(text_cfg(*text_files, cache, limit=k)).directory for k in (64, 128)}
+    assert dirs[64] != dirs[128] and full.directory not in dirs.values()
+    assert dirs[64].name.startswith("sample-vocab64-")
+    assert dirs[64] == cache_directory(legacy, {**ident, "vocab_limit": 64})
+    # read back from the cache: the same mapping and streams, nothing rebuilt
+    first = load_tokens(text_cfg(*text_files, cache, limit=64))
+    stamp = os.stat(first.directory / "train.bin").st_mtime_ns
+    second = load_tokens(text_cfg(*text_files, cache, limit=64))
+    assert second.meta == first.meta and second.vocab["kept"] == first.vocab["kept"]
+    np.testing.assert_array_equal(second.train, first.train)
+    np.testing.assert_array_equal(second.val, first.val)
+    assert os.stat(second.directory / "train.bin").st_mtime_ns == stamp
+    assert second.train.max() <= 63 and second.val.max() <= 63
+    assert sorted(p.name for p in (cache / "tokens").iterdir()) == sorted(
+        [full.directory.name, dirs[64].name, dirs[128].name]
+    )  # no leftovers
+
+
+def test_a_tampered_mapping_is_never_used(tmp_path, text_files):
+    cfg = text_cfg(*text_files, tmp_path / "c", limit=64)
+    good = load_tokens(cfg)
+    kept = list(good.vocab["kept"])
+    meta_path = good.directory / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["vocab"]["kept"] = [kept[1], kept[0], *kept[2:]]  # two ranks swapped
+    meta_path.write_text(json.dumps(meta))
+    rebuilt = load_tokens(cfg)
+    assert rebuilt.vocab["kept"] == kept
+    np.testing.assert_array_equal(rebuilt.train, good.train)
+
+
+# --- the config ---------------------------------------------------------------------------
+
+
+def test_the_model_vocabulary_follows_the_data():
+    assert compose_config().model.vocab_size == 50304
+    assert compose_config("data.vocab_limit=4096").model.vocab_size == 4096
+    assert compose_config("data.vocab_limit=4000").model.vocab_size == 4032  # padded to 64
+    cfg = compose_config("data.vocab_limit=4000", "model.vocab_size=4000")
+    assert cfg.model.vocab_size == 4000  # exactly K, if asked
+    assert compose_config("model.vocab_size=50257").model.vocab_size == 50257
+    from normbench.config import validate
+
+    validate(cfg)  # validating the filled-in config again changes nothing
+    assert cfg.model.vocab_size == 4000
+    for name in ("wikitext2", "wikitext2_files", "text"):
+        assert OmegaConf.load(REPO / "configs" / "data" / f"{name}.yaml").vocab_limit is None
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.vocab_limit=1"], "data.vocab_limit must be >= 2 (the K-1 most frequent"),
+        (["data.vocab_limit=-5"], "data.vocab_limit must be >= 2"),
+        (["data.vocab_limit=50258"], "data.vocab_limit=50258 is larger than the GPT-2 vocab"),
+        (["data.vocab_limit=many"], "data.vocab_limit: Value 'many' of type 'str' could not"),
+        (
+            ["data.vocab_limit=4096", "model.vocab_size=50304"],
+            "model.vocab_size=50304 does not fit data.vocab_limit=4096: the model would train "
+            "outputs that never occur; set model.vocab_size=null (it follows the data: 4096)",
+        ),
+        (
+            ["data.vocab_limit=4000", "model.vocab_size=8192"],
+            "set model.vocab_size=null (it follows the data: 4032) or a value in [4000, 4032]",
+        ),
+        (
+            ["data.vocab_limit=4096", "model.vocab_size=4095"],
+            "model.vocab_size=4095 is smaller than data.vocab_limit=4096 (4096 tokens)",
+        ),
+        (["model.vocab_size=50256"], "smaller than the GPT-2 vocabulary (50257 tokens)"),
+    ],
+)
+def test_bad_values_are_one_line(overrides, message):
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from normbench.cli import describe_error
+    from normbench.config import ConfigError
+
+    with pytest.raises((ConfigError, HydraException, OmegaConfBaseException)) as e:
+        compose_config(*overrides)
+    text = describe_error(e.value)
+    assert message in text and "\n" not in text, text
+
+
+def test_older_records_are_full_vocabulary_runs():
+    """A record written before data.vocab_limit existed is the same config as null."""
+    from normbench.rundir import differences
+
+    old = {"data": {"label": "x"}, "model": {"vocab_size": 50304}}
+    now = {"data": {"label": "x", "vocab_limit": None}, "model": {"vocab_size": 50304}}
+    assert differences(old, now) == []
+    limited = {"data": {"label": "x", "vocab_limit": 64}, "model": {"vocab_size": 64}}
+    assert differences(old, limited) == [
+        "data.vocab_limit: None there, 64 here",
+        "model.vocab_size: 50304 there, 64 here",
+    ]
