@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from normbench import vocab
+
 log = logging.getLogger(__name__)
 
 
@@ -43,6 +45,9 @@ class NullLogger:
     info = None
 
     def log(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def update_config(self, values: dict[str, Any]) -> None:
         pass
 
     def finish(self, summary: dict[str, Any], failed: bool) -> None:
@@ -146,6 +151,15 @@ class WandbLogger:
         except Exception as e:
             self._fail("log to", e)
 
+    def update_config(self, values: dict[str, Any]) -> None:
+        """Add what is known only once the data is loaded (the vocabulary mapping)."""
+        if self.run is None:
+            return
+        try:
+            self.run.config.update(values, allow_val_change=True)
+        except Exception as e:
+            self._fail("update the config of", e)
+
     def finish(self, summary: dict[str, Any], failed: bool) -> None:
         if self.run is None:
             return
@@ -165,10 +179,15 @@ def make_logger(
     config: dict[str, Any],
     resume_id: str | None = None,
 ) -> Any:
-    """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes."""
+    """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes.
+
+    A run with `data.vocab_limit=K` has `-vocabK` at the end of its default name and the tag
+    `vocab=K` (`vocab=full` otherwise); the mapping itself joins the config (`vocab`) once
+    the data is loaded (normbench/vocab.py: record_vocab)."""
     if cfg.logger.backend == "none":
         return NullLogger()
     placement, kind = str(cfg.norm.name.value), str(cfg.norm.kind.value)
+    limit = vocab.limit_of(cfg.data)
     axes = {
         "norm": placement,
         "norm_kind": kind,
@@ -182,9 +201,12 @@ def make_logger(
         "d_model": cfg.model.d_model,
         "precision": str(cfg.precision.value),
         "data": str(cfg.data.label),
+        "vocab_limit": limit,  # null: GPT-2's full vocabulary (normbench/vocab.py)
     }
     name = cfg.logger.name or f"{placement}-{kind}-d{cfg.depth}-lr{cfg.optim.lr:g}-s{cfg.seed}"
-    tags = [placement, kind, f"depth={cfg.depth}", *cfg.logger.tags]
+    if limit is not None:  # losses of another vocabulary are not comparable: say so everywhere
+        name += f"-vocab{limit}"
+    tags = [placement, kind, f"depth={cfg.depth}", vocab.tag(limit), *cfg.logger.tags]
     return WandbLogger(
         cfg.logger,
         run_dir,
@@ -207,15 +229,17 @@ def log_report(
     infos = [r.summary.get("wandb") or {} for r in runs]
     groups = {i.get("group") for i in infos}
     projects = {i.get("project") for i in infos if i.get("project")}
+    limit = runs[0].config.get("data.vocab_limit") if runs else None  # one per report
     mode, why = resolve_mode(None)
     with wandb.init(
         project=projects.pop() if len(projects) == 1 else "normbench",
         group=groups.pop() if len(groups) == 1 else None,
         job_type="compare",
-        name=f"compare-{len(runs)}-runs",
+        name=f"compare-{len(runs)}-runs" + ("" if limit is None else f"-vocab{limit}"),
+        tags=[vocab.tag(limit)],
         dir=str(out),
         mode=mode,
-        config={"runs": [str(r.dir) for r in runs]},
+        config={"runs": [str(r.dir) for r in runs], "vocab_limit": limit},
         reinit="finish_previous",
     ) as run:
         payload: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""The local run record: config.yaml, metrics.jsonl, events.jsonl and summary.json.
+"""The local run record: config.yaml, metrics.jsonl, events.jsonl and summary.json (and
+vocab.json, the vocabulary mapping of a run with `data.vocab_limit`).
 
 The record is written independently of W&B, so a tracking failure never loses it. A run
 keeps disk space for its summary (`.summary-reserve`, 1 MiB, removed when the run ends), so a
@@ -26,7 +27,9 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 RESERVE = ".summary-reserve"
 RESERVE_BYTES = 1 << 20
 # A temporary file of write_atomic (`.<name>.tmp-<pid>`) left by a kill.
-_PARTIAL = re.compile(r"\.(config\.yaml|summary\.json|metrics\.jsonl|events\.jsonl)\.tmp-\d+")
+_PARTIAL = re.compile(
+    r"\.(config\.yaml|summary\.json|metrics\.jsonl|events\.jsonl|vocab\.json)\.tmp-\d+"
+)
 
 
 class RecordWriteError(NormbenchError):
@@ -65,6 +68,7 @@ SUMMARY_KEYS = (
     "threads",
     "startup_s",
     "diag",
+    "vocab",
     "wandb",
 )
 
@@ -114,7 +118,14 @@ def write_atomic(path: Path, text: str) -> None:
 def record_files(run_dir: Path) -> list[str]:
     """The run-record files in a run directory (not Hydra's own .hydra/ and log files; the
     checkpoint folder counts)."""
-    names = ("config.yaml", "metrics.jsonl", "events.jsonl", "summary.json", "checkpoints")
+    names = (
+        "config.yaml",
+        "metrics.jsonl",
+        "events.jsonl",
+        "summary.json",
+        "vocab.json",
+        "checkpoints",
+    )
     return [n for n in names if (Path(run_dir) / n).exists()]
 
 
@@ -122,6 +133,9 @@ class NullRecord:
     """The record of a torchrun rank other than 0: rank 0 writes the run's record."""
 
     def write_config(self, config: dict[str, Any]) -> None:
+        pass
+
+    def write_vocab(self, mapping: dict[str, Any]) -> None:
         pass
 
     def log(self, row: dict[str, Any]) -> None:
@@ -202,6 +216,11 @@ class RunRecord:
     def write_config(self, config: dict[str, Any]) -> None:
         text = yaml.safe_dump(config, sort_keys=False)
         self._guard(self.dir / "config.yaml", lambda: write_atomic(self.dir / "config.yaml", text))
+
+    def write_vocab(self, mapping: dict[str, Any]) -> None:
+        """vocab.json: the vocabulary mapping of `data.vocab_limit` (normbench/vocab.py)."""
+        path, text = self.dir / "vocab.json", json.dumps(mapping, indent=1) + "\n"
+        self._guard(path, lambda: write_atomic(path, text))
 
     def _append(self, f: Any, path: Path, row: dict[str, Any]) -> None:
         line = json.dumps(_jsonable(row)) + "\n"

@@ -29,6 +29,7 @@ from normbench.divergence import DivergenceMonitor, Event, describe
 from normbench.errors import ConfigError
 from normbench.model import GPT
 from normbench.optim import build_optimizer, build_scheduler
+from normbench.vocab import record_vocab
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +327,7 @@ def train(
     loop = {"train_time": 0.0, "interval_time": 0.0, "interval_losses": [], "wall_s": 0.0}
 
     summary.update(steps=0, tokens=0, n_params=model.num_params(), device=str(device))
+    record_vocab(tokens.vocab, record, logger, summary)  # data.vocab_limit's mapping, if any
     log.info(
         "model: %s-%s, depth %d, d_model %d, %s parameters on %s (%s); data %s: %s train / %s "
         "validation tokens",

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from normbench.config import Documents
 from normbench.data import EOT, cache_directory, gpt2_encoding, load_tokens, source_identity
 from normbench.vocab import GPT2_VOCAB, kept_tokens, lookup
 
-from conftest import REPO, compose_config
+from conftest import REPO, TINY, cli_environment, compose_config, read_jsonl, run_cli, text_data
+from wandb_records import offline_runs
 
 # A word that only the validation file has, many times: frequent there, absent from training.
 VAL_ONLY = " Xylophonist"
@@ -207,3 +210,82 @@ def test_older_records_are_full_vocabulary_runs():
         "data.vocab_limit: None there, 64 here",
         "model.vocab_size: 50304 there, 64 here",
     ]
+
+
+# --- a real run -----------------------------------------------------------------------------
+
+
+def test_training_uses_the_vocabulary_and_the_detectors_its_size(tiny_training):
+    """A tiny run with 64 tokens: the model has 64 outputs (its first loss near ln 64, not
+    ln 50304), the stagnation detector measures against ln 64, and the record carries the
+    mapping of the token cache."""
+    hair_trigger = [
+        "divergence.action=continue",
+        "divergence.spike.enabled=false",
+        "divergence.grad_explosion.enabled=false",
+        "divergence.stagnation.rel=0.99",  # fires while the loss is above 1% of ln(vocab)
+        "divergence.stagnation.after=0",
+        "divergence.stagnation.min_steps=1",
+    ]
+    rows, summary = tiny_training("data.vocab_limit=64", "train.log_every=1", *hair_trigger)
+    run_dir = tiny_training.last_dir
+    assert summary["status"] == "completed"
+    assert abs(rows[0]["train/loss"] - math.log(64)) < 0.5
+    (event,) = read_jsonl(run_dir / "events.jsonl")
+    assert event["kind"] == "stagnation" and event["ln_vocab"] == pytest.approx(math.log(64))
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["data"]["vocab_limit"] == 64 and config["model"]["vocab_size"] == 64
+    mapping = json.loads((run_dir / "vocab.json").read_text())
+    cache = load_tokens(compose_config(*_tiny_data(config)).data)
+    assert mapping == cache.vocab and len(mapping["kept"]) == 63
+    brief = summary["vocab"]
+    assert brief["label"] == "vocab 64" and brief["limit"] == 64 and "kept" not in brief
+    assert brief["kept_sha256"] == mapping["kept_sha256"]
+    assert brief["val_mapped_share"] == mapping["val_mapped_share"]
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["vocab"] == brief
+
+
+def _tiny_data(config: dict) -> list[str]:
+    d = config["data"]
+    return [
+        "data=text",
+        f"data.train_path={d['train_path']}",
+        f"data.val_path={d['val_path']}",
+        f"data.cache_dir={d['cache_dir']}",
+        f"data.vocab_limit={d['vocab_limit']}",
+    ]
+
+
+# --- the command line: a sweep over the vocabulary, W&B, compare ------------------------------
+
+
+@pytest.fixture(scope="module")
+def vocab_sweep(tmp_path_factory, text_files) -> Path:
+    """A real multirun over data.vocab_limit=null,64, W&B offline."""
+    root = tmp_path_factory.mktemp("vocab")
+    sweep = root / "sweep"
+    args = ["train", "-m", "data.vocab_limit=null,64", *TINY, "precision=fp32"]
+    args += [*text_data(*text_files), f"hydra.sweep.dir={sweep}"]
+    done = run_cli(args, cwd=root, env=cli_environment(root))
+    assert done.returncode == 0, done.stderr
+    return sweep
+
+
+def test_the_run_and_its_wandb_run_are_labelled(vocab_sweep):
+    full, small = vocab_sweep / "0_pre-d2", vocab_sweep / "1_pre-d2"
+    (w_full,) = offline_runs(full / "wandb")
+    (w_small,) = offline_runs(small / "wandb")
+    assert w_full.name == "pre-layernorm-d2-lr0.001-s0" and "vocab=full" in w_full.tags
+    assert w_small.name == "pre-layernorm-d2-lr0.001-s0-vocab64" and "vocab=64" in w_small.tags
+    assert w_full.config["vocab_limit"] is None and w_small.config["vocab_limit"] == 64
+    mapping = json.loads((small / "vocab.json").read_text())
+    assert w_small.config["vocab"] == mapping and "vocab" not in w_full.config
+    assert w_small.summary["vocab"]["label"] == "vocab 64"
+    assert json.loads((small / "summary.json").read_text())["vocab"]["limit"] == 64
+    assert yaml.safe_load((small / "config.yaml").read_text())["model"]["vocab_size"] == 64
+    # the full-vocabulary run says so too, without a mapping file
+    brief = {"limit": None, "label": "vocab full", "size": 50257}
+    assert json.loads((full / "summary.json").read_text())["vocab"] == brief
+    assert not (full / "vocab.json").exists()
+    assert yaml.safe_load((full / "config.yaml").read_text())["model"]["vocab_size"] == 50304
