@@ -1,6 +1,7 @@
 """`normbench compare`: a report from local run records, with no network and no W&B account.
 
-    normbench compare PATH... [--out DIR] [--x KEY] [--y KEY] [--group-by KEY,...] [--wandb]
+    normbench compare PATH... [--out DIR] [--x KEY] [--y KEY] [--group-by KEY,...] [--vocab V]
+                      [--wandb]
 
 PATH is a run directory, a sweep directory (every run below it) or a glob. The report holds
 `index.html` (one self-contained page, the figures embedded), `summary.csv` and `summary.md`
@@ -8,6 +9,12 @@ PATH is a run directory, a sweep directory (every run below it) or a glob. The r
 PNG and SVG: loss curves per group coloured by placement with divergence events marked, a
 stability map per placement (final validation loss over two axes, diverged cells marked and
 counted), per-layer diagnostics, and for each diverged run its last steps layer by layer.
+
+One report holds one vocabulary (`data.vocab_limit`, normbench/vocab.py): losses of runs
+with different vocabularies are not comparable (a reduced vocabulary's shared id is an easy
+target), so records of several are refused unless `--vocab full` or `--vocab K` picks one.
+Every table says which (summary.md and the page above the tables, a `vocab` column in
+summary.csv), and so do the loss figures of a reduced vocabulary.
 
 Probe records (`normbench probe` run directories, probe.json) are read too. Records made by a
 reproduction preset (config `claim`, configs/experiment/) are judged against the claim
@@ -65,6 +72,7 @@ from typing import Any
 
 import yaml
 
+from normbench import vocab
 from normbench.errors import NormbenchError
 from normbench.rundir import flat
 
@@ -83,6 +91,7 @@ SHORT = {
     "model.init": "init",
     "precision": "precision",
     "data.label": "data",
+    "data.vocab_limit": "vocab_limit",
 }
 LONG = {short: key for key, short in SHORT.items()}
 # Not axes: where things were written, values derived from other keys, other commands' keys.
@@ -155,6 +164,7 @@ class Axes:
     y: str
     group_by: list[str]
     config_keys: list[str] = field(default_factory=list)  # varying, without the seed
+    vocab_limit: int | None = None  # the runs' one vocabulary (None: GPT-2's full one)
 
 
 def flatten(config: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +217,9 @@ def _read_record(run_dir: Path, name: str) -> tuple[dict[str, Any], dict[str, An
         raise Unreadable("config.yaml is empty")
     if not isinstance(config, dict):
         raise Unreadable("config.yaml is not a mapping")
+    limit = flat(config).get("data.vocab_limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise Unreadable("config.yaml: data.vocab_limit is not a number or null")
     data = _parse(run_dir / name, "JSON")
     if not isinstance(data, dict):
         raise Unreadable(f"{name} is not a JSON object")
@@ -255,6 +268,7 @@ class Records:
     probes: list[Probe]
     skipped: list[Skipped]  # unreadable records, and runs killed before their first record
     inputs: list[Path]  # the paths (globs expanded) and the record folders, resolved
+    vocab_limit: int | None = None  # the one vocabulary reported (select_vocab)
 
 
 def is_report(folder: Path) -> bool:
@@ -335,6 +349,78 @@ def read_records(paths: list[str]) -> Records:
     return records
 
 
+# --- one vocabulary per report (normbench/vocab.py) -----------------------------------------------
+
+
+def vocab_of(record: Run | Probe) -> Any:
+    """A record's `data.vocab_limit` (None: GPT-2's full vocabulary, also for records
+    written before the option existed)."""
+    return record.config.get("data.vocab_limit")
+
+
+def _vocab_names(limits: list[Any]) -> list[str]:
+    return [vocab.name(v) for v in sorted(limits, key=_order)]
+
+
+def one_vocab(records: list[Any]) -> Any:
+    """The vocabulary all `records` share; CompareError when they have several (their losses
+    are not comparable, so they never share a table)."""
+    limits = list({repr(vocab_of(r)): vocab_of(r) for r in records}.values())
+    if len(limits) > 1:
+        names = _vocab_names(limits)
+        raise CompareError(
+            f"the records have {len(names)} vocabularies (data.vocab_limit {', '.join(names)}), "
+            "whose losses are not comparable; report one at a time with "
+            + " or ".join(f"--vocab {n}" for n in names)
+        )
+    return limits[0] if limits else None
+
+
+def parse_vocab(text: str) -> int | None:
+    """`--vocab`: `full` (or null) or a number K."""
+    if text.strip().lower() in ("full", "null", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise CompareError(f"--vocab takes full or a number K (got {text!r})") from None
+
+
+def select_vocab(records: Records, choice: str | None) -> None:
+    """Keep the runs and probes of one vocabulary: `choice` (`--vocab`), or the only one
+    the records have (CompareError when they have several and no choice is given)."""
+    both = records.runs + records.probes
+    if choice is None:
+        records.vocab_limit = one_vocab(both)
+        return
+    limit = parse_vocab(choice)
+    if not any(vocab_of(r) == limit for r in both):
+        names = _vocab_names(list({repr(vocab_of(r)): vocab_of(r) for r in both}.values()))
+        raise CompareError(f"--vocab {choice}: no records of it; they have {', '.join(names)}")
+    left = sum(vocab_of(r) != limit for r in both)
+    records.runs = [r for r in records.runs if vocab_of(r) == limit]
+    records.probes = [p for p in records.probes if vocab_of(p) == limit]
+    records.vocab_limit = limit
+    if left:
+        print(
+            f"normbench compare: --vocab {choice}: left out {left} record{'s' * (left > 1)} "
+            "of other vocabularies",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def vocab_note(limit: Any) -> str:
+    """The line above every table: which vocabulary the losses are over."""
+    if limit is None:
+        return f"Vocabulary: full (GPT-2's {vocab.GPT2_VOCAB:,} tokens)."
+    return (
+        f"Vocabulary: {vocab.name(limit)} (data.vocab_limit: the most frequent training tokens "
+        "and one shared id for the rest). Losses are comparable only with runs of the same "
+        "vocabulary, never with full-vocabulary ones."
+    )
+
+
 def find_records(paths: list[str]) -> tuple[list[Run], list[Probe]]:
     """Every readable run record and probe record under the paths."""
     records = read_records(paths)
@@ -366,7 +452,7 @@ def run_setting(runs: list[Run]) -> str:
         f"{v('train.max_steps')} steps of {v('train.batch_size')} sequences; AdamW lr "
         f"{v('optim.lr')}, warmup {v('optim.warmup_steps')}, betas {v('optim.betas')}, "
         f"grad clip {v('optim.grad_clip')}; {v('precision')}; seeds {v('seed')}; data "
-        f"{v('data.label')}"
+        f"{v('data.label')}, {vocab.label(one_vocab(runs))}"
     )
 
 
@@ -381,7 +467,8 @@ def probe_setting(probes: list[Probe]) -> str:
         f"d_model {v('model.d_model')}, context {v('model.context')}, init {v('model.init')}, "
         f"kind {v('norm.kind')}; {p.get('batches')} batches of {p.get('batch_size')} sequences; "
         f"one AdamW step of lr {p.get('lr') or v('optim.lr')}; seeds "
-        f"{','.join(str(s) for s in p.get('seeds', []))}; data {v('data.label')}"
+        f"{','.join(str(s) for s in p.get('seeds', []))}; data {v('data.label')}, "
+        f"{vocab.label(one_vocab(probes))}"
     )
 
 
@@ -500,7 +587,7 @@ def choose_axes(runs: list[Run], x: str | None, y: str | None, group_by: list[st
             varying.append(key)
     varying.sort(key=lambda k: order.get(k, len(order)))
     config_keys = [k for k in varying if k != "seed"]
-    return Axes(varying=varying, x=xk, y=yk, group_by=groups, config_keys=config_keys)
+    return Axes(varying, xk, yk, groups, config_keys, vocab_limit=one_vocab(runs))
 
 
 def short(key: str) -> str:
@@ -546,6 +633,7 @@ def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
     for values, members in group_runs(runs, axes.config_keys).items():
         done = [r for r in members if r.status == "completed"]
         row: dict[str, Any] = {short(k): v for k, v in zip(axes.config_keys, values, strict=True)}
+        row["vocab"] = vocab.name(axes.vocab_limit)  # every CSV row says what its losses are over
         row["runs"] = len(members)
         row["seeds"] = " ".join(sorted({fmt(r.config.get("seed")) for r in members}))
         row["completed"] = len(done)
@@ -602,7 +690,7 @@ def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
             f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-",
         ]
         lines.append("| " + " | ".join(map(md_cell, cells)) + " |")
-    return "\n".join(lines) + "\n"
+    return md_cell(vocab_note(axes.vocab_limit)) + "\n\n" + "\n".join(lines) + "\n"
 
 
 def skipped_markdown(skipped: list[Skipped]) -> str:
@@ -869,7 +957,7 @@ tr.diverged td { color: #b00; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.8em; color: #555; }
-.note { color: #555; font-size: 0.9em; }
+.note { color: #555; font-size: 0.9em; } .vocab { font-weight: bold; }
 .verdict { border: 1px solid #ccc; padding: 0 1em; margin: 1em 0; }
 .reproduced { color: #080; } .not-reproduced { color: #b00; }
 .partly-reproduced { color: #a60; } .inconclusive { color: #555; }
@@ -948,7 +1036,7 @@ Stability map axes: x = {html.escape(short(axes.x) if axes.x else "-")}, y =
 {html.escape(short(axes.y) if axes.y else "-")}. Means and standard deviations are over seeds;
 validation losses of diverged runs are left out of them.
 Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a>.</p>
-<h2>Summary</h2>{summary_html}
+<h2>Summary</h2><p class="vocab">{html.escape(vocab_note(axes.vocab_limit))}</p>{summary_html}
 {"".join(sections)}
 <h2>Runs</h2>{runs_html}"""
 
@@ -970,6 +1058,7 @@ def write_html(
     verdicts: list[Any] | None = None,
     probes: list[Probe] | None = None,
     skipped: list[Skipped] | None = None,
+    vocab_limit: Any = None,
 ) -> Path:
     verdicts, probes, skipped = verdicts or [], probes or [], skipped or []
     parts = []
@@ -983,7 +1072,8 @@ def write_html(
     if figures.get("probes"):
         names = ", ".join(html.escape(str(p.dir)) for p in probes)
         parts.append(
-            f'<h2>Probes at initialization</h2><p class="note">From {names}.</p>'
+            f'<h2>Probes at initialization</h2><p class="note">From {names}. '
+            f"{html.escape(vocab_note(vocab_limit))}</p>"
             + "".join(_img(p) for p in figures["probes"])
         )
     if runs and axes is not None:
@@ -996,6 +1086,8 @@ def write_html(
         title += (", " if title else "") + f"{len(probes)} probe{'s' * (len(probes) > 1)}"
     if skipped:
         title += f", {len(skipped)} not readable"
+    if runs or probes:
+        title += f"; {vocab.label(vocab_limit)}"
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>normbench compare</title>
 <style>{CSS}</style></head><body>
@@ -1044,7 +1136,9 @@ def write_report(
     if probes:
         figures["probes"] = copy_probe_figures(tmp, probes)
     write_verdicts(tmp, verdicts)
-    write_html(tmp, runs, axes, rows, figures, sources, verdicts, probes, skipped)
+    write_html(
+        tmp, runs, axes, rows, figures, sources, verdicts, probes, skipped, records.vocab_limit
+    )
     write_marker(tmp)
     return rows, figures
 
@@ -1055,14 +1149,17 @@ def build_report(
     x: str | None = None,
     y: str | None = None,
     group_by: list[str] | None = None,
+    vocab_choice: str | None = None,
 ) -> tuple[Path, list[Run], Axes | None, list[dict[str, Any]], dict[str, list[Path]]]:
-    """Read the records and write the report into `out` (default: default_out).
+    """Read the records of one vocabulary (`vocab_choice`, or the only one they have: see
+    select_vocab) and write the report into `out` (default: default_out).
 
     `out` must be new or compare's own earlier report (check_out). The report is built in a
     hidden folder beside it and swapped in (install), so that a failure or Ctrl-C leaves the
     earlier report as it was and no half-written one; the earlier report is then deleted
     file by file, as its marker lists them."""
     records = read_records(paths)
+    select_vocab(records, vocab_choice)
     runs, probes = records.runs, records.probes
     out = check_out(out or default_out(paths), records.inputs, paths, given=out is not None)
     axes = choose_axes(runs, x, y, group_by) if runs else None
@@ -1117,10 +1214,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--x", help="stability map x axis (default: lr)")
     parser.add_argument("--y", help="stability map y axis (default: depth)")
     parser.add_argument("--group-by", help="comma-separated keys, one loss-curve figure each")
+    parser.add_argument(
+        "--vocab",
+        metavar="V",
+        help="report only the records of this vocabulary (data.vocab_limit): full or a number; "
+        "needed when they have several, whose losses are not comparable",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log the report to W&B")
     args = parser.parse_args(argv)
     group_by = [k for k in args.group_by.split(",") if k] if args.group_by is not None else None
-    out, runs, axes, rows, figures = build_report(args.paths, args.out, args.x, args.y, group_by)
+    out, runs, axes, rows, figures = build_report(
+        args.paths, args.out, args.x, args.y, group_by, args.vocab
+    )
     if args.wandb:
         from normbench.logger import log_report
 

@@ -18,7 +18,21 @@ from matplotlib.ticker import MaxNLocator
 if TYPE_CHECKING:
     from normbench.compare import Axes, Run
 
-UNIFORM = math.log(50257)  # the loss of a uniform guess over GPT-2's vocabulary
+
+def uniform_loss(axes: Axes) -> float:
+    """ln(vocab): the loss of a uniform guess over the runs' vocabulary (GPT-2's 50,257 or
+    data.vocab_limit)."""
+    from normbench.vocab import data_vocab
+
+    return math.log(data_vocab(axes.vocab_limit))
+
+
+def vocab_suffix(axes: Axes) -> str:
+    """` [vocab K]` for a reduced vocabulary (its losses are not comparable with the full
+    vocabulary's), nothing for the full one."""
+    from normbench.vocab import label
+
+    return "" if axes.vocab_limit is None else f" [{label(axes.vocab_limit)}]"
 
 
 def _plt() -> Any:
@@ -81,6 +95,7 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
 
     plt = _plt()
     paths = []
+    uniform = uniform_loss(axes)
     for values, members in group_runs(runs, axes.group_by).items():
         fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
         labelled: set[str] = set()
@@ -99,20 +114,22 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
             seen += y + vy
             for event in run.events:
                 before = [r["train/loss"] for r in train if r["step"] <= event["step"]]
-                at = (event["tokens"], before[-1] if before else UNIFORM)
+                at = (event["tokens"], before[-1] if before else uniform)
                 ax.plot(*at, "x", color=c, ms=9, mew=2)
                 ax.annotate(event["kind"], at, textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=c)  # fmt: skip
-        if seen and max(seen) > 2 * UNIFORM:  # a blow-up: a log axis shows it and the rest
+        if seen and max(seen) > 2 * uniform:  # a blow-up: a log axis shows it and the rest
             ax.set_yscale("log")
         elif seen:
-            ax.set_ylim(max(0.0, min(min(seen), UNIFORM) - 0.5), UNIFORM + 1.0)
-        ax.axhline(UNIFORM, color="#999", lw=0.8, ls=":")
-        ax.annotate("ln(vocab)", (0, UNIFORM), xycoords=("axes fraction", "data"), fontsize=7,
+            ax.set_ylim(max(0.0, min(min(seen), uniform) - 0.5), uniform + 1.0)
+        ax.axhline(uniform, color="#999", lw=0.8, ls=":")
+        ax.annotate("ln(vocab)", (0, uniform), xycoords=("axes fraction", "data"), fontsize=7,
                     color="#777", xytext=(2, 2), textcoords="offset points")  # fmt: skip
         seeds = sorted({fmt(r.config.get("seed")) for r in members})
         ax.set(xlabel="tokens seen", ylabel="loss (nats per token)")
-        ax.set_title(f"{_title(axes.group_by, values)} (seeds {' '.join(seeds)})")
+        ax.set_title(
+            f"{_title(axes.group_by, values)} (seeds {' '.join(seeds)}){vocab_suffix(axes)}"
+        )
         ax.grid(alpha=0.3)
         ax.legend(title="norm (train solid, val dashed)", loc="best")
         paths.append(save(fig, out, f"curves_{slug(_title(axes.group_by, values))}"))
@@ -210,7 +227,10 @@ def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
         if image is not None:
             fig.colorbar(image, ax=grid, label="final val/loss (nats), mean over seeds")
         total = sum(r.diverged for r in by_norm)
-        fig.suptitle(f"stability map: norm={fmt(norm[0])} ({total}/{len(by_norm)} runs diverged)")
+        fig.suptitle(
+            f"stability map: norm={fmt(norm[0])} ({total}/{len(by_norm)} runs diverged)"
+            f"{vocab_suffix(axes)}"
+        )
         paths.append(save(fig, out, f"stability_{slug(str(norm[0]))}"))
     return paths
 

@@ -3,6 +3,7 @@ its record and W&B run, and `normbench compare` keeping vocabularies apart."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -289,3 +290,34 @@ def test_the_run_and_its_wandb_run_are_labelled(vocab_sweep):
     assert json.loads((full / "summary.json").read_text())["vocab"] == brief
     assert not (full / "vocab.json").exists()
     assert yaml.safe_load((full / "config.yaml").read_text())["model"]["vocab_size"] == 50304
+
+
+def test_compare_never_pools_two_vocabularies(vocab_sweep, tmp_path, cli_env):
+    before = sorted(p.name for p in vocab_sweep.iterdir())
+    done = run_cli(["compare", str(vocab_sweep)], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "2 vocabularies (data.vocab_limit full, 64)" in done.stderr
+    assert "--vocab full or --vocab 64" in done.stderr
+    assert sorted(p.name for p in vocab_sweep.iterdir()) == before  # nothing written
+    bad = run_cli(["compare", str(vocab_sweep), "--vocab", "128"], cwd=tmp_path, env=cli_env)
+    assert bad.returncode == 2 and "--vocab 128: no records of it; they have full, 64" in bad.stderr
+
+
+@pytest.mark.parametrize("choice, summary_of", [("64", "1_pre-d2"), ("full", "0_pre-d2")])
+def test_compare_reports_one_vocabulary_labelled(choice, summary_of, vocab_sweep, tmp_path):
+    out = tmp_path / "report"
+    args = ["compare", str(vocab_sweep), "--vocab", choice, "--out", str(out)]
+    done = run_cli(args, cwd=tmp_path, env=cli_environment(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "left out 1 record of other vocabularies" in done.stderr
+    with open(out / "summary.csv") as f:
+        (row,) = csv.DictReader(f)
+    summary = json.loads((vocab_sweep / summary_of / "summary.json").read_text())
+    assert row["vocab"] == choice
+    assert float(row["val_loss_mean"]) == pytest.approx(summary["val_loss"], rel=1e-12)
+    md = (out / "summary.md").read_text()
+    assert md.startswith(f"Vocabulary: {choice} (")
+    page = (out / "index.html").read_text()
+    assert f"; vocab {choice}</h1>" in page and f'<p class="vocab">Vocabulary: {choice} (' in page
+    curves = next(out.glob("curves_*.svg")).read_text()
+    assert ("[vocab 64]" in curves) == (choice == "64")  # a reduced vocabulary's figures say so
