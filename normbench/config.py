@@ -300,7 +300,8 @@ def register_configs() -> None:
 def validate(cfg: DictConfig) -> None:
     """Check cross-field consistency; raise a one-line ConfigError naming what to change.
 
-    Also fills in derived values (the norm's eps) so the saved config is the one that ran.
+    Also fills in derived values (the norm's eps, model.vocab_size) so the saved config is the
+    one that ran.
     """
     m, o, t = cfg.model, cfg.optim, cfg.train
 
