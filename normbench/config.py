@@ -62,9 +62,11 @@ class Device(Choice):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+    mps = "mps"
 
 
 class Precision(Choice):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 

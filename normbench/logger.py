@@ -45,6 +45,9 @@ class NullLogger:
     def log(self, metrics: dict[str, Any]) -> None:
         pass
 
+    def config_update(self, values: dict[str, Any]) -> None:
+        pass
+
     def finish(self, summary: dict[str, Any], failed: bool) -> None:
         pass
 
@@ -145,6 +148,15 @@ class WandbLogger:
             self.run.log(metrics)
         except Exception as e:
             self._fail("log to", e)
+
+    def config_update(self, values: dict[str, Any]) -> None:
+        """Values known only once training starts (the device and precision chosen)."""
+        if self.run is None:
+            return
+        try:
+            self.run.config.update(values, allow_val_change=True)
+        except Exception as e:
+            self._fail("update the config of", e)
 
     def finish(self, summary: dict[str, Any], failed: bool) -> None:
         if self.run is None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from normbench import dist
+from normbench import dist, hardware
 from normbench.data import RandomWindows, TokenSplits, eval_windows
 from normbench.diag import Diagnostics
 from normbench.divergence import DivergenceMonitor, Event, describe
@@ -91,11 +91,27 @@ def process_age() -> float | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
-    return dist.device(name)
+    """This rank's torch device for `device=` (auto: CUDA, else MPS, else the CPU)."""
+    return dist.device(hardware.resolve_device(name))
+
+
+def choose_precision(
+    cfg: Any, device: torch.device, resume: dict[str, Any] | None = None
+) -> hardware.PrecisionChoice:
+    """The precision of this run (normbench/hardware.py). A resumed `auto` run keeps the
+    precision it started in, so that one run is one experiment; under torchrun rank 0's
+    choice holds for every rank."""
+    requested = str(cfg.precision.value)
+    choice = hardware.pick(requested, device.type, cfg.data.cache_dir)
+    saved = (resume or {}).get("summary", {})
+    if requested == "auto" and saved.get("precision") not in (None, choice.precision):
+        choice = hardware.PrecisionChoice(
+            saved["precision"],
+            f"kept from the checkpoint ({saved.get('precision_reason')}); this machine alone "
+            f"would choose {choice.precision} ({choice.reason})",
+            choice.speedup,
+        )
+    return dist.broadcast(choice) if dist.active() else choice
 
 
 def check_data_fits(tokens: TokenSplits, context: int) -> None:
@@ -301,7 +317,10 @@ def train(
     device = resolve_device(str(cfg.device.value))
     if device.type == "cpu":
         tune_cpu_allocator()
-    precision = str(cfg.precision.value)
+    choice = choose_precision(cfg, device, resume)
+    precision = choice.precision
+    if choice.warning and dist.is_main():
+        log.warning("precision=bf16: %s", choice.warning)
     context, t = cfg.model.context, cfg.train
     torch.manual_seed(cfg.seed)
     check_global_batch(t.batch_size)
@@ -326,9 +345,11 @@ def train(
     loop = {"train_time": 0.0, "interval_time": 0.0, "interval_losses": [], "wall_s": 0.0}
 
     summary.update(steps=0, tokens=0, n_params=model.num_params(), device=str(device))
+    summary.update(choice.record())
+    logger.config_update({"device": str(device), **choice.record()})
     log.info(
-        "model: %s-%s, depth %d, d_model %d, %s parameters on %s (%s); data %s: %s train / %s "
-        "validation tokens",
+        "model: %s-%s, depth %d, d_model %d, %s parameters on %s, %s (%s); data %s: %s train "
+        "/ %s validation tokens",
         cfg.norm.name.value,
         cfg.norm.kind.value,
         cfg.depth,
@@ -336,6 +357,7 @@ def train(
         f"{summary['n_params']:,}",
         device,
         precision,
+        choice.reason,
         cfg.data.label,
         f"{len(tokens.train):,}",
         f"{len(tokens.val):,}",
@@ -372,7 +394,8 @@ def train(
         monitor.load_state_dict(saved["monitor"])
         diag.load_state_dict(saved["diag"])
         loop.update(saved["loop"])
-        summary.update({k: v for k, v in saved["summary"].items() if k not in ("device",)})
+        fresh = ("device", "precision", "precision_reason", "bf16_speedup")  # chosen above
+        summary.update({k: v for k, v in saved["summary"].items() if k not in fresh})
         return int(saved["step"])
 
     def run_eval(step: int) -> bool:

@@ -34,6 +34,10 @@ SUMMARY_KEYS = {
     "events",
     "objective",
     "threads",
+    "device",
+    "precision",
+    "precision_reason",
+    "bf16_speedup",
     "startup_s",
     "diag",
     "wandb",
@@ -48,6 +52,9 @@ def check_run_dir(run_dir: Path, steps: int = 6) -> dict:
     assert summary["status"] == "completed" and summary["steps"] == steps
     assert summary["tokens"] == steps * 4 * 32
     assert summary["n_params"] > 0 and summary["tokens_per_s"] > 0 and summary["wall_s"] > 0
+    # precision=auto (the default) resolved, with its reason, as normbench/hardware.py decides
+    assert config["precision"] == "auto" and summary["device"] == "cpu"
+    assert summary["precision"] in ("bf16", "fp32") and summary["precision_reason"]
     train_rows = [r for r in rows if "train/loss" in r]
     val_rows = [r for r in rows if "val/loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6]
@@ -188,6 +195,8 @@ def test_multirun_with_wandb_offline(tmp_path, cli_env, text_files):
         assert run.config["depth"] == 2 and run.config["lr"] == 0.001
         assert run.config["block"] == "sequential" and run.config["qk_norm"] is False
         assert run.config["cfg"]["norm"]["name"] == placement  # the full resolved config
+        assert run.config["precision"] in ("bf16", "fp32") and run.config["precision_reason"]
+        assert run.config["device"] == "cpu"
         assert run.config["cfg"]["model"]["d_model"] == 32
         assert run.exit_code == 0
         local = json.loads((run_dir / "summary.json").read_text())
