@@ -256,11 +256,13 @@ def forward_backward(
 
 
 class StopRequest:
-    """A graceful stop asked for by SIGINT or SIGTERM during training.
+    """A graceful stop asked for by SIGINT, SIGTERM or SIGHUP (the terminal closed) during
+    training.
 
     The first signal sets `signal` (the loop finishes its step, writes a checkpoint and the
     record, and ends the run as `interrupted`); a second one stops at once (KeyboardInterrupt
-    for Ctrl-C, the usual handler's exception for SIGTERM).
+    for Ctrl-C, the usual handler's exception for SIGTERM and SIGHUP). A signal that is
+    ignored (SIGHUP under nohup) stays ignored.
     """
 
     def __init__(self) -> None:
@@ -280,14 +282,16 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self) -> Any:
-        """Handle SIGINT and SIGTERM this way while training (main thread only)."""
+        """Handle SIGINT, SIGTERM and SIGHUP this way while training (main thread only)."""
         import signal as signals
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {s: signals.getsignal(s) for s in (signals.SIGINT, signals.SIGTERM)}
+        names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signals, n)]  # Windows
+        previous = {getattr(signals, n): signals.getsignal(getattr(signals, n)) for n in names}
+        previous = {s: old for s, old in previous.items() if old != signals.SIG_IGN}
 
         def handler(signum: int, frame: Any) -> None:
             name = signals.Signals(signum).name

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import resource
+import select
 import signal
 import subprocess
+import sys
+import termios
 import time
 from pathlib import Path
 
@@ -106,6 +111,44 @@ def test_sigterm_checkpoints_then_the_same_command_resumes(
     assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGTERM"
     assert (run_dir / "checkpoints" / f"step_{step:08d}.pt").is_file()
     assert out.strip() == f"run_dir: {run_dir}"
+    done = run_cli(["train", *args], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed after step {step}" in done.stderr
+    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
+        read_jsonl(reference / "metrics.jsonl")
+    )
+
+
+def test_closing_the_terminal_checkpoints_then_the_same_command_resumes(
+    reference, tmp_path, cli_env, text_files
+):
+    """The terminal is closed mid-run: its pty hangs up, the run (the session leader, as a
+    shell would be) gets SIGHUP and every later write to the terminal fails with EIO. The
+    step finishes, the checkpoint and the record are written, the exit code is 129; the
+    same command resumes and ends as the uninterrupted run did."""
+    run_dir = tmp_path / "run"
+    args = [*RUN, *text_data(*text_files), f"hydra.run.dir={run_dir}", "logger=none"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "normbench", "train", *args],
+        cwd=tmp_path, env=cli_env, stdin=follower, stdout=follower, stderr=follower,
+        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )  # fmt: skip
+    os.close(follower)
+    screen = b""
+    while max(logged_steps(run_dir), default=0) < 3 and proc.poll() is None:
+        if select.select([leader], [], [], 0.01)[0]:
+            screen += os.read(leader, 65536)
+    proc.send_signal(signal.SIGSTOP)  # no step more until the hang-up (SIGHUP, SIGCONT)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 129, screen.decode(errors="replace")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    step = summary["steps"]
+    assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGHUP"
+    assert 3 <= step < 12 and (run_dir / "checkpoints" / f"step_{step:08d}.pt").is_file()
+    assert (
+        f"step {step}: stopped (SIGHUP); checkpoint written" in (run_dir / "train.log").read_text()
+    )
     done = run_cli(["train", *args], cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr
     assert f"resumed after step {step}" in done.stderr
