@@ -468,8 +468,9 @@ def _train_job(
             logger = make_logger(
                 cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id")
             )
+        t = cfg.train
         checkpointer = (
-            Checkpointer(run_dir, cfg.train.ckpt_every, cfg.train.ckpt_keep) if main else None
+            Checkpointer(run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min) if main else None
         )
         summary["wandb"] = logger.info  # in every checkpoint: a resume continues this W&B run
         summary["threads"] = configure_threads(cfg.threads, hc.launcher)

@@ -332,9 +332,10 @@ def train(
 
     The summary is updated as training goes, so an interrupted or crashed run still reports
     how far it got; its status becomes `completed`, `diverged` or `interrupted` only at the
-    end. `checkpointer` (normbench/checkpoint.py) is asked to save the loop's state every
-    `train.ckpt_every` steps, at the end and when a stop is requested; `resume` is such a
-    state, from which the loop continues exactly as if it had never stopped.
+    end. `checkpointer` (normbench/checkpoint.py) is asked after every step whether the
+    loop's state is due (every `train.ckpt_every` steps, `train.ckpt_every_min` minutes after
+    the last one, at the end) and saves it then and when a stop is requested; `resume` is
+    such a state, from which the loop continues exactly as if it had never stopped.
     """
     t_start = time.perf_counter()
     stop = stop or StopRequest()

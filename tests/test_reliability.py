@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from normbench.checkpoint import checkpoints, verified
+
 from conftest import TINY, cli_environment, read_jsonl, run_cli, start_cli, text_data, wait_for
 from wandb_records import offline_runs
 
@@ -152,6 +154,29 @@ def test_closing_the_terminal_checkpoints_then_the_same_command_resumes(
     done = run_cli(["train", *args], cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr
     assert f"resumed after step {step}" in done.stderr
+    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
+        read_jsonl(reference / "metrics.jsonl")
+    )
+
+
+def test_checkpoints_by_time_lose_minutes_not_the_run(reference, tmp_path, cli_env, text_files):
+    """train.ckpt_every_min with no step-based checkpoint due (train.ckpt_every=0): a tiny
+    interval makes one due after every step. Killed mid-run, the run resumes from its newest
+    one (with another interval: train.ckpt_* may change on resume); pruning keeps the newest
+    train.ckpt_keep; the results are the uninterrupted run's."""
+    run_dir = tmp_path / "run"
+    args = [*RUN, "train.ckpt_every=0", "train.ckpt_keep=3", *text_data(*text_files),
+            f"hydra.run.dir={run_dir}", "logger=none"]  # fmt: skip
+    proc = start([*args, "train.ckpt_every_min=1e-9"], tmp_path, cli_env)
+    wait_for(lambda: max(logged_steps(run_dir), default=0) >= 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = [int(p.stem.split("_")[1]) for p in verified(run_dir)]
+    assert 3 <= len(saved) <= 4 and 4 <= saved[-1] < 12, saved  # 4: killed before pruning
+    done = run_cli(["train", *args, "train.ckpt_every_min=2e-9"], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed after step {saved[-1]} " in done.stderr
+    assert [step for step, _ in checkpoints(run_dir)] == [10, 11, 12]
     assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
         read_jsonl(reference / "metrics.jsonl")
     )
