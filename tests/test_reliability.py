@@ -159,6 +159,26 @@ def test_closing_the_terminal_checkpoints_then_the_same_command_resumes(
     )
 
 
+def test_under_nohup_a_hang_up_changes_nothing(tmp_path, cli_env, text_files):
+    """`nohup normbench train ...`: SIGHUP is ignored when normbench starts and stays ignored,
+    so the run goes on to the end."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "train.max_steps=20", "train.eval_every=20", "train.log_every=1",
+            "precision=fp32", *text_data(*text_files), f"hydra.run.dir={run_dir}",
+            "logger=none"]  # fmt: skip
+    proc = subprocess.Popen(
+        ["nohup", sys.executable, "-m", "normbench", "train", *args],
+        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: max(logged_steps(run_dir), default=0) >= 2)
+    proc.send_signal(signal.SIGHUP)
+    at = max(logged_steps(run_dir))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGHUP" not in err, err
+    assert at < 20 and logged_steps(run_dir) == list(range(1, 21))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
 def test_checkpoints_by_time_lose_minutes_not_the_run(reference, tmp_path, cli_env, text_files):
     """train.ckpt_every_min with no step-based checkpoint due (train.ckpt_every=0): a tiny
     interval makes one due after every step. Killed mid-run, the run resumes from its newest
