@@ -215,15 +215,20 @@ def _terminal_gone_ok() -> Any:
 
 
 def startup_line(
-    cfg: Any, n_params: int, device: torch.device, precision: str, tokens: TokenSplits
+    cfg: Any,
+    n_params: int,
+    device: torch.device,
+    precision: str,
+    reason: str,
+    tokens: TokenSplits,
 ) -> str:
-    """The line printed before the first step: the model, where and in what precision it
-    runs, and the data."""
+    """The line printed before the first step: the model, where it runs, in what precision
+    and why, and the data."""
     return (
         f"model: {cfg.norm.name.value}-{cfg.norm.kind.value}, depth {cfg.depth}, "
-        f"d_model {cfg.model.d_model}, {n_params:,} parameters on {device} ({precision}); "
-        f"data {cfg.data.label}: {len(tokens.train):,} train / {len(tokens.val):,} "
-        "validation tokens"
+        f"d_model {cfg.model.d_model}, {n_params:,} parameters on {device}, {precision} "
+        f"({reason}); data {cfg.data.label}: {len(tokens.train):,} train / "
+        f"{len(tokens.val):,} validation tokens"
     )
 
 
@@ -366,7 +371,8 @@ def train(
     loop = {"train_time": 0.0, "interval_time": 0.0, "interval_losses": [], "wall_s": 0.0}
 
     summary.update(steps=0, tokens=0, n_params=model.num_params(), device=str(device))
-    log.info(startup_line(cfg, summary["n_params"], device, precision, tokens))
+    reason = f"precision={precision} as set"
+    log.info(startup_line(cfg, summary["n_params"], device, precision, reason, tokens))
 
     def state(step: int, evaluated: bool) -> dict[str, Any]:
         """Everything the loop needs to continue after `step` (see normbench/checkpoint.py)."""
