@@ -124,13 +124,9 @@ def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:
 
 
 def _sync(device: Any) -> None:
-    import torch
+    from normbench.hardware import synchronize
 
-    kind = getattr(device, "type", device)
-    if kind == "cuda":
-        torch.cuda.synchronize()
-    elif kind == "mps":
-        torch.mps.synchronize()
+    synchronize(getattr(device, "type", device))
 
 
 def _random_batches(cfg: Any, seed: int) -> Any:

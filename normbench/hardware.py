@@ -230,11 +230,11 @@ def measure_products(device: str = "cpu") -> Measurement:
         a = torch.randn(n, 4 * n, device=device).to(dtype)
         b = torch.randn(4 * n, n, device=device).to(dtype)
         best, spent, reps = float("inf"), 0.0, 0
-        _sync(device)
+        synchronize(device)
         while reps < 2 or (spent < MEASURE_BUDGET_S and reps < 50):
             tic = time.perf_counter()
             a @ b
-            _sync(device)
+            synchronize(device)
             took = time.perf_counter() - tic
             if reps > 0:  # the first is the warm-up
                 best = min(best, took)
@@ -281,7 +281,8 @@ def pick(requested: str, device: str, cache_dir: str | Path | None) -> Precision
     return choose_precision(requested, hw, lambda: cached_measurement(hw, cache_dir))
 
 
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (timings on a GPU); nothing on the CPU."""
     if device == "cuda":
         torch.cuda.synchronize()
     elif device == "mps":

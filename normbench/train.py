@@ -521,8 +521,7 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 diag_row = diag.after_update(stats)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                hardware.synchronize(device.type)
                 elapsed = time.perf_counter() - tic
                 loop["train_time"] += elapsed
                 loop["interval_time"] += elapsed
