@@ -31,8 +31,9 @@ train: install
 	  $(NB) train data=wikitext2_files data.dir=$(WIKITEXT_FILES) $(ARGS); \
 	else exit 2; fi
 
+# The tests run on every core (pytest-xdist, one worker per core; see tests/conftest.py).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

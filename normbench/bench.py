@@ -33,7 +33,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -59,11 +58,19 @@ CASES = {  # name: overrides on top of BENCH
     "deep": ["depth=48"],
     "baseline-deep": ["depth=48"],
     "post": ["norm=post"],
+    # nanoGPT's own step (its model.py, from --nanogpt DIR): float32 eager on a CPU, as its
+    # train.py runs there; on a GPU bf16 autocast and fused AdamW (its defaults), compiled
+    # in `nanogpt-compile` as its train.py does by default.
+    "nanogpt": [],
+    "nanogpt-compile": [],
 }
 # The levers of the default path, each switched off alone (`--levers`), or compile switched on.
 LEVERS = {
     "fp32": ["precision=fp32"],
+    "bf16": ["precision=bf16"],
     "unfused-head": ["model.fused_head=false"],
+    "chunk-256": ["model.head_chunk=256"],
+    "chunk-4096": ["model.head_chunk=4096"],
     "unfused-adamw": ["optim.fused=false"],
     "no-mallopt": [],
     "no-diag": ["diag.every=0", "divergence.history=0"],
@@ -71,6 +78,8 @@ LEVERS = {
     "compile": ["train.compile=true"],
 }
 BASELINES = ("baseline", "baseline-deep")
+NANOGPT = ("nanogpt", "nanogpt-compile")
+REFERENCES = BASELINES + NANOGPT
 
 
 def compose(overrides: list[str]) -> Any:
@@ -87,26 +96,42 @@ def compose(overrides: list[str]) -> Any:
     return cfg
 
 
-def flops_per_token(cfg: Any, vocab: int = GPT2_VOCAB) -> float:
+def vocab_of(cfg: Any) -> int:
+    """The data's vocabulary: GPT-2's 50,257, or `data.vocab_limit`."""
+    return cfg.data.vocab_limit or GPT2_VOCAB
+
+
+def flops_per_token(cfg: Any) -> float:
     """6N + 12 L d T: N = the block matrices (12 d^2 per block) + the LM head (vocab x d)."""
-    d, L, T = cfg.model.d_model, cfg.depth, cfg.model.context
+    d, L, T, vocab = cfg.model.d_model, cfg.depth, cfg.model.context, vocab_of(cfg)
     n = 12 * d * d * L + vocab * d
     return 6 * n + 12 * L * d * T
 
 
-def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 6) -> float:
-    """FLOP/s of the fastest of `reps` (n x n) @ (n x n) products in this dtype."""
+def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:
+    """FLOP/s of the fastest of `reps` (n x n) @ (n x n) products in this dtype: n = 2048 on
+    a CPU, 8192 on a GPU (float32 without TF32, PyTorch's default)."""
     import torch
 
+    n = 2048 if device == "cpu" else 8192
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
+        _sync(device)
         tic = time.perf_counter()
         a @ b
+        _sync(device)
         best = min(best, time.perf_counter() - tic)
     return 2 * n**3 / best
+
+
+def _sync(device: Any) -> None:
+    from normbench.hardware import synchronize
+
+    synchronize(getattr(device, "type", device))
 
 
 def _random_batches(cfg: Any, seed: int) -> Any:
@@ -116,26 +141,32 @@ def _random_batches(cfg: Any, seed: int) -> Any:
 
     B, T = cfg.train.batch_size, cfg.model.context
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, GPT2_VOCAB, size=B * T * 64 + 1).astype(np.uint16)
+    tokens = rng.integers(0, vocab_of(cfg), size=B * T * 64 + 1).astype(np.uint16)
     return RandomWindows(tokens, T, B, seed=seed)
 
 
-def run_case(case: str, overrides: list[str], steps: int, warmup: int) -> dict[str, Any]:
+def run_case(
+    case: str, overrides: list[str], steps: int, warmup: int, nanogpt: str | None = None
+) -> dict[str, Any]:
     """One case, in this (fresh) process: median ms per step over `steps` after `warmup`."""
     import torch
+
+    from normbench.train import choose_precision, resolve_device
 
     cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
     B, T = cfg.train.batch_size, cfg.model.context
     batches = _random_batches(cfg, cfg.seed)
-    device = torch.device("cpu")
+    device = resolve_device(str(cfg.device.value))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if case in BASELINES:
         from normbench.baseline import BaselineGPT, baseline_optimizer
 
         torch.manual_seed(cfg.seed)
-        model = BaselineGPT(GPT2_VOCAB, T, cfg.model.d_model, cfg.model.n_heads, cfg.depth)
+        model = BaselineGPT(vocab_of(cfg), T, cfg.model.d_model, cfg.model.n_heads, cfg.depth)
+        model = model.to(device)
         optimizer = baseline_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
+        precision = "fp32"
 
         def step(_: int) -> None:
             x, y = batches.next(device)
@@ -144,31 +175,87 @@ def run_case(case: str, overrides: list[str], steps: int, warmup: int) -> dict[s
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
 
+    elif case in NANOGPT:
+        step, precision = _nanogpt_step(cfg, batches, device, nanogpt, case == "nanogpt-compile")
     else:
-        step = _normbench_step(cfg, batches, device, allocator=case != "no-mallopt")
+        precision = choose_precision(cfg, device).precision
+        step = _normbench_step(cfg, batches, device, precision, allocator=case != "no-mallopt")
     times = []
     for i in range(warmup + steps):
+        _sync(device)
         tic = time.perf_counter()
         step(i + 1)
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - tic)
     ms = statistics.median(times) * 1e3
+    if device.type == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "case": case,
-        "placement": str(cfg.norm.name),
+        "placement": "-" if case in NANOGPT else str(cfg.norm.name),
         "depth": cfg.depth,
-        "precision": "fp32" if case in BASELINES else str(cfg.precision.value),
+        "device": device.type,
+        "precision": precision,
         "steps": steps,
         "ms_per_step": ms,
         "ms_per_step_min": min(times) * 1e3,
         "tokens_per_s": B * T / (ms / 1e3),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": peak_mib,
+        "memory": "GPU allocated" if device.type == "cuda" else "RSS",
         "flops_per_token": flops_per_token(cfg),
         "threads": torch.get_num_threads(),
     }
 
 
-def _normbench_step(cfg: Any, batches: Any, device: Any, allocator: bool = True) -> Any:
+def _nanogpt_step(
+    cfg: Any, batches: Any, device: Any, where: str | None, compiled: bool
+) -> tuple[Any, str]:
+    """nanoGPT's training step (its train.py) on its own model.py from the folder `where`
+    (a checkout of karpathy/nanoGPT; the benchmark does not carry a copy)."""
+    import importlib.util
+    from contextlib import nullcontext
+
+    import torch
+
+    if not where or not Path(where, "model.py").is_file():
+        raise FileNotFoundError(
+            "the nanogpt cases need --nanogpt DIR, a checkout of karpathy/nanoGPT with model.py"
+        )
+    spec = importlib.util.spec_from_file_location("nanogpt_model", Path(where, "model.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    torch.manual_seed(cfg.seed)
+    conf = module.GPTConfig(
+        block_size=cfg.model.context, vocab_size=cfg.model.vocab_size, n_layer=cfg.depth,
+        n_head=cfg.model.n_heads, n_embd=cfg.model.d_model, dropout=0.0, bias=False,
+    )  # fmt: skip
+    model = module.GPT(conf).to(device)
+    optimizer = model.configure_optimizers(0.1, cfg.optim.lr, (0.9, 0.95), device.type)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # as its train.py
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    run = torch.compile(model) if compiled else model
+
+    def step(_: int) -> None:
+        x, y = batches.next(device)
+        with ctx:
+            _, loss = run(x.long().contiguous(), y.long().contiguous())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, "bf16" if bf16 else "fp32"
+
+
+def _normbench_step(
+    cfg: Any, batches: Any, device: Any, precision: str, allocator: bool = True
+) -> Any:
     """The training step of normbench/train.py, with its diagnostics schedule."""
     import math
 
@@ -177,19 +264,20 @@ def _normbench_step(cfg: Any, batches: Any, device: Any, allocator: bool = True)
     from normbench.diag import Diagnostics
     from normbench.divergence import DivergenceMonitor
     from normbench.model import GPT
-    from normbench.optim import build_optimizer
+    from normbench.optim import build_optimizer, build_scheduler
     from normbench.train import forward_backward, tune_cpu_allocator
 
-    if allocator:
+    if allocator and device.type == "cpu":
         tune_cpu_allocator()
     torch.manual_seed(cfg.seed)
     model = GPT.from_config(cfg).to(device)
     run = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(model, cfg.optim, device)
-    precision = str(cfg.precision.value)
     diag = Diagnostics(model, every=cfg.diag.every, per_param=False, history=cfg.divergence.history)
     monitor = DivergenceMonitor(cfg.divergence, max_steps=10**9, vocab_size=cfg.model.vocab_size)
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
 
     def step(i: int) -> None:
         x, y = batches.next(device)
@@ -199,6 +287,7 @@ def _normbench_step(cfg: Any, batches: Any, device: Any, allocator: bool = True)
         monitor.check(i, loss, grad_norm)
         diag.before_update()
         optimizer.step()
+        scheduler.step()
         diag.after_update(stats)
 
     return step
@@ -257,15 +346,16 @@ def trajectory(which: str, overrides: list[str], steps: int, init: str) -> list[
         return losses
     from normbench.model import GPT
     from normbench.optim import build_optimizer
-    from normbench.train import forward_backward, tune_cpu_allocator
+    from normbench.train import choose_precision, forward_backward, tune_cpu_allocator
 
     tune_cpu_allocator()
     model = GPT.from_config(cfg)
     model.load_state_dict(torch.load(init, weights_only=True))
     optimizer = build_optimizer(model, cfg.optim, device)
+    precision = choose_precision(cfg, device).precision
     for _ in range(steps):
         x, y = batches.next(device)
-        loss, _ = forward_backward(model, x, y, str(cfg.precision.value), 1.0)
+        loss, _ = forward_backward(model, x, y, precision, 1.0)
         optimizer.step()
         losses.append(loss)
     return losses
@@ -292,35 +382,115 @@ def startup(overrides: list[str]) -> float:
 
 
 def report(results: list[dict[str, Any]], peaks: dict[str, float]) -> list[str]:
+    """One line per case (speed, memory, FLOP/s, the fractions of the measured bf16 and
+    float32 product peaks, the ratios to the references at the same depth), then the levers."""
     lines = []
-    base = {r["depth"]: r for r in results if r["case"] in BASELINES}
+    refs = {(r["case"], r["depth"]): r for r in results if r["case"] in REFERENCES}
     for r in results:
         achieved = r["tokens_per_s"] * r["flops_per_token"]
-        peak = peaks["bf16" if r["precision"] == "bf16" else "fp32"]
         line = (
-            f"{r['case']:<10} {r['placement']:<5} depth {r['depth']:<3} {r['precision']}: "
-            f"{r['tokens_per_s']:>8,.0f} tok/s  {r['ms_per_step']:>8,.1f} ms/step  "
-            f"peak RSS {r['peak_rss_mib']:>6,.0f} MiB  {r['flops_per_token'] / 1e6:.1f} "
-            f"MFLOP/token  {achieved / 1e12:.3f} TFLOP/s  MFU {achieved / peaks['bf16']:.1%} "
-            f"of bf16 peak, {achieved / peaks['fp32']:.1%} of fp32 peak"
+            f"{r['case']:<15} {r['placement']:<5} depth {r['depth']:<3} {r['device']} "
+            f"{r['precision']}: {r['tokens_per_s']:>9,.0f} tok/s {r['ms_per_step']:>8,.1f} "
+            f"ms/step  peak {r['memory']} {r['peak_mib']:>7,.0f} MiB  "
+            f"{r['flops_per_token'] / 1e6:.1f} MFLOP/token  {achieved / 1e12:.3f} TFLOP/s = "
+            f"{achieved / peaks['bf16']:.1%} of the bf16 peak, {achieved / peaks['fp32']:.1%} "
+            "of the fp32 peak"
         )
-        b = base.get(r["depth"])
-        if b is not None and r["case"] not in BASELINES:
-            line += (
-                f"  | x{r['tokens_per_s'] / b['tokens_per_s']:.2f} tokens/s, "
-                f"{r['peak_rss_mib'] / b['peak_rss_mib']:.2f}x memory of the baseline"
-            )
-        del peak
+        if r["case"] not in REFERENCES:
+            ratios = [
+                f"x{r['tokens_per_s'] / ref['tokens_per_s']:.2f} tokens/s, "
+                f"{r['peak_mib'] / ref['peak_mib']:.2f}x memory of {name}"
+                for (name, depth), ref in refs.items()
+                if depth == r["depth"]
+            ]
+            line += "".join(f"  | {ratio}" for ratio in ratios)
         lines.append(line)
     default = next((r for r in results if r["case"] == "normbench"), None)
     for r in results:
         if default is not None and r["case"] in LEVERS:
             lines.append(
                 f"lever {r['case']:<14} tokens/s {r['tokens_per_s'] / default['tokens_per_s'] - 1:+.1%}"
-                f", peak RSS {r['peak_rss_mib'] / default['peak_rss_mib'] - 1:+.1%} against the "
+                f", peak memory {r['peak_mib'] / default['peak_mib'] - 1:+.1%} against the "
                 "default path"
             )
     return lines
+
+
+def head_bench(device_name: str, tokens: int, d: int, vocab: int, reps: int) -> list[dict]:
+    """The LM head and its loss alone, forward and backward, on `tokens` rows of width `d`:
+    normbench's fused chunked head against the unfused one and, where installed (CUDA),
+    the fused linear cross-entropy kernels of liger-kernel and cut-cross-entropy. Each gets
+    float32 weights and hidden states as in training; the products run in the precision
+    `precision=auto` picks here. Loss agreement is against a float32 unfused head."""
+    import torch
+
+    from normbench import hardware
+    from normbench.loss import linear_cross_entropy, reference_cross_entropy
+
+    device = torch.device(device_name)
+    precision = hardware.pick("auto", device.type, None).precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    torch.manual_seed(0)
+    h0 = torch.randn(tokens, d, device=device)
+    w0 = torch.randn(vocab, d, device=device) * d**-0.5
+    y = torch.randint(0, vocab, (tokens,), device=device)
+    exact = reference_cross_entropy(h0.double(), w0.double(), y).item()
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def ours(h: Any, w: Any) -> Any:
+        with autocast():
+            return linear_cross_entropy(h, w, y)
+
+    def unfused(h: Any, w: Any) -> Any:
+        with autocast():
+            return reference_cross_entropy(h, w, y)
+
+    impls: dict[str, Any] = {"normbench": ours, "unfused": unfused}
+    skipped = []
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        liger = LigerFusedLinearCrossEntropyLoss()
+        impls["liger-kernel"] = lambda h, w: liger(w.to(dtype), h.to(dtype), y)
+    except Exception as e:  # not installed, or no GPU for its kernels
+        skipped.append(f"liger-kernel ({type(e).__name__})")
+    try:
+        from cut_cross_entropy import linear_cross_entropy as cce
+
+        impls["cut-cross-entropy"] = lambda h, w: cce(h.to(dtype), w.to(dtype), y)
+    except Exception as e:
+        skipped.append(f"cut-cross-entropy ({type(e).__name__})")
+    out = []
+    for name, fn in impls.items():
+        h = h0.clone().requires_grad_()
+        w = w0.clone().requires_grad_()
+        try:
+            times = []
+            for i in range(reps + 1):
+                h.grad = w.grad = None
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                _sync(device)
+                tic = time.perf_counter()
+                loss = fn(h, w)
+                loss.backward()
+                _sync(device)
+                if i:
+                    times.append(time.perf_counter() - tic)
+            extra = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else None
+        except Exception as e:  # a kernel that does not run here
+            skipped.append(f"{name} ({type(e).__name__}: {str(e)[:80]})")
+            continue
+        out.append({
+            "impl": name, "ms": statistics.median(times) * 1e3, "precision": precision,
+            "loss_error": abs(loss.item() - exact), "extra_mib": None if extra is None else extra / 2**20,
+        })  # fmt: skip
+    for line in skipped:
+        out.append({"impl": line, "skipped": True})
+    return out
 
 
 def main() -> None:
@@ -335,6 +505,10 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true", help="also time command -> step 1")
     parser.add_argument("--diag", action="store_true", help="only the diagnostics' cost")
     parser.add_argument("--json", type=Path, default=None, help="append the results here")
+    parser.add_argument("--nanogpt", default=None, help="a karpathy/nanoGPT checkout (cases "
+                        "nanogpt, nanogpt-compile run its own model.py)")  # fmt: skip
+    parser.add_argument("--head", default=None, metavar="TOKENS,D,VOCAB",
+                        help="only the LM head + loss: normbench's against other kernels")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="config overrides, as for `train`")
     args = parser.parse_args()
     if args.diag:
@@ -342,25 +516,48 @@ def main() -> None:
 
         diag_main(compose(args.overrides), args.steps, args.warmup)
         return
+    if args.head:
+        from normbench import hardware
+
+        tokens, d, vocab = (int(v) for v in args.head.split(","))
+        device = hardware.resolve_device(str(compose(args.overrides).device.value))
+        for r in head_bench(device, tokens, d, vocab, args.steps):
+            if r.get("skipped"):
+                print(f"head {r['impl']}: skipped", flush=True)
+                continue
+            extra = "" if r["extra_mib"] is None else f", {r['extra_mib']:,.0f} MiB beyond inputs"
+            print(
+                f"head {r['impl']:<18} {tokens} x {d} -> {vocab} ({device} {r['precision']}): "
+                f"{r['ms']:.2f} ms forward+backward{extra}, |loss - exact| {r['loss_error']:.1e}",
+                flush=True,
+            )
+        return
     import torch
 
-    peaks = {name: matmul_peak(name) for name in ("bf16", "fp32")}
+    from normbench import hardware
+
+    device = hardware.resolve_device(str(compose(args.overrides).device.value))
+    peaks = {name: matmul_peak(name, device) for name in ("bf16", "fp32")}
+    where = (
+        torch.cuda.get_device_name() if device == "cuda" else hardware.cpu_name()
+    )  # fmt: skip
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads); matmul peak "
-        f"(2048^3, best of 6): bf16 {peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 "
-        f"{peaks['fp32'] / 1e12:.2f} TFLOP/s",
+        f"machine: {where} ({device}), {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); matmul peak (best of 6): bf16 "
+        f"{peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s",
         flush=True,
     )
     cases = [c for c in args.cases.split(",") if c] + (list(LEVERS) if args.levers else [])
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
     for _ in range(args.rounds):
         for case in cases:
-            runs[case].append(in_child("run_case", case, args.overrides, args.steps, args.warmup))
+            runs[case].append(
+                in_child("run_case", case, args.overrides, args.steps, args.warmup, args.nanogpt)
+            )
     results = []
     for rs in runs.values():
         best = dict(rs[0])
-        for key in ("ms_per_step", "tokens_per_s", "peak_rss_mib"):
+        for key in ("ms_per_step", "tokens_per_s", "peak_mib"):
             best[key] = statistics.median(r[key] for r in rs)
         best["rounds"] = len(rs)
         results.append(best)

@@ -16,7 +16,12 @@ from normbench.data import RandomWindows
 from normbench.diag import Diagnostics
 from normbench.model import GPT
 from normbench.optim import build_optimizer
-from normbench.train import forward_backward, resolve_device, tune_cpu_allocator
+from normbench.train import (
+    choose_precision,
+    forward_backward,
+    resolve_device,
+    tune_cpu_allocator,
+)
 
 
 def setup(cfg: Any) -> tuple[torch.device, str, GPT, torch.optim.Optimizer, RandomWindows]:
@@ -35,7 +40,7 @@ def setup(cfg: Any) -> tuple[torch.device, str, GPT, torch.optim.Optimizer, Rand
     rng = np.random.default_rng(cfg.seed)
     train_tokens = rng.integers(0, 50257, size=B * T * 64 + 1).astype(np.uint16)
     batches = RandomWindows(train_tokens, T, B, seed=cfg.seed)
-    return device, str(cfg.precision.value), model, optimizer, batches
+    return device, choose_precision(cfg, device).precision, model, optimizer, batches
 
 
 def measure_diag(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Checkpoints (`train.ckpt_every`, `train.ckpt_keep`, `train.resume`): resume after a kill.
+"""Checkpoints (`train.ckpt_every`, `train.ckpt_every_min`, `train.ckpt_keep`, `train.resume`):
+resume after a kill.
 
 A checkpoint is everything the training loop needs to continue as if it had never stopped:
 model, optimizer and scheduler state, the data position (the batch sampler's RNG), every RNG
@@ -20,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,14 +222,20 @@ def latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
 
 class Checkpointer:
     """Saves the training loop's state into a run directory: every `every` steps (0: only
-    at the end) and at the last step, keeping the newest `keep` that verify.
+    at the end), at the last step, and once `every_min` minutes of wall time have passed
+    since the last checkpoint (or since the Checkpointer was made; 0 or None: never by
+    time), keeping the newest `keep` that verify whatever made them due.
 
     Created with the run directory's lock held: it removes the leftovers of interrupted
     writes and warns (once) about checkpoint files that do not verify, which it leaves alone.
     """
 
-    def __init__(self, run_dir: Path, every: int, keep: int) -> None:
+    def __init__(
+        self, run_dir: Path, every: int, keep: int, every_min: float | None = None
+    ) -> None:
         self.run_dir, self.every, self.keep = Path(run_dir), every, keep
+        self.every_s = 60 * every_min if every_min else None
+        self.saved_at = time.monotonic()
         self.last: Path | None = None
         self.written: list[Path] = []
         removed = clean_leftovers(self.run_dir)
@@ -241,12 +249,16 @@ class Checkpointer:
             )
 
     def due(self, step: int, max_steps: int) -> bool:
-        return step == max_steps or (self.every > 0 and step % self.every == 0)
+        """Whether the state after `step` is to be saved now."""
+        if step == max_steps or (self.every > 0 and step % self.every == 0):
+            return True
+        return self.every_s is not None and time.monotonic() - self.saved_at >= self.every_s
 
     def save(self, step: int, state: dict[str, Any]) -> None:
         self.last = save(self.run_dir, step, state)
         self.written = [p for p in self.written if p != self.last] + [self.last]
         prune(self.run_dir, self.keep, self.written)
+        self.saved_at = time.monotonic()  # the next one by time counts from the end of this
 
 
 class RunLock:

@@ -148,8 +148,18 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    say(f"{PROG}: error: {message}", "stderr")
     sys.exit(code)
+
+
+def say(text: str, stream: str = "stdout") -> None:
+    """Print a line to sys.stdout or sys.stderr (`stream`). A terminal that is gone (EIO or
+    EPIPE after a hang-up) does not stop the shutdown: the stream is replaced by /dev/null,
+    so that neither this line nor the final flush fails the process."""
+    try:
+        print(text, file=getattr(sys, stream), flush=True)
+    except (OSError, ValueError):  # ValueError: the stream was closed
+        setattr(sys, stream, open(os.devnull, "w"))
 
 
 # --- preflight: compose and check every job before anything runs ---------------------------
@@ -332,8 +342,8 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
 
 
 class Interrupted(BaseException):
-    """A run stopped by SIGINT or SIGTERM after writing its checkpoint and record: ends the
-    sweep too, with exit code 130 or 143."""
+    """A run stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint and record:
+    ends the sweep too, with exit code 128 + the signal's number (130, 143, 129)."""
 
     def __init__(self, signal_name: str, step: int) -> None:
         super().__init__(signal_name)
@@ -443,7 +453,7 @@ def _train_job(
         summary = json.loads((run_dir / "summary.json").read_text())
         if main:
             log.info("%s already %s; nothing to do", run_dir, summary["status"])
-            print(f"run_dir: {run_dir}", flush=True)
+            say(f"run_dir: {run_dir}")
         return summary.get("objective") or objective(
             summary, cfg.train.max_steps, cfg.divergence.penalty
         )
@@ -458,8 +468,9 @@ def _train_job(
             logger = make_logger(
                 cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id")
             )
+        t = cfg.train
         checkpointer = (
-            Checkpointer(run_dir, cfg.train.ckpt_every, cfg.train.ckpt_keep) if main else None
+            Checkpointer(run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min) if main else None
         )
         summary["wandb"] = logger.info  # in every checkpoint: a resume continues this W&B run
         summary["threads"] = configure_threads(cfg.threads, hc.launcher)
@@ -513,7 +524,7 @@ def _train_job(
                 summary["wall_s"],
             )
         if main:
-            print(f"run_dir: {run_dir}", flush=True)
+            say(f"run_dir: {run_dir}")
         if unrecorded is not None:
             raise unrecorded
     if summary["status"] == "interrupted":
@@ -785,11 +796,17 @@ COMMANDS = {
 
 
 class Terminated(BaseException):
-    """SIGTERM (e.g. a cluster's time limit): unwinds like Ctrl-C so the record is written."""
+    """SIGTERM (e.g. a cluster's time limit) or SIGHUP (the terminal closed) outside the
+    training loop: unwinds like Ctrl-C so the record is written."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated("SIGTERM")
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _exit_code(signal_name: str) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended."""
+    return 128 + getattr(signal, signal_name, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -803,8 +820,9 @@ def main(argv: list[str] | None = None) -> None:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra re-raises instead of printing its own multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    for name in ("SIGTERM", "SIGHUP"):  # an ignored one (SIGHUP under nohup) stays ignored
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
+            signal.signal(getattr(signal, name), _on_signal)
     # A log file that cannot be written (a full disk) must not print a traceback per line;
     # the run's own record says what failed.
     logging.raiseExceptions = False
@@ -812,16 +830,15 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[command](rest)
         dist.finish()
     except Interrupted as e:
-        code = 143 if e.signal_name == "SIGTERM" else 130
         _fail(
             f"interrupted by {e.signal_name} after step {e.step}; the checkpoint and the record "
             f"are written; resume with: {_resume_hint or 'the same command'}",
-            code,
+            _exit_code(e.signal_name),
         )
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except Terminated:
-        _fail("terminated (SIGTERM)", 143)
+    except Terminated as e:
+        _fail(f"terminated ({e})", _exit_code(str(e)))
     except Exception as e:
         if user_full_error:
             raise

@@ -63,9 +63,11 @@ class Device(Choice):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+    mps = "mps"
 
 
 class Precision(Choice):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -137,6 +139,7 @@ class TrainLoopConfig:
     eval_batch_size: Optional[int] = MISSING  # null: train.batch_size
     compile: bool = MISSING  # torch.compile the model (compiled once per process, cached)
     ckpt_every: int = MISSING  # checkpoint every N steps (0: only at the end)
+    ckpt_every_min: Optional[float] = MISSING  # and N minutes after the last one (0, null: off)
     ckpt_keep: int = MISSING  # the newest N checkpoints are kept
     resume: str = MISSING  # auto | never | the path of a checkpoint
 
@@ -350,6 +353,10 @@ def validate(cfg: DictConfig) -> None:
     need(t.log_every >= 1, f"train.log_every must be >= 1 (got {t.log_every})")
     need(
         t.ckpt_every >= 0, f"train.ckpt_every must be >= 0, 0: only at the end (got {t.ckpt_every})"
+    )
+    need(
+        t.ckpt_every_min is None or t.ckpt_every_min >= 0,
+        f"train.ckpt_every_min must be >= 0 minutes, 0 or null: off (got {t.ckpt_every_min})",
     )
     need(t.ckpt_keep >= 1, f"train.ckpt_keep must be >= 1 (got {t.ckpt_keep})")
     need(

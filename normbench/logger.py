@@ -47,7 +47,7 @@ class NullLogger:
     def log(self, metrics: dict[str, Any]) -> None:
         pass
 
-    def update_config(self, values: dict[str, Any]) -> None:
+    def config_update(self, values: dict[str, Any]) -> None:
         pass
 
     def finish(self, summary: dict[str, Any], failed: bool) -> None:
@@ -151,8 +151,8 @@ class WandbLogger:
         except Exception as e:
             self._fail("log to", e)
 
-    def update_config(self, values: dict[str, Any]) -> None:
-        """Add what is known only once the data is loaded (the vocabulary mapping)."""
+    def config_update(self, values: dict[str, Any]) -> None:
+        """Values known only once training starts (the device and precision chosen, the vocabulary mapping)."""
         if self.run is None:
             return
         try:

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from normbench import dist
+from normbench import dist, hardware
 from normbench.data import RandomWindows, TokenSplits, eval_windows
 from normbench.diag import Diagnostics
 from normbench.divergence import DivergenceMonitor, Event, describe
@@ -92,11 +93,27 @@ def process_age() -> float | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
-    return dist.device(name)
+    """This rank's torch device for `device=` (auto: CUDA, else MPS, else the CPU)."""
+    return dist.device(hardware.resolve_device(name))
+
+
+def choose_precision(
+    cfg: Any, device: torch.device, resume: dict[str, Any] | None = None
+) -> hardware.PrecisionChoice:
+    """The precision of this run (normbench/hardware.py). A resumed `auto` run keeps the
+    precision it started in, so that one run is one experiment; under torchrun rank 0's
+    choice holds for every rank."""
+    requested = str(cfg.precision.value)
+    choice = hardware.pick(requested, device.type, cfg.data.cache_dir)
+    saved = (resume or {}).get("summary", {})
+    if requested == "auto" and saved.get("precision") not in (None, choice.precision):
+        choice = hardware.PrecisionChoice(
+            saved["precision"],
+            f"kept from the checkpoint ({saved.get('precision_reason')}); this machine alone "
+            f"would choose {choice.precision} ({choice.reason})",
+            choice.speedup,
+        )
+    return dist.broadcast(choice) if dist.active() else choice
 
 
 def check_data_fits(tokens: TokenSplits, context: int) -> None:
@@ -154,42 +171,82 @@ def _eta(seconds: float) -> str:
 
 
 class Progress:
-    """A tqdm bar on a terminal; plain periodic log lines otherwise."""
+    """Feedback from the first step: a tqdm bar on a terminal, plain log lines otherwise.
 
-    def __init__(self, total: int) -> None:
+    The bar advances every step (its rate and ETA shown from the first one) and shows the
+    loss and tokens/s of each log point; while it is open every log message and warning is
+    written through it (tqdm.write), so that no line breaks the bar. Without a terminal a
+    line is logged after the first step of the process and at every log point. A terminal
+    that is gone (EIO after a hang-up) turns the bar off; it never stops the run.
+    """
+
+    def __init__(self, total: int, done: int = 0) -> None:
         self.total = total
         self.bar: tqdm | None = None
+        self._redirect = contextlib.ExitStack()
         if sys.stderr.isatty() and dist.is_main():
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-    def update(self, step: int, row: dict[str, Any], eta_s: float) -> None:
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.set_postfix(
-                loss=f"{row['train/loss']:.4f}", tok_s=f"{row['tokens_per_s']:,.0f}", refresh=False
-            )
-            self.bar.refresh()
-        else:
-            log.info(
-                "step %d/%d | loss %.4f | lr %.2e | grad %.3f | %s tok/s | eta %s",
-                step,
-                self.total,
-                row["train/loss"],
-                row["lr"],
-                row["grad_norm"],
-                f"{row['tokens_per_s']:,.0f}",
-                _eta(eta_s),
+            self._redirect.enter_context(logging_redirect_tqdm())
+            logging.captureWarnings(True)
+            self._redirect.callback(logging.captureWarnings, False)
+            self.bar = tqdm(
+                total=total, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr
             )
 
-    def write(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=sys.stderr)
-        else:
-            log.info(message)
+    def advance(self, step: int, row: dict[str, Any] | None, eta_s: float) -> None:
+        """After every step; `row` (train/loss, lr, grad_norm, tokens_per_s) is shown when
+        given (at log points and after the first step of the process)."""
+        if self.bar is None:
+            if row is not None:
+                log.info(
+                    "step %d/%d | loss %.4f | lr %.2e | grad %.3f | %s tok/s | eta %s",
+                    step,
+                    self.total,
+                    row["train/loss"],
+                    row["lr"],
+                    row["grad_norm"],
+                    f"{row['tokens_per_s']:,.0f}",
+                    _eta(eta_s),
+                )
+            return
+        with _terminal_gone_ok():
+            self.bar.update(step - self.bar.n)
+            if row is not None:
+                loss, tok_s = f"{row['train/loss']:.4f}", f"{row['tokens_per_s']:,.0f}"
+                self.bar.set_postfix(loss=loss, tok_s=tok_s, refresh=False)
+                self.bar.refresh()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        with _terminal_gone_ok():
+            if self.bar is not None:
+                self.bar.close()
+        self._redirect.close()
+
+
+@contextlib.contextmanager
+def _terminal_gone_ok() -> Any:
+    """Writing to a terminal that is gone (EIO or EPIPE after a hang-up) is not an error."""
+    try:
+        yield
+    except OSError:
+        pass
+
+
+def startup_line(
+    cfg: Any,
+    n_params: int,
+    device: torch.device,
+    precision: str,
+    reason: str,
+    tokens: TokenSplits,
+) -> str:
+    """The line printed before the first step: the model, where it runs, in what precision
+    and why, and the data."""
+    return (
+        f"model: {cfg.norm.name.value}-{cfg.norm.kind.value}, depth {cfg.depth}, "
+        f"d_model {cfg.model.d_model}, {n_params:,} parameters on {device}, {precision} "
+        f"({reason}); data {cfg.data.label}: {len(tokens.train):,} train / "
+        f"{len(tokens.val):,} validation tokens"
+    )
 
 
 def forward_backward(
@@ -221,11 +278,13 @@ def forward_backward(
 
 
 class StopRequest:
-    """A graceful stop asked for by SIGINT or SIGTERM during training.
+    """A graceful stop asked for by SIGINT, SIGTERM or SIGHUP (the terminal closed) during
+    training.
 
     The first signal sets `signal` (the loop finishes its step, writes a checkpoint and the
     record, and ends the run as `interrupted`); a second one stops at once (KeyboardInterrupt
-    for Ctrl-C, the usual handler's exception for SIGTERM).
+    for Ctrl-C, the usual handler's exception for SIGTERM and SIGHUP). A signal that is
+    ignored (SIGHUP under nohup) stays ignored.
     """
 
     def __init__(self) -> None:
@@ -245,14 +304,16 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self) -> Any:
-        """Handle SIGINT and SIGTERM this way while training (main thread only)."""
+        """Handle SIGINT, SIGTERM and SIGHUP this way while training (main thread only)."""
         import signal as signals
         import threading
 
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {s: signals.getsignal(s) for s in (signals.SIGINT, signals.SIGTERM)}
+        names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signals, n)]  # Windows
+        previous = {getattr(signals, n): signals.getsignal(getattr(signals, n)) for n in names}
+        previous = {s: old for s, old in previous.items() if old != signals.SIG_IGN}
 
         def handler(signum: int, frame: Any) -> None:
             name = signals.Signals(signum).name
@@ -293,16 +354,20 @@ def train(
 
     The summary is updated as training goes, so an interrupted or crashed run still reports
     how far it got; its status becomes `completed`, `diverged` or `interrupted` only at the
-    end. `checkpointer` (normbench/checkpoint.py) is asked to save the loop's state every
-    `train.ckpt_every` steps, at the end and when a stop is requested; `resume` is such a
-    state, from which the loop continues exactly as if it had never stopped.
+    end. `checkpointer` (normbench/checkpoint.py) is asked after every step whether the
+    loop's state is due (every `train.ckpt_every` steps, `train.ckpt_every_min` minutes after
+    the last one, at the end) and saves it then and when a stop is requested; `resume` is
+    such a state, from which the loop continues exactly as if it had never stopped.
     """
     t_start = time.perf_counter()
     stop = stop or StopRequest()
     device = resolve_device(str(cfg.device.value))
     if device.type == "cpu":
         tune_cpu_allocator()
-    precision = str(cfg.precision.value)
+    choice = choose_precision(cfg, device, resume)
+    precision = choice.precision
+    if choice.warning and dist.is_main():
+        log.warning("precision=bf16: %s", choice.warning)
     context, t = cfg.model.context, cfg.train
     torch.manual_seed(cfg.seed)
     check_global_batch(t.batch_size)
@@ -317,7 +382,6 @@ def train(
     eval_bs = t.eval_batch_size or t.batch_size
     tokens_per_step = t.batch_size * context
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-    progress = Progress(t.max_steps)
     monitor = DivergenceMonitor(
         cfg.divergence, max_steps=t.max_steps, vocab_size=cfg.model.vocab_size
     )
@@ -327,21 +391,10 @@ def train(
     loop = {"train_time": 0.0, "interval_time": 0.0, "interval_losses": [], "wall_s": 0.0}
 
     summary.update(steps=0, tokens=0, n_params=model.num_params(), device=str(device))
+    summary.update(choice.record())
+    logger.config_update({"device": str(device), **choice.record()})
     record_vocab(tokens.vocab, record, logger, summary)  # data.vocab_limit's mapping, if any
-    log.info(
-        "model: %s-%s, depth %d, d_model %d, %s parameters on %s (%s); data %s: %s train / %s "
-        "validation tokens",
-        cfg.norm.name.value,
-        cfg.norm.kind.value,
-        cfg.depth,
-        cfg.model.d_model,
-        f"{summary['n_params']:,}",
-        device,
-        precision,
-        cfg.data.label,
-        f"{len(tokens.train):,}",
-        f"{len(tokens.val):,}",
-    )
+    log.info(startup_line(cfg, summary["n_params"], device, precision, choice.reason, tokens))
 
     def state(step: int, evaluated: bool) -> dict[str, Any]:
         """Everything the loop needs to continue after `step` (see normbench/checkpoint.py)."""
@@ -374,7 +427,8 @@ def train(
         monitor.load_state_dict(saved["monitor"])
         diag.load_state_dict(saved["diag"])
         loop.update(saved["loop"])
-        summary.update({k: v for k, v in saved["summary"].items() if k not in ("device",)})
+        fresh = ("device", "precision", "precision_reason", "bf16_speedup")  # chosen above
+        summary.update({k: v for k, v in saved["summary"].items() if k not in fresh})
         return int(saved["step"])
 
     def run_eval(step: int) -> bool:
@@ -393,7 +447,7 @@ def train(
             summary["best_val_loss"] is None or val_loss < summary["best_val_loss"]
         ):
             summary["best_val_loss"] = val_loss
-        progress.write(f"step {step}: val/loss {val_loss:.4f}, val/ppl {ppl:,.2f}")
+        log.info("step %d: val/loss %.4f, val/ppl %s", step, val_loss, f"{ppl:,.2f}")
         return True
 
     def report(event: Event, stats: dict[str, Any]) -> None:
@@ -412,7 +466,19 @@ def train(
                 divergence_detail=event.message,
             )
         summary["events"] += 1
-        progress.write(f"step {event.step}: divergence event {describe(entry)}")
+        log.info("step %d: divergence event %s", event.step, describe(entry))
+
+    def interval_row(step: int, lr: float, grad_norm: float) -> dict[str, Any]:
+        """The log line of `step`: the mean loss and tokens/s since the previous one."""
+        losses = loop["interval_losses"]
+        return {
+            "step": step,
+            "tokens": step * tokens_per_step,
+            "train/loss": sum(losses) / len(losses),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": len(losses) * tokens_per_step / loop["interval_time"],
+        }
 
     def eval_due(step: int) -> bool:
         return step % t.eval_every == 0 or step == t.max_steps
@@ -420,11 +486,12 @@ def train(
     start, status = 1, None
     if resume is not None:
         done = restore(resume)
-        progress.write(f"resumed after step {done} (of {t.max_steps})")
+        log.info("resumed after step %d (of %d)", done, t.max_steps)
         start = done + 1
         if eval_due(done) and not resume["evaluated"]:
             run_eval(done)
     model.train()
+    progress = Progress(t.max_steps, done=start - 1)  # after every line printed before it
     try:
         with stop.installed():
             for step in range(start, t.max_steps + 1):
@@ -448,9 +515,7 @@ def train(
                     summary["diag"] = {
                         k: v for k, v in stats.items() if k not in ("loss", "grad_norm")
                     }
-                    progress.write(
-                        f"step {step}: stopped (divergence.action={cfg.divergence.action})"
-                    )
+                    log.info("step %d: stopped (divergence.action=%s)", step, cfg.divergence.action)
                     status = "diverged"
                     break
                 lr = scheduler.get_last_lr()[0]
@@ -458,28 +523,20 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 diag_row = diag.after_update(stats)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                hardware.synchronize(device.type)
                 elapsed = time.perf_counter() - tic
                 loop["train_time"] += elapsed
                 loop["interval_time"] += elapsed
                 loop["interval_losses"].append(loss_value)
                 summary["steps"] = step
-                if step % t.log_every == 0 or step == t.max_steps:
-                    losses = loop["interval_losses"]
-                    row = {
-                        "step": step,
-                        "tokens": step * tokens_per_step,
-                        "train/loss": sum(losses) / len(losses),
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": len(losses) * tokens_per_step / loop["interval_time"],
-                    }
+                logged = step % t.log_every == 0 or step == t.max_steps
+                row = interval_row(step, lr, grad_norm)
+                if logged:
                     record.log(row)
                     logger.log(row)
-                    eta = loop["train_time"] / step * (t.max_steps - step)
-                    progress.update(step, row, eta_s=eta)
                     loop["interval_time"], loop["interval_losses"] = 0.0, []
+                eta = loop["train_time"] / step * (t.max_steps - step)
+                progress.advance(step, row if logged or step == start else None, eta_s=eta)
                 if diag_row is not None:
                     row = {"step": step, "tokens": step * tokens_per_step, **diag_row}
                     record.log(row)
@@ -498,7 +555,7 @@ def train(
                         raise
                 if stopping:
                     status = "interrupted"
-                    progress.write(f"step {step}: stopped ({stop.signal}); checkpoint written")
+                    log.info("step %d: stopped (%s); checkpoint written", step, stop.signal)
                     break
         summary["status"] = status or "completed"
     finally:

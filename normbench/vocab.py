@@ -155,7 +155,7 @@ def record_vocab(
     if mapping is None:
         return
     record.write_vocab(mapping)
-    logger.update_config({"vocab": mapping})
+    logger.config_update({"vocab": mapping})
     log.info(
         "%s: the %s most frequent training tokens; %.1f%% of the training and %.1f%% of the "
         "validation tokens are the shared id %s",

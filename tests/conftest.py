@@ -54,6 +54,25 @@ def text_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return train, val
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_share_of_the_cores_per_worker() -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`) each worker keeps to its own share of
+    the cores, and so do the CLI subprocesses it starts (they inherit the affinity, and
+    `threads=null` counts the cores it allows): torch threads that outnumber the cores wait
+    on each other at every parallel region, which made a loaded 2-core machine 10x slower."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    import torch
+
+    cores = sorted(os.sched_getaffinity(0))
+    index = int(worker[2:])
+    mine = cores[index::count] if len(cores) >= count else [cores[index % len(cores)]]
+    os.sched_setaffinity(0, mine)
+    torch.set_num_threads(len(mine))
+
+
 def cli_environment(root: Path) -> dict[str, str]:
     """Environment of a CLI subprocess: isolated cache under `root`, offline W&B and hub."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}

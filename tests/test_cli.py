@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -34,6 +35,10 @@ SUMMARY_KEYS = {
     "events",
     "objective",
     "threads",
+    "device",
+    "precision",
+    "precision_reason",
+    "bf16_speedup",
     "startup_s",
     "diag",
     "wandb",
@@ -48,6 +53,9 @@ def check_run_dir(run_dir: Path, steps: int = 6) -> dict:
     assert summary["status"] == "completed" and summary["steps"] == steps
     assert summary["tokens"] == steps * 4 * 32
     assert summary["n_params"] > 0 and summary["tokens_per_s"] > 0 and summary["wall_s"] > 0
+    # precision=auto (the default) resolved, with its reason, as normbench/hardware.py decides
+    assert config["precision"] == "auto" and summary["device"] == "cpu"
+    assert summary["precision"] in ("bf16", "fp32") and summary["precision_reason"]
     train_rows = [r for r in rows if "train/loss" in r]
     val_rows = [r for r in rows if "val/loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4, 6]
@@ -188,6 +196,8 @@ def test_multirun_with_wandb_offline(tmp_path, cli_env, text_files):
         assert run.config["depth"] == 2 and run.config["lr"] == 0.001
         assert run.config["block"] == "sequential" and run.config["qk_norm"] is False
         assert run.config["cfg"]["norm"]["name"] == placement  # the full resolved config
+        assert run.config["precision"] in ("bf16", "fp32") and run.config["precision_reason"]
+        assert run.config["device"] == "cpu"
         assert run.config["cfg"]["model"]["d_model"] == 32
         assert run.exit_code == 0
         local = json.loads((run_dir / "summary.json").read_text())
@@ -322,8 +332,9 @@ def test_full_error_shows_the_traceback(tmp_path, cli_env, text_files):
     assert done.returncode != 0 and "Traceback" in done.stderr and "ConfigError" in done.stderr
 
 
-def test_progress_bar_on_a_terminal(tmp_path, cli_env, text_files):
-    """On a terminal, stderr shows a bar with step, loss, tokens/s and the time left."""
+def on_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `python -m normbench <args>` with stdin and stderr on a pseudo-terminal 150
+    columns wide: (exit code, everything the terminal received, stdout)."""
     import fcntl
     import os
     import pty
@@ -332,17 +343,10 @@ def test_progress_bar_on_a_terminal(tmp_path, cli_env, text_files):
 
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
-    args = [
-        "train",
-        *TINY,
-        *text_data(*text_files),
-        "logger=none",
-        f"hydra.run.dir={tmp_path / 'r'}",
-    ]
     proc = subprocess.Popen(
         [sys.executable, "-m", "normbench", *args],
-        cwd=tmp_path,
-        env=cli_env,
+        cwd=cwd,
+        env=env,
         stdin=follower,
         stdout=subprocess.PIPE,
         stderr=follower,
@@ -357,11 +361,40 @@ def test_progress_bar_on_a_terminal(tmp_path, cli_env, text_files):
         if not chunk:
             break
         screen += chunk
-    assert proc.wait(timeout=120) == 0
-    frames = screen.decode(errors="replace").split("\r")
+    os.close(leader)
+    code = proc.wait(timeout=120)
+    return code, screen.decode(errors="replace"), proc.stdout.read().decode()
+
+
+def test_progress_bar_on_a_terminal(tmp_path, cli_env, text_files):
+    """On a terminal, stderr shows a bar with step, loss, tokens/s and the time left."""
+    run_dir = tmp_path / "r"
+    args = ["train", *TINY, *text_data(*text_files), "logger=none", f"hydra.run.dir={run_dir}"]
+    code, screen, stdout = on_terminal(args, tmp_path, cli_env)
+    assert code == 0, screen
+    frames = screen.split("\r")
     bar = next(f for f in frames if "6/6" in f and "loss=" in f)
     assert "tok_s=" in bar and "<" in bar  # elapsed<remaining
-    assert proc.stdout.read().decode().strip() == f"run_dir: {tmp_path / 'r'}"
+    assert stdout.strip() == f"run_dir: {run_dir}"
+
+
+def test_terminal_feedback_from_the_first_step_and_no_broken_line(tmp_path, cli_env, text_files):
+    """The start-up line comes whole before the bar; after step 1 (not a log point) the bar
+    shows a rate and an ETA; every message is a line of its own, never glued to the bar."""
+    args = ["train", *TINY, "train.log_every=5", "precision=fp32", *text_data(*text_files),
+            "logger=none", f"hydra.run.dir={tmp_path / 'r'}"]  # fmt: skip
+    code, screen, _ = on_terminal(args, tmp_path, cli_env)
+    assert code == 0, screen
+    lines = screen.replace("\r\n", "\n").split("\n")
+    startup = next(i for i, line in enumerate(lines) if "model: " in line)
+    assert lines[startup].startswith("model: pre-layernorm, depth 2, d_model 32, "), screen
+    assert lines[startup].endswith(" validation tokens"), screen
+    assert not any("step/s" in line or "s/step" in line for line in lines[:startup]), screen
+    first = re.search(r"\| 1/6 \[00:\d\d<\d\d:\d\d, +(\d+\.\d+)(s/step|step/s)", screen)
+    assert first and float(first.group(1)) > 0, screen
+    messages = [line.split("\r")[-1] for line in lines if "val/loss" in line or "done:" in line]
+    assert len(messages) == 3, screen  # step 3 and step 6 validation, the final line
+    assert all(m.startswith(("step ", "done: ")) for m in messages), screen
 
 
 def test_list_prints_the_catalogue_and_the_readme_embeds_it(tmp_path, cli_env):

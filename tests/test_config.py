@@ -41,6 +41,14 @@ def test_defaults_compose_and_validate():
     OmegaConf.create(plain)  # plain data: no enums, no interpolations left
 
 
+@pytest.mark.parametrize("value, expected", [("5", 5.0), ("0.5", 0.5), ("0", 0.0), ("null", None)])
+def test_checkpoints_by_time_can_be_set_or_turned_off(value, expected):
+    cfg = make(f"train.ckpt_every_min={value}")
+    validate(cfg)
+    assert cfg.train.ckpt_every_min == expected
+    assert make().train.ckpt_every_min == 5  # the default: a few minutes
+
+
 def test_user_keys_exist_with_these_names():
     cfg = make(
         "norm=post",
@@ -160,8 +168,8 @@ def test_data_text_and_wikitext2_files():
         (["optim.schedule=step"], "cosine, linear, constant, inverse_sqrt"),
         (["data=imagenet"], "choose one of: text, wikitext2, wikitext2_files"),
         (["logger=tensorboard"], "choose one of: none, wandb"),
-        (["device=tpu"], "expected one of [auto, cpu, cuda]"),
-        (["precision=fp16"], "expected one of [fp32, bf16]"),
+        (["device=tpu"], "expected one of [auto, cpu, cuda, mps]"),
+        (["precision=fp16"], "expected one of [auto, fp32, bf16]"),
         (["model.width=3"], "unknown key 'model.width'; valid keys under model: d_model,"),
         (["train.maxsteps=3"], "did you mean train.max_steps?"),
         (["dept=3"], "did you mean depth?"),
@@ -174,6 +182,10 @@ def test_data_text_and_wikitext2_files():
         (["optim.grad_clip=-1"], "optim.grad_clip must be >= 0"),
         (["optim.betas=[0.9]"], "optim.betas must be two numbers"),
         (["train.batch_size=0"], "train.batch_size must be >= 1"),
+        (["train.ckpt_every_min=-1"], "train.ckpt_every_min must be >= 0 minutes, 0 or null"),
+        (["train.ckpt_every_min=inf"], "train.ckpt_every_min must be a finite number (got inf)"),
+        (["train.ckpt_every_min=nan"], "train.ckpt_every_min must be a finite number (got nan)"),
+        (["train.ckpt_every_min=often"], "train.ckpt_every_min: Value 'often' of type 'str'"),
         (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
         (["data=text"], "data.train_path is required"),
         (["logger.mode=sometimes"], "logger.mode must be one of online, offline, disabled"),

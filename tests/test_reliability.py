@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import resource
+import select
 import signal
 import subprocess
+import sys
+import termios
 import time
 from pathlib import Path
 
 import pytest
+
+from normbench.checkpoint import checkpoints, verified
 
 from conftest import TINY, cli_environment, read_jsonl, run_cli, start_cli, text_data, wait_for
 from wandb_records import offline_runs
@@ -109,6 +116,87 @@ def test_sigterm_checkpoints_then_the_same_command_resumes(
     done = run_cli(["train", *args], cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr
     assert f"resumed after step {step}" in done.stderr
+    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
+        read_jsonl(reference / "metrics.jsonl")
+    )
+
+
+def test_closing_the_terminal_checkpoints_then_the_same_command_resumes(
+    reference, tmp_path, cli_env, text_files
+):
+    """The terminal is closed mid-run: its pty hangs up, the run (the session leader, as a
+    shell would be) gets SIGHUP and every later write to the terminal fails with EIO. The
+    step finishes, the checkpoint and the record are written, the exit code is 129; the
+    same command resumes and ends as the uninterrupted run did."""
+    run_dir = tmp_path / "run"
+    args = [*RUN, *text_data(*text_files), f"hydra.run.dir={run_dir}", "logger=none"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "normbench", "train", *args],
+        cwd=tmp_path, env=cli_env, stdin=follower, stdout=follower, stderr=follower,
+        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )  # fmt: skip
+    os.close(follower)
+    screen = b""
+    while max(logged_steps(run_dir), default=0) < 3 and proc.poll() is None:
+        if select.select([leader], [], [], 0.01)[0]:
+            screen += os.read(leader, 65536)
+    proc.send_signal(signal.SIGSTOP)  # no step more until the hang-up (SIGHUP, SIGCONT)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 129, screen.decode(errors="replace")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    step = summary["steps"]
+    assert summary["status"] == "interrupted" and summary["stopped_by"] == "SIGHUP"
+    assert 3 <= step < 12 and (run_dir / "checkpoints" / f"step_{step:08d}.pt").is_file()
+    assert (
+        f"step {step}: stopped (SIGHUP); checkpoint written" in (run_dir / "train.log").read_text()
+    )
+    done = run_cli(["train", *args], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed after step {step}" in done.stderr
+    assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
+        read_jsonl(reference / "metrics.jsonl")
+    )
+
+
+def test_under_nohup_a_hang_up_changes_nothing(tmp_path, cli_env, text_files):
+    """`nohup normbench train ...`: SIGHUP is ignored when normbench starts and stays ignored,
+    so the run goes on to the end."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "train.max_steps=20", "train.eval_every=20", "train.log_every=1",
+            "precision=fp32", *text_data(*text_files), f"hydra.run.dir={run_dir}",
+            "logger=none"]  # fmt: skip
+    proc = subprocess.Popen(
+        ["nohup", sys.executable, "-m", "normbench", "train", *args],
+        cwd=tmp_path, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: max(logged_steps(run_dir), default=0) >= 2)
+    proc.send_signal(signal.SIGHUP)
+    at = max(logged_steps(run_dir))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "SIGHUP" not in err, err
+    assert at < 20 and logged_steps(run_dir) == list(range(1, 21))
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_checkpoints_by_time_lose_minutes_not_the_run(reference, tmp_path, cli_env, text_files):
+    """train.ckpt_every_min with no step-based checkpoint due (train.ckpt_every=0): a tiny
+    interval makes one due after every step. Killed mid-run, the run resumes from its newest
+    one (with another interval: train.ckpt_* may change on resume); pruning keeps the newest
+    train.ckpt_keep; the results are the uninterrupted run's."""
+    run_dir = tmp_path / "run"
+    args = [*RUN, "train.ckpt_every=0", "train.ckpt_keep=3", *text_data(*text_files),
+            f"hydra.run.dir={run_dir}", "logger=none"]  # fmt: skip
+    proc = start([*args, "train.ckpt_every_min=1e-9"], tmp_path, cli_env)
+    wait_for(lambda: max(logged_steps(run_dir), default=0) >= 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = [int(p.stem.split("_")[1]) for p in verified(run_dir)]
+    assert 3 <= len(saved) <= 4 and 4 <= saved[-1] < 12, saved  # 4: killed before pruning
+    done = run_cli(["train", *args, "train.ckpt_every_min=2e-9"], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed after step {saved[-1]} " in done.stderr
+    assert [step for step, _ in checkpoints(run_dir)] == [10, 11, 12]
     assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
         read_jsonl(reference / "metrics.jsonl")
     )
