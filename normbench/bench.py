@@ -331,7 +331,7 @@ def trajectory(which: str, overrides: list[str], steps: int, init: str) -> list[
         source = GPT.from_config(cfg)
         source.load_state_dict(torch.load(init, weights_only=True))
         model = BaselineGPT(
-            GPT2_VOCAB, cfg.model.context, cfg.model.d_model, cfg.model.n_heads, cfg.depth
+            vocab_of(cfg), cfg.model.context, cfg.model.d_model, cfg.model.n_heads, cfg.depth
         )
         model.load_from(source)
         optimizer = baseline_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
