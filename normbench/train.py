@@ -14,6 +14,7 @@ import ctypes
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -188,8 +189,22 @@ class Progress:
             self._redirect.enter_context(logging_redirect_tqdm())
             logging.captureWarnings(True)
             self._redirect.callback(logging.captureWarnings, False)
+            # A terminal that reports no size (a bare pty, `docker exec -t`) makes tqdm hide
+            # the bar (it counts 0 rows); a fixed size then ($COLUMNS x $LINES, or 80 x 24).
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+                sized = size.columns > 0 and size.lines > 0
+            except (OSError, ValueError):
+                sized = False
+            fixed = shutil.get_terminal_size()
             self.bar = tqdm(
-                total=total, initial=done, unit="step", dynamic_ncols=True, file=sys.stderr
+                total=total,
+                initial=done,
+                unit="step",
+                dynamic_ncols=sized,
+                ncols=None if sized else fixed.columns,
+                nrows=None if sized else fixed.lines,
+                file=sys.stderr,
             )
 
     def advance(self, step: int, row: dict[str, Any] | None, eta_s: float) -> None:

@@ -332,9 +332,11 @@ def test_full_error_shows_the_traceback(tmp_path, cli_env, text_files):
     assert done.returncode != 0 and "Traceback" in done.stderr and "ConfigError" in done.stderr
 
 
-def on_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `python -m normbench <args>` with stdin and stderr on a pseudo-terminal 150
-    columns wide: (exit code, everything the terminal received, stdout)."""
+def on_terminal(
+    args: list[str], cwd: Path, env: dict[str, str], columns: int = 150
+) -> tuple[int, str, str]:
+    """Run `python -m normbench <args>` with stdin and stderr on a pseudo-terminal `columns`
+    wide (0: one that reports no size, 0 x 0): (exit code, everything it received, stdout)."""
     import fcntl
     import os
     import pty
@@ -342,7 +344,8 @@ def on_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, s
     import termios
 
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    rows = 40 if columns else 0
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     proc = subprocess.Popen(
         [sys.executable, "-m", "normbench", *args],
         cwd=cwd,
@@ -395,6 +398,22 @@ def test_terminal_feedback_from_the_first_step_and_no_broken_line(tmp_path, cli_
     messages = [line.split("\r")[-1] for line in lines if "val/loss" in line or "done:" in line]
     assert len(messages) == 3, screen  # step 3 and step 6 validation, the final line
     assert all(m.startswith(("step ", "done: ")) for m in messages), screen
+
+
+def test_a_terminal_that_reports_no_size_still_shows_the_bar(tmp_path, cli_env, text_files):
+    """Some terminals (a bare pty, `docker exec -t`, `script`) report 0 columns; tqdm's
+    dynamic width then drew nothing at all. The bar falls back to a fixed width."""
+    args = [
+        "train",
+        *TINY,
+        *text_data(*text_files),
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'r'}",
+    ]
+    code, screen, _ = on_terminal(args, tmp_path, cli_env, columns=0)
+    assert code == 0, screen
+    assert re.search(r"\| 1/6 \[00:\d\d<\d\d:\d\d, +\d+\.\d+(s/step|step/s)", screen), screen
+    assert "6/6" in screen, screen
 
 
 def test_list_prints_the_catalogue_and_the_readme_embeds_it(tmp_path, cli_env):
