@@ -113,25 +113,11 @@ def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:
     a CPU, 8192 on a GPU (float32 without TF32, PyTorch's default)."""
     import torch
 
+    from normbench.hardware import product_tflops
+
     n = 2048 if device == "cpu" else 8192
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        tic = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - tic)
-    return 2 * n**3 / best
-
-
-def _sync(device: Any) -> None:
-    from normbench.hardware import synchronize
-
-    synchronize(getattr(device, "type", device))
+    return product_tflops(dtype, (n, n, n), device, reps=reps) * 1e12
 
 
 def _random_batches(cfg: Any, seed: int) -> Any:
@@ -151,6 +137,7 @@ def run_case(
     """One case, in this (fresh) process: median ms per step over `steps` after `warmup`."""
     import torch
 
+    from normbench.hardware import synchronize
     from normbench.train import choose_precision, resolve_device
 
     cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
@@ -182,10 +169,10 @@ def run_case(
         step = _normbench_step(cfg, batches, device, precision, allocator=case != "no-mallopt")
     times = []
     for i in range(warmup + steps):
-        _sync(device)
+        synchronize(device)
         tic = time.perf_counter()
         step(i + 1)
-        _sync(device)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - tic)
     ms = statistics.median(times) * 1e3
@@ -473,11 +460,11 @@ def head_bench(device_name: str, tokens: int, d: int, vocab: int, reps: int) -> 
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
-                _sync(device)
+                hardware.synchronize(device)
                 tic = time.perf_counter()
                 loss = fn(h, w)
                 loss.backward()
-                _sync(device)
+                hardware.synchronize(device)
                 if i:
                     times.append(time.perf_counter() - tic)
             extra = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else None

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from normbench.errors import ConfigError
+
 # CPU flags (Linux /proc/cpuinfo names) of a native bf16 unit, and how the reason names it.
 BF16_CPU_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512_BF16", "bf16": "Arm BF16"}
 # bf16 products must beat float32 by this factor for `auto` to take bf16 on a CPU or MPS:
@@ -157,8 +159,6 @@ def _where(hw: Hardware) -> str:
 def resolve_device(name: str) -> str:
     """`auto`: a CUDA GPU, else an Apple GPU (MPS), else the CPU; an explicit device that
     is not there is refused with a one-line error."""
-    from normbench.errors import ConfigError
-
     mps = getattr(torch.backends, "mps", None)
     has_mps = bool(mps is not None and mps.is_available())
     if name == "auto":
@@ -221,27 +221,41 @@ def detect(device: str) -> Hardware:
     return Hardware("cpu", cpu_name(), cpu_flags())
 
 
+def product_tflops(
+    dtype: torch.dtype,
+    shape: tuple[int, int, int],
+    device: str = "cpu",
+    reps: int = 1,
+    budget_s: float = 0.0,
+) -> float:
+    """TFLOP/s of the fastest (m x k) @ (k x n) product in `dtype` on `device`, after one
+    warm-up: at least `reps` timed products, more while the time spent stays under
+    `budget_s` (at most 50)."""
+    m, k, n = shape
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    best, spent, timed = float("inf"), 0.0, -1  # -1: the warm-up
+    synchronize(device)
+    while timed < reps or (spent < budget_s and timed < 50):
+        tic = time.perf_counter()
+        a @ b
+        synchronize(device)
+        took = time.perf_counter() - tic
+        if timed >= 0:
+            best = min(best, took)
+        spent += took
+        timed += 1
+    return 2 * m * k * n / best / 1e12
+
+
 def measure_products(device: str = "cpu") -> Measurement:
     """bf16 and float32 speed of (N x 4N) @ (4N x N) products on `device`: the best of as
     many as fit in a short budget after one warm-up (an emulated bf16 gets one or two)."""
-    n = MEASURE_N
-    speeds = {}
-    for dtype in (torch.bfloat16, torch.float32):
-        a = torch.randn(n, 4 * n, device=device).to(dtype)
-        b = torch.randn(4 * n, n, device=device).to(dtype)
-        best, spent, reps = float("inf"), 0.0, 0
-        synchronize(device)
-        while reps < 2 or (spent < MEASURE_BUDGET_S and reps < 50):
-            tic = time.perf_counter()
-            a @ b
-            synchronize(device)
-            took = time.perf_counter() - tic
-            if reps > 0:  # the first is the warm-up
-                best = min(best, took)
-            spent += took
-            reps += 1
-        speeds[dtype] = 2 * n * 4 * n * n / best / 1e12
-    return Measurement(speeds[torch.bfloat16], speeds[torch.float32])
+    shape = (MEASURE_N, 4 * MEASURE_N, MEASURE_N)
+    return Measurement(
+        product_tflops(torch.bfloat16, shape, device, budget_s=MEASURE_BUDGET_S),
+        product_tflops(torch.float32, shape, device, budget_s=MEASURE_BUDGET_S),
+    )
 
 
 def cached_measurement(hw: Hardware, cache_dir: str | Path | None) -> Measurement | None:
@@ -281,8 +295,9 @@ def pick(requested: str, device: str, cache_dir: str | Path | None) -> Precision
     return choose_precision(requested, hw, lambda: cached_measurement(hw, cache_dir))
 
 
-def synchronize(device: str) -> None:
+def synchronize(device: str | torch.device) -> None:
     """Wait for the device's queued work (timings on a GPU); nothing on the CPU."""
+    device = getattr(device, "type", device)
     if device == "cuda":
         torch.cuda.synchronize()
     elif device == "mps":
