@@ -14,6 +14,7 @@ import torch
 
 from normbench.data import RandomWindows
 from normbench.diag import Diagnostics
+from normbench.hardware import synchronize
 from normbench.model import GPT
 from normbench.optim import build_optimizer
 from normbench.train import (
@@ -61,8 +62,7 @@ def measure_diag(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
         for name in order:
             diag = modes[name]
             x, y = batches.next(device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             tic = time.perf_counter()
             with diag.watch(i + 1):
                 loss, grad_norm = forward_backward(
@@ -72,8 +72,7 @@ def measure_diag(cfg: Any, steps: int, warmup: int) -> dict[str, Any]:
             diag.before_update()
             optimizer.step()
             diag.after_update(stats)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             if i >= warmup:
                 times[name].append(time.perf_counter() - tic)
     med = {name: min(t) for name, t in times.items()}

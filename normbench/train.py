@@ -442,7 +442,7 @@ def train(
         monitor.load_state_dict(saved["monitor"])
         diag.load_state_dict(saved["diag"])
         loop.update(saved["loop"])
-        fresh = ("device", "precision", "precision_reason", "bf16_speedup")  # chosen above
+        fresh = {"device", *choice.record()}  # chosen for this process, above
         summary.update({k: v for k, v in saved["summary"].items() if k not in fresh})
         return int(saved["step"])
 
