@@ -28,10 +28,11 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from normbench import dist
-from normbench.checkpoint import CheckpointWriteError
 from normbench.errors import NormbenchError
-from normbench.record import RecordWriteError
+from normbench.run import dist
+from normbench.run.checkpoint import CheckpointWriteError
+from normbench.run.config import config_dir
+from normbench.run.record import RecordWriteError
 
 log = logging.getLogger("normbench")
 
@@ -61,15 +62,6 @@ examples:
 
 Bad input exits with status 2 and a one-line message; HYDRA_FULL_ERROR=1 shows tracebacks.
 """
-
-
-def config_dir() -> Path:
-    """configs/ beside the package (source checkout, editable install) or inside it (wheel)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs", here / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise RuntimeError(f"normbench's configs/ folder was not found next to {here}")
 
 
 # --- one-line errors ------------------------------------------------------------------------
@@ -245,8 +237,8 @@ def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
     microsecond) and the resume command can name it."""
     import tempfile
 
-    from normbench.config import ConfigError
-    from normbench.rundir import override_value
+    from normbench.run.config import ConfigError
+    from normbench.run.rundir import override_value
 
     key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
     pinned = Path(str(OmegaConf.select(base, key))).expanduser()
@@ -278,18 +270,19 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     hydra.sweep.dir; release the lock when the command ends), and checked to hold no other
     configuration's run or sweep. A refused command leaves the directory as it was (no
     .hydra/, no log, no lock file of its own)."""
-    from normbench.checkpoint import RunLock
-    from normbench.checkpoint import load as load_checkpoint
-    from normbench.config import ConfigError, to_container, validate, validate_claim
-    from normbench.data import load_tokens
-    from normbench.record import record_files
-    from normbench.rundir import (
+    from normbench.analysis.claims import check_claim
+    from normbench.run.checkpoint import RunLock
+    from normbench.run.checkpoint import load as load_checkpoint
+    from normbench.run.config import ConfigError, to_container, validate
+    from normbench.run.data import load_tokens
+    from normbench.run.record import record_files
+    from normbench.run.rundir import (
         check_run_dir,
         check_sweep_dir,
         sweep_definition,
         write_sweep_manifest,
     )
-    from normbench.train import check_data_fits, check_global_batch, resolve_device
+    from normbench.run.train import check_data_fits, check_global_batch, resolve_device
 
     base = _compose_base(args, config_name)
     key, target = pin_output_dir(args, base)
@@ -302,7 +295,7 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
         with open_dict(cfg):
             del cfg["hydra"]
         validate(cfg)
-        validate_claim(cfg, config_name)
+        check_claim(cfg.claim, config_name)
         if str(cfg.train.resume) == "never" and not multirun and record_files(target):
             raise ConfigError(
                 f"train.resume=never but {target} already holds a run record; choose another "
@@ -361,10 +354,10 @@ def plan_resume(
     (a SLURM requeue runs the same command there); a run that already completed or diverged
     is left alone. never: the run directory must hold no run record. A path: that checkpoint.
     """
-    from normbench import checkpoint
-    from normbench.config import ConfigError
-    from normbench.record import record_files
-    from normbench.rundir import check_run_dir
+    from normbench.run import checkpoint
+    from normbench.run.config import ConfigError
+    from normbench.run.record import record_files
+    from normbench.run.rundir import check_run_dir
 
     mode = str(cfg.train.resume)
     existing = record_files(run_dir)
@@ -397,8 +390,8 @@ def plan_resume(
 
 def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
     """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
-    from normbench.config import ConfigError
-    from normbench.rundir import differences
+    from normbench.run.config import ConfigError
+    from normbench.run.rundir import differences
 
     diffs = differences(state.get("config", {}), config)
     if diffs:
@@ -417,8 +410,8 @@ def train_task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from normbench.checkpoint import RunLock
-    from normbench.config import to_container, validate
+    from normbench.run.checkpoint import RunLock
+    from normbench.run.config import to_container, validate
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir).resolve()
@@ -440,12 +433,12 @@ def _train_job(
     """train_task's body, holding the run directory's lock."""
     from hydra.core.hydra_config import HydraConfig
 
-    from normbench.checkpoint import Checkpointer
-    from normbench.data import load_tokens
-    from normbench.divergence import objective
-    from normbench.logger import NullLogger, make_logger
-    from normbench.record import NullRecord, RecordWriteError, RunRecord, new_summary
-    from normbench.train import StopRequest, check_data_fits, configure_threads, train
+    from normbench.run.checkpoint import Checkpointer
+    from normbench.run.data import load_tokens
+    from normbench.run.divergence import objective
+    from normbench.run.logger import NullLogger, make_logger
+    from normbench.run.record import NullRecord, RecordWriteError, RunRecord, new_summary
+    from normbench.run.train import StopRequest, check_data_fits, configure_threads, train
 
     hc = HydraConfig.get()
     resume, keep_until, finished = plan_resume(cfg, run_dir, config)
@@ -549,8 +542,8 @@ def cmd_train(argv: list[str]) -> None:
     global _resume_hint
     from hydra._internal.utils import _run_hydra
 
-    from normbench.config import register_configs
-    from normbench.rundir import resume_command
+    from normbench.run.config import register_configs
+    from normbench.run.rundir import resume_command
 
     register_configs()
     parser, args = _hydra_args(argv)
@@ -580,7 +573,7 @@ def join_torchrun(args: Any, config_name: str) -> tuple[str, Any]:
     """Under torchrun: join the process group; rank 0 checks the job and takes the run
     directory (as preflight, whose result it returns), which every rank then uses (only
     rank 0 writes into it)."""
-    from normbench.rundir import override_value
+    from normbench.run.rundir import override_value
 
     if args.multirun:
         raise NormbenchError("torchrun runs one job per launch; drop -m (sweep outside torchrun)")
@@ -609,8 +602,8 @@ def join_torchrun(args: Any, config_name: str) -> tuple[str, Any]:
 
 def cmd_prepare(argv: list[str]) -> None:
     """Tokenize the configured data into the cache; print where it went."""
-    from normbench.config import register_configs
-    from normbench.data import load_tokens
+    from normbench.run.config import register_configs
+    from normbench.run.data import load_tokens
 
     register_configs()
     parser, args = _hydra_args(argv)
@@ -628,7 +621,8 @@ def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    from normbench.config import validate, validate_claim, validate_probe
+    from normbench.analysis.claims import check_claim
+    from normbench.run.config import validate, validate_probe
 
     loader = _loader(args)
 
@@ -642,7 +636,7 @@ def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
     overrides = list(args.overrides)
     base = compose(overrides)
     validate_probe(base)
-    validate_claim(base, "probe")
+    check_claim(base.claim, "probe")
     p = base.probe
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
     for key, listed in (("norm", p.norms), ("depth", p.depths)):
@@ -660,11 +654,11 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
     """The Hydra job of `normbench probe`: probe every config, write tables and figures."""
     from hydra.core.hydra_config import HydraConfig
 
-    from normbench.config import to_container, validate
-    from normbench.data import load_tokens
-    from normbench.probe import run_probe, write_outputs
-    from normbench.record import write_atomic
-    from normbench.train import resolve_device, tune_cpu_allocator
+    from normbench.analysis.probe import run_probe, write_outputs
+    from normbench.run.config import to_container, validate
+    from normbench.run.data import load_tokens
+    from normbench.run.files import write_atomic
+    from normbench.run.train import resolve_device, tune_cpu_allocator
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     validate(cfg)
@@ -707,7 +701,7 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
     write_outputs(run_dir, table, settings)
     log.info("probe: tables in %s, figures %s", run_dir / "probe.md", run_dir / "probe.png")
     if cfg.claim is not None:  # the preset's verdict, as `normbench compare <run_dir>` gives it
-        from normbench.compare import Probe, flatten, judge_claims, write_verdicts
+        from normbench.analysis.compare import Probe, flatten, judge_claims, write_verdicts
 
         probe = Probe(run_dir, flatten(to_container(cfg)), {"settings": settings, **table})
         verdicts = judge_claims([], [probe])
@@ -723,11 +717,11 @@ def cmd_probe(argv: list[str]) -> None:
 
     from hydra._internal.utils import _run_hydra
 
-    from normbench.checkpoint import RunLock
-    from normbench.config import register_configs, to_container
-    from normbench.data import load_tokens
-    from normbench.rundir import check_run_dir
-    from normbench.train import check_data_fits
+    from normbench.run.checkpoint import RunLock
+    from normbench.run.config import register_configs, to_container
+    from normbench.run.data import load_tokens
+    from normbench.run.rundir import check_run_dir
+    from normbench.run.train import check_data_fits
 
     register_configs()
     parser, args = _hydra_args(argv, "probe")
@@ -771,15 +765,15 @@ def cmd_probe(argv: list[str]) -> None:
 
 
 def cmd_compare(argv: list[str]) -> None:
-    """A report (HTML, tables, figures) from local run records; see normbench/compare.py."""
-    from normbench.compare import main as compare_main
+    """A report (HTML, tables, figures) from local run records; see normbench/analysis/compare.py."""
+    from normbench.analysis.compare import main as compare_main
 
     compare_main(argv)
 
 
 def cmd_list(argv: list[str]) -> None:
     """Print the placements and kinds, generated from the code (`--markdown`: as tables)."""
-    from normbench.norm.catalog import catalogue_markdown, catalogue_text
+    from normbench.model.catalog import catalogue_markdown, catalogue_text
 
     if argv not in ([], ["--markdown"]):
         raise NormbenchError(f"list takes no arguments but --markdown (got {' '.join(argv)})")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TINY, read_jsonl, run_cli, text_data
-from wandb_records import offline_runs
+from support import REPO, TINY, read_jsonl, run_cli, text_data
+from support.wandb_records import offline_runs
 
 SUMMARY_KEYS = {
     "status",
@@ -53,7 +53,7 @@ def check_run_dir(run_dir: Path, steps: int = 6) -> dict:
     assert summary["status"] == "completed" and summary["steps"] == steps
     assert summary["tokens"] == steps * 4 * 32
     assert summary["n_params"] > 0 and summary["tokens_per_s"] > 0 and summary["wall_s"] > 0
-    # precision=auto (the default) resolved, with its reason, as normbench/hardware.py decides
+    # precision=auto (the default) resolved, with its reason, as normbench/run/hardware.py decides
     assert config["precision"] == "auto" and summary["device"] == "cpu"
     assert summary["precision"] in ("bf16", "fp32") and summary["precision_reason"]
     train_rows = [r for r in rows if "train/loss" in r]
@@ -155,7 +155,7 @@ def test_wheel_carries_configs_and_tokenizer(tmp_path):
     assert len(configs) > 10 and configs <= names, sorted(configs - names)
     assert {"normbench/assets/gpt2/vocab.bpe", "normbench/assets/gpt2/encoder.json"} <= names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    probe = "from normbench.cli import config_dir; print(config_dir())"
+    probe = "from normbench.run.config import config_dir; print(config_dir())"
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path / "site",
@@ -419,7 +419,7 @@ def test_a_terminal_that_reports_no_size_still_shows_the_bar(tmp_path, cli_env, 
 def test_list_prints_the_catalogue_and_the_readme_embeds_it(tmp_path, cli_env):
     """`normbench list` names every placement and kind with its paper; the README's tables are
     `normbench list --markdown` verbatim (regenerate them when this fails)."""
-    from normbench.norm import KINDS, PLACEMENTS
+    from normbench.model import KINDS, PLACEMENTS
 
     done = run_cli(["list"], cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from conftest import TINY, read_jsonl, run_cli, text_data
+from support import TINY, read_jsonl, run_cli, text_data
 
 GOLDEN = Path(__file__).parent / "golden" / "outputs.json"
 RTOL, ATOL = 1e-3, 1e-7

@@ -1,0 +1,1 @@
+"""The analysis layer: reading run records, statistics, claims, the probe, reports, figures."""

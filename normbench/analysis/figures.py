@@ -1,0 +1,348 @@
+"""The figures of `normbench compare` (matplotlib, PNG and SVG, readable in print).
+
+Colour always means placement (the same colour in every figure); line style means split
+(train solid, validation dashed); an x marks a divergence event.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from normbench.analysis.compare import Axes, Run
+
+
+def uniform_loss(axes: Axes) -> float:
+    """ln(vocab): the loss of a uniform guess over the runs' vocabulary (GPT-2's 50,257 or
+    data.vocab_limit)."""
+    from normbench.run.vocab import data_vocab
+
+    return math.log(data_vocab(axes.vocab_limit))
+
+
+def vocab_suffix(axes: Axes) -> str:
+    """` [vocab K]` for a reduced vocabulary (its losses are not comparable with the full
+    vocabulary's), nothing for the full one."""
+    from normbench.run.vocab import label
+
+    return "" if axes.vocab_limit is None else f" [{label(axes.vocab_limit)}]"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    # svg.fonttype none: text stays text in the SVG (searchable, editable for print)
+    plt.rcParams.update(
+        {"font.size": 9, "axes.titlesize": 9, "legend.fontsize": 8, "svg.fonttype": "none"}
+    )
+    return plt
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:120] or "all"
+
+
+def save(fig: Any, out: Path, stem: str) -> Path:
+    """PNG (embedded in the page) and SVG (for print) side by side; returns the PNG."""
+    plt = _plt()
+    png = out / f"{stem}.png"
+    fig.savefig(png, dpi=110)
+    fig.savefig(out / f"{stem}.svg")
+    plt.close(fig)
+    return png
+
+
+def placement_colors(runs: list[Run]) -> dict[str, Any]:
+    plt = _plt()
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(dict.fromkeys(str(r.config.get("norm.name")) for r in runs))
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
+def report_figures(out: Path, runs: list[Run], axes: Axes) -> dict[str, list[Path]]:
+    colors = placement_colors(runs)
+    return {
+        "stability": stability_maps(out, runs, axes),
+        "curves": loss_curves(out, runs, axes, colors),
+        "layers": layer_profiles(out, runs, axes, colors),
+        "divergence": divergence_maps(out, runs, axes),
+    }
+
+
+def _title(keys: list[str], values: tuple[Any, ...]) -> str:
+    from normbench.analysis.compare import fmt, short
+
+    return (
+        ", ".join(f"{short(k)}={fmt(v)}" for k, v in zip(keys, values, strict=True)) or "all runs"
+    )
+
+
+def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> list[Path]:
+    """One figure per group: train (solid) and validation (dashed) loss against tokens, an x
+    at each divergence event. A group with a blow-up gets a log loss axis."""
+    from normbench.analysis.compare import fmt, group_runs
+
+    plt = _plt()
+    paths = []
+    uniform = uniform_loss(axes)
+    for values, members in group_runs(runs, axes.group_by).items():
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+        labelled: set[str] = set()
+        seen: list[float] = []
+        for run in members:
+            norm = str(run.config.get("norm.name"))
+            c = colors[norm]
+            label = None if norm in labelled else norm
+            labelled.add(norm)
+            train = [r for r in run.rows("train/loss") if math.isfinite(r["train/loss"])]
+            val = [r for r in run.rows("val/loss") if math.isfinite(r["val/loss"])]
+            x, y = [r["tokens"] for r in train], [r["train/loss"] for r in train]
+            ax.plot(x, y, color=c, lw=1.2, alpha=0.85, label=label)
+            vx, vy = [r["tokens"] for r in val], [r["val/loss"] for r in val]
+            ax.plot(vx, vy, color=c, lw=1.2, ls="--", marker=".", alpha=0.85)
+            seen += y + vy
+            for event in run.events:
+                before = [r["train/loss"] for r in train if r["step"] <= event["step"]]
+                at = (event["tokens"], before[-1] if before else uniform)
+                ax.plot(*at, "x", color=c, ms=9, mew=2)
+                ax.annotate(event["kind"], at, textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=c)  # fmt: skip
+        if seen and max(seen) > 2 * uniform:  # a blow-up: a log axis shows it and the rest
+            ax.set_yscale("log")
+        elif seen:
+            ax.set_ylim(max(0.0, min(min(seen), uniform) - 0.5), uniform + 1.0)
+        ax.axhline(uniform, color="#999", lw=0.8, ls=":")
+        ax.annotate("ln(vocab)", (0, uniform), xycoords=("axes fraction", "data"), fontsize=7,
+                    color="#777", xytext=(2, 2), textcoords="offset points")  # fmt: skip
+        seeds = sorted({fmt(r.config.get("seed")) for r in members})
+        ax.set(xlabel="tokens seen", ylabel="loss (nats per token)")
+        ax.set_title(
+            f"{_title(axes.group_by, values)} (seeds {' '.join(seeds)}){vocab_suffix(axes)}"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(title="norm (train solid, val dashed)", loc="best")
+        paths.append(save(fig, out, f"curves_{slug(_title(axes.group_by, values))}"))
+    return paths
+
+
+def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
+    """Per placement: final validation loss over x and y (one panel per value of the other
+    varying keys), diverged runs marked and counted in their cells."""
+    from normbench.analysis.compare import _order, fmt, group_runs, short
+
+    plt = _plt()
+    import numpy as np
+
+    xs = sorted({r.config.get(axes.x) for r in runs}, key=_order)
+    ys = sorted({r.config.get(axes.y) for r in runs}, key=_order)
+    facet_keys = [k for k in axes.config_keys if k not in ("norm.name", axes.x, axes.y)]
+    done = [
+        r.summary["val_loss"]
+        for r in runs
+        if r.status == "completed"
+        and r.summary.get("val_loss") is not None
+        and math.isfinite(r.summary["val_loss"])
+    ]
+    vmin, vmax = (min(done), max(done)) if done else (0.0, 1.0)
+    vmax = max(vmax, vmin + 1e-6)
+    paths = []
+    for norm, by_norm in group_runs(runs, ["norm.name"]).items():
+        facets = group_runs(by_norm, facet_keys)
+        n = len(facets)
+        cols = min(n, 3)
+        rows_n = math.ceil(n / cols)
+        fig, grid = plt.subplots(
+            rows_n,
+            cols,
+            figsize=(1.6 + 1.25 * len(xs) * cols, 1.3 + 0.8 * len(ys) * rows_n),
+            squeeze=False,
+            layout="constrained",
+        )
+        image = None
+        for ax, (values, members) in zip(grid.flat, facets.items(), strict=False):
+            value = np.full((len(ys), len(xs)), np.nan)
+            for (xv, yv), cell in group_runs(members, [axes.x, axes.y]).items():
+                i, j = ys.index(yv), xs.index(xv)
+                ok = [
+                    r.summary["val_loss"]
+                    for r in cell
+                    if r.status == "completed" and r.summary.get("val_loss") is not None
+                ]
+                div = sum(r.diverged for r in cell)
+                if ok:
+                    value[i, j] = sum(ok) / len(ok)
+                text = f"{value[i, j]:.3f}" if ok else ""
+                if div:
+                    ax.add_patch(
+                        plt.Rectangle(
+                            (j - 0.5, i - 0.5),
+                            1,
+                            1,
+                            fill=not ok,
+                            facecolor="#d9d9d9",
+                            edgecolor="#c00000",
+                            lw=2,
+                            hatch="xx" if not ok else None,
+                        )
+                    )
+                    text = (text + "\n" if text else "") + f"✕ {div}/{len(cell)} diverged"
+                elif not ok:
+                    text = f"{len(cell)} failed"
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="#c00000"
+                    if div
+                    else "white"
+                    if ok and value[i, j] < (vmin + vmax) / 2
+                    else "black",
+                )
+            image = ax.imshow(
+                value, cmap="viridis", vmin=vmin, vmax=vmax, origin="lower", aspect="auto"
+            )
+            ax.set_xticks(range(len(xs)), [fmt(v) for v in xs])
+            ax.set_yticks(range(len(ys)), [fmt(v) for v in ys])
+            ax.set_xlabel(short(axes.x))
+            ax.set_ylabel(short(axes.y))
+            count = sum(r.diverged for r in members)
+            title = f"{_title(facet_keys, values)}: {count}/{len(members)} diverged"
+            ax.set_title(textwrap.fill(title, 36 + 8 * len(xs)))
+        for ax in list(grid.flat)[n:]:
+            ax.axis("off")
+        if image is not None:
+            fig.colorbar(image, ax=grid, label="final val/loss (nats), mean over seeds")
+        total = sum(r.diverged for r in by_norm)
+        fig.suptitle(
+            f"stability map: norm={fmt(norm[0])} ({total}/{len(by_norm)} runs diverged)"
+            f"{vocab_suffix(axes)}"
+        )
+        paths.append(save(fig, out, f"stability_{slug(str(norm[0]))}"))
+    return paths
+
+
+def _layer_values(summary_diag: dict[str, Any], prefix: str) -> tuple[list[int], list[float]]:
+    pairs = []
+    for key, value in summary_diag.items():
+        m = re.fullmatch(rf"{prefix}/block_(\d+)", key)
+        if m and value is not None and math.isfinite(value) and value > 0:
+            pairs.append((int(m.group(1)), value))
+    pairs.sort()
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def layer_profiles(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> list[Path]:
+    """Per group: gradient norm and residual RMS per block, from each run's last diagnostics."""
+    from normbench.analysis.compare import fmt, group_runs
+
+    plt = _plt()
+    paths = []
+    for values, members in group_runs(runs, axes.group_by).items():
+        with_diag = [r for r in members if r.summary.get("diag")]
+        if not with_diag:
+            continue
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+        labelled: set[str] = set()
+        for run in with_diag:
+            norm = str(run.config.get("norm.name"))
+            style = dict(color=colors[norm], marker="x" if run.diverged else ".", lw=1.2)
+            label = None if norm in labelled else norm
+            labelled.add(norm)
+            diag = run.summary["diag"]
+            a.plot(*_layer_values(diag, "grad_norm"), label=label, **style)
+            b.plot(*_layer_values(diag, "resid_rms"), label=label, **style)
+        a.set(xlabel="block l", ylabel="gradient norm (before clipping)", yscale="log")
+        a.set_title("gradient norm per block")
+        b.set(
+            xlabel="block l (input of the block)", ylabel="RMS of the residual stream", yscale="log"
+        )
+        b.set_title("residual stream entering each block")
+        for ax in (a, b):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend(title="norm (x: diverged, at the failure)")
+        steps = sorted({str(r.summary["diag"].get("step")) for r in with_diag})
+        fig.suptitle(
+            f"{_title(axes.group_by, values)}: per-layer diagnostics at step {fmt(' '.join(steps))}"
+        )
+        paths.append(save(fig, out, f"layers_{slug(_title(axes.group_by, values))}"))
+    return paths
+
+
+def divergence_maps(out: Path, runs: list[Run], axes: Axes, limit: int = 12) -> list[Path]:
+    """For each diverged run (at most `limit`): the ring buffer of its first event, as
+    heatmaps of the gradient norm and residual RMS of each block over the last steps."""
+    from normbench.analysis.compare import describe
+
+    plt = _plt()
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    paths = []
+    for run in [r for r in runs if r.diverged and r.events][:limit]:
+        event = run.events[0]
+        history = event.get("history") or []
+        if not history:
+            continue
+        fig, panels = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+        steps = [h["step"] for h in history]
+        for ax, prefix in zip(panels, ("grad_norm", "resid_rms"), strict=True):
+            blocks = sorted(
+                {
+                    int(m.group(1))
+                    for h in history
+                    for k in h
+                    if (m := re.fullmatch(rf"{prefix}/block_(\d+)", k))
+                }
+            )
+            if not blocks:
+                ax.axis("off")
+                continue
+            width = max(2, len(str(max(blocks))))
+            grid = np.array(
+                [[h.get(f"{prefix}/block_{b:0{width}d}") for h in history] for b in blocks],
+                dtype=float,
+            )
+            bad = ~np.isfinite(grid)
+            finite = grid[~bad & (grid > 0)]
+            norm = (
+                LogNorm(vmin=finite.min(), vmax=finite.max())
+                if finite.size and finite.max() > finite.min()
+                else None
+            )
+            shown = np.where(bad | (grid <= 0), np.nan, grid)
+            im = ax.imshow(
+                shown,
+                aspect="auto",
+                origin="lower",
+                cmap="magma",
+                norm=norm,
+                extent=(steps[0] - 0.5, steps[-1] + 0.5, 0.5, len(blocks) + 0.5),
+            )
+            ys, xs = np.nonzero(bad)
+            ax.plot(np.array(steps)[xs], ys + 1, "s", color="#00bfff", ms=4, label="non-finite")
+            ax.set(xlabel="step", ylabel="block l", title=f"{prefix} per block (log colour)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            fig.colorbar(im, ax=ax)
+        first = event.get("blame", {}).get("first_nonfinite")
+        where = f"; first non-finite: {first['key']} at step {first['step']}" if first else ""
+        fig.suptitle(
+            f"{describe(run, axes.varying)}: {event['kind']} at step {event['step']}{where}"
+        )
+        paths.append(save(fig, out, f"divergence_{slug(run.label)}"))
+    return paths

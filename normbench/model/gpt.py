@@ -1,0 +1,262 @@
+"""A small GPT whose blocks are normalization placements (docs/variants.md).
+
+token + learned position embeddings -> `depth` blocks -> final norm (if the placement has
+one) -> LM head tied to the token embedding. With `norm=pre`, `norm.kind=layernorm` and
+`model.init=gpt2` this is GPT-2's architecture exactly (as in nanoGPT's model.py).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normbench.model.kinds import make_norm, upcast
+from normbench.model.loss import linear_cross_entropy
+from normbench.model.placements import PLACEMENTS
+
+
+class ResidualProjection(nn.Linear):
+    """A linear layer that writes into the residual stream (attention W_o, MLP W2).
+
+    The type marks the role, so depth-scaled initializations find these layers however
+    the modules around them are named.
+    """
+
+
+class FusedQKV(nn.Linear):
+    """[W_q; W_k; W_v] stacked in one d -> 3d layer; `slices()` gives each d x d weight."""
+
+    def slices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.weight.chunk(3, dim=0)  # views: initializing them writes into the weight
+
+
+class QKNorm(nn.Module):
+    """QKNorm (2010.04245): q and k L2-normalized per head, logits g * (q . k) with no 1/sqrt(d).
+
+    One learned scalar g per attention layer, initialised to log2(T^2 - T) for training
+    sequences of length T (the paper's g0; T = model.context here).
+    """
+
+    def __init__(self, context: int):
+        super().__init__()
+        self.g = nn.Parameter(torch.tensor(math.log2(context**2 - context)))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k normalized (in float32, cast back), q times g; attend with scale 1."""
+        qn = F.normalize(upcast(q), dim=-1) * self.g
+        kn = F.normalize(upcast(k), dim=-1)
+        return qn.to(q.dtype), kn.to(k.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """A(x): multi-head causal self-attention with a fused qkv projection and W_o."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        bias: bool = True,
+        qk_norm: bool = False,
+        context: int = 2,
+    ):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = FusedQKV(d_model, 3 * d_model, bias=bias)
+        self.qk_norm = QKNorm(context) if qk_norm else None
+        self.proj = ResidualProjection(d_model, d_model, bias=bias)  # W_o
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """q, k, v as (B, heads, T, head_dim), and the logit scale (1 with QKNorm)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        scale = 1 / math.sqrt(C // self.n_heads)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
+            scale = 1.0
+        return q, k, v, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v, scale = self.heads(x)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+    @torch.no_grad()
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale + causal mask) as (B, heads, T, T), in float32.
+
+        SDPA never materializes these weights; the diagnostics (attention entropy) compute
+        them here from the same q and k.
+        """
+        q, k, _, scale = self.heads(x)
+        logits = (upcast(q) @ upcast(k).transpose(-2, -1)) * scale
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return logits.masked_fill(~causal, -math.inf).softmax(dim=-1)
+
+
+class MLP(nn.Module):
+    """M(x) = W2 GELU(W1 x), width 4d; GELU with GPT-2's tanh approximation."""
+
+    def __init__(self, d_model: int, dropout: float, bias: bool = True):
+        super().__init__()
+        self.fc = nn.Linear(d_model, 4 * d_model, bias=bias)  # W1
+        self.act = nn.GELU(approximate="tanh")
+        self.proj = ResidualProjection(4 * d_model, d_model, bias=bias)  # W2
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+class GPT(nn.Module):
+    """Embeddings, `depth` blocks of the chosen placement, the final norm, the tied LM head.
+
+    `norm_options` holds the kind's eps / bias / alpha0 (absent or None: the kind's default);
+    `placement_options` the placement's own options (norm.mix_ratio, norm.dual_scale).
+    """
+
+    def __init__(
+        self,
+        *,
+        depth: int,
+        placement: str,
+        norm_kind: str,
+        norm_options: dict[str, Any] | None = None,
+        placement_options: dict[str, Any] | None = None,
+        vocab_size: int = 50304,
+        context: int = 256,
+        d_model: int = 256,
+        n_heads: int = 4,
+        dropout: float = 0.0,
+        bias: bool = True,
+        init: str = "gpt2",
+        block: str = "sequential",
+        qk_norm: bool = False,
+        fused_head: bool = True,
+        head_chunk: int = 1024,
+    ):
+        super().__init__()
+        if block not in ("sequential", "parallel"):
+            raise ValueError(f"unknown block type {block!r}")
+        self.depth, self.context = depth, context
+        self.fused_head, self.head_chunk = fused_head, head_chunk
+        Block = PLACEMENTS[placement]
+        self.constants = Block.constants(depth, **(placement_options or {}))
+        norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
+        self.wte = nn.Embedding(vocab_size, d_model)
+        self.wpe = nn.Embedding(context, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(
+                attn=CausalSelfAttention(d_model, n_heads, dropout, bias, qk_norm, context),
+                mlp=MLP(d_model, dropout, bias),
+                norm=norm,
+                layer=layer,
+                depth=depth,
+                d_model=d_model,
+                parallel=block == "parallel",
+                **self.constants,
+            )
+            for layer in range(1, depth + 1)
+        )
+        self.norm_f = norm() if Block.final_norm else nn.Identity()
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.init_weights(init, depth_scaled=Block.depth_scaled_init)
+        for b in self.blocks:
+            b.init_placement_()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GPT:
+        """Build from the composed config (`depth`, `norm.*`, `model.*`)."""
+        m, n = cfg.model, cfg.norm
+        Block = PLACEMENTS[str(n.name)]
+        return cls(
+            depth=cfg.depth,
+            placement=str(n.name),
+            norm_kind=str(n.kind),
+            norm_options={k: n[k] for k in ("eps", "bias", "alpha0")},
+            placement_options={k: n[k] for k in Block.options},
+            vocab_size=m.vocab_size,
+            context=m.context,
+            d_model=m.d_model,
+            n_heads=m.n_heads,
+            dropout=m.dropout,
+            bias=m.bias,
+            init=str(m.init),
+            block=str(m.block),
+            qk_norm=m.qk_norm,
+            fused_head=m.fused_head,
+            head_chunk=m.head_chunk,
+        )
+
+    @torch.no_grad()
+    def init_weights(self, scheme: str, depth_scaled: bool = True) -> None:
+        """gpt2: N(0, 0.02), residual projections N(0, 0.02/sqrt(2N)) when `depth_scaled`;
+        xavier: Xavier-uniform linear weights (W_q, W_k, W_v each as its own d x d matrix).
+
+        Embeddings are N(0, 0.02) under both; the LM head shares the token embedding. Norm
+        parameters and placement parameters keep their own initialization.
+        """
+        std = 0.02
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module is not self.lm_head:
+                if scheme == "gpt2":
+                    scale = 1 / math.sqrt(2 * self.depth) if depth_scaled else 1.0
+                    is_residual = isinstance(module, ResidualProjection)
+                    nn.init.normal_(module.weight, 0.0, std * scale if is_residual else std)
+                elif scheme == "xavier":
+                    parts = module.slices() if isinstance(module, FusedQKV) else [module.weight]
+                    for w in parts:
+                        nn.init.xavier_uniform_(w)
+                else:
+                    raise ValueError(f"unknown init scheme {scheme!r}")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+
+    def num_params(self) -> int:
+        """Number of parameters, the tied LM head counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The hidden state entering the LM head, (B, T, d)."""
+        T = idx.shape[1]
+        if T > self.context:
+            raise ValueError(f"sequence of length {T} exceeds the context {self.context}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        stream = self.blocks[0].enter(x)  # ResiDual: a pair of streams
+        for block in self.blocks:
+            stream = block(stream)
+        return self.blocks[-1].exit(stream, self.norm_f)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Without targets: the logits (B, T, vocab), None. With targets: None, and the
+        cross-entropy (`reduction` mean or sum) in float32, from the fused LM head and loss
+        (normbench/model/loss.py), which never materializes the (B, T, vocab) logits."""
+        h = self.hidden(idx)
+        if targets is None:
+            return self.lm_head(h), None
+        if not self.fused_head:  # the unfused head (model.fused_head=false), for comparison
+            logits = self.lm_head(h)
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), reduction=reduction
+            )
+            return logits, loss
+        loss = linear_cross_entropy(h, self.lm_head.weight, targets, reduction, self.head_chunk)
+        return None, loss

@@ -1,0 +1,175 @@
+"""`normbench probe`: values against a direct computation, and the command end to end."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from normbench.analysis.probe import probe_model
+from normbench.run.optim import build_optimizer
+
+from support import TINY, run_cli, text_data
+from support.models import gpt
+
+
+class Optim:
+    weight_decay, betas, eps, lr = 0.1, (0.9, 0.95), 1e-8, 1e-3
+
+
+def batches(n=2, B=3, T=16, vocab=128):
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(n):
+        x = torch.randint(0, vocab, (B, T + 1), generator=g)
+        out.append((x[:, :-1], x[:, 1:]))
+    return out
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "resi_dual"])
+def test_probe_matches_a_direct_computation(placement):
+    torch.manual_seed(0)
+    model = gpt(placement, depth=3)
+    reference = copy.deepcopy(model)
+    data = batches()
+    result = probe_model(model, data, Optim, lr=1e-3)
+    layers = result["layers"]
+    assert [r["layer"] for r in layers] == [1, 2, 3, 4]
+
+    # hidden-state norms (mean over tokens of ||x||) and weight-gradient norms, per batch
+    grads = {(i, sub): [] for i in range(3) for sub in ("attn", "mlp")}
+    hidden = {i: [] for i in range(4)}
+    for x, y in data:
+        reference.zero_grad()
+        T = x.shape[1]
+        stream = reference.blocks[0].enter(reference.wte(x) + reference.wpe(torch.arange(T)))
+        for i, block in enumerate(reference.blocks):
+            main = stream[0] if isinstance(stream, tuple) else stream
+            hidden[i].append(main.detach().norm(dim=-1).mean().item())
+            stream = block(stream)
+        main = stream[0] if isinstance(stream, tuple) else stream
+        hidden[3].append(main.detach().norm(dim=-1).mean().item())
+        _, loss = reference(x, y)
+        loss.backward()
+        for i, block in enumerate(reference.blocks):
+            for sub in ("attn", "mlp"):
+                weights = [p for p in getattr(block, sub).parameters() if p.dim() == 2]
+                grads[(i, sub)].append(math.sqrt(sum(p.grad.square().sum() for p in weights)))
+    for i in range(4):
+        assert layers[i]["hidden_norm"] == pytest.approx(sum(hidden[i]) / 2, rel=1e-5)
+    for i in range(3):
+        assert layers[i]["grad_attn"] == pytest.approx(sum(grads[(i, "attn")]) / 2, rel=1e-5)
+        assert layers[i]["grad_mlp"] == pytest.approx(sum(grads[(i, "mlp")]) / 2, rel=1e-5)
+    assert "grad_mlp" not in layers[3]
+    if placement == "resi_dual":
+        assert all(r["hidden_norm_dual"] > 0 for r in layers)
+
+    # the output change after one AdamW step on the mean gradient of the batches
+    fresh = copy.deepcopy(reference)
+    fresh.zero_grad()
+    for x, y in data:
+        (fresh(x, y)[1] / len(data)).backward()
+    inputs = []
+    fresh.lm_head.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+    with torch.no_grad():
+        z0 = torch.cat([fresh(x)[0] for x, _ in data])
+        h0 = torch.cat(inputs)
+        optimizer = build_optimizer(fresh, Optim, torch.device("cpu"))
+        optimizer.step()
+        inputs.clear()
+        z1 = torch.cat([fresh(x)[0] for x, _ in data])
+        h1 = torch.cat(inputs)
+    assert result["output_change"] == pytest.approx(
+        (h1 - h0).square().mean().sqrt().item(), rel=1e-4
+    )
+    assert result["logit_change"] == pytest.approx(
+        (z1 - z0).square().mean().sqrt().item(), rel=1e-4
+    )
+    assert result["loss"] == pytest.approx(math.log(128), abs=0.3)
+
+
+def test_output_change_grows_with_the_learning_rate():
+    changes = []
+    for lr in (1e-6, 1e-4, 1e-2):
+        torch.manual_seed(0)
+        changes.append(probe_model(gpt("post", depth=2), batches(), Optim, lr)["output_change"])
+    assert changes[0] < 1e-3 and changes[0] < changes[1] < changes[2]
+
+
+PROBE = [
+    "probe",
+    *(o for o in TINY if not o.startswith("depth=")),
+    "probe.norms=[pre,post]",
+    "probe.depths=[2,3]",
+    "probe.seeds=[0,1]",
+    "probe.batch_size=2",
+]
+
+
+def test_probe_command_writes_one_row_per_layer_and_placement(tmp_path, cli_env, text_files):
+    run_dir = tmp_path / "probe"
+    args = [*PROBE, *text_data(*text_files), f"hydra.run.dir={run_dir}"]
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"run_dir: {run_dir}"
+    table = json.loads((run_dir / "probe.json").read_text())
+    assert table["settings"]["seeds"] == [0, 1] and table["settings"]["norms"] == ["pre", "post"]
+    keys = [(r["norm"], r["depth"], r["layer"]) for r in table["layers"]]
+    expected = [(n, d, layer) for n in ("pre", "post") for d in (2, 3) for layer in range(1, d + 2)]
+    assert keys == expected  # one row per placement, depth and layer (N + 1: the output)
+    for row in table["layers"]:
+        assert row["hidden_norm"] > 0 and row["hidden_norm_std"] >= 0
+        if row["layer"] <= row["depth"]:
+            assert row["grad_attn"] > 0 and row["grad_mlp"] > 0 and row["grad_mlp_std"] >= 0
+    models = table["models"]
+    assert [(m["norm"], m["depth"]) for m in models] == [
+        (n, d) for n in ("pre", "post") for d in (2, 3)
+    ]
+    assert all(m["output_change"] > 0 and m["lr"] == 1e-3 for m in models)
+    # Post-LN's stream is normalized: the hidden norm entering blocks 2.. is sqrt(d) = sqrt(32)
+    post = [r for r in table["layers"] if r["norm"] == "post" and r["layer"] > 1]
+    assert all(r["hidden_norm"] == pytest.approx(math.sqrt(32), rel=1e-3) for r in post)
+    with open(run_dir / "probe.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(expected)
+    md = (run_dir / "probe.md").read_text()
+    assert "| pre | layernorm | 3 | 4 |" in md and "±" in md
+    for name in ("probe.png", "probe.svg", "probe_pre.png", "probe_post.png", "probe_post.svg"):
+        assert (run_dir / name).stat().st_size > 1000, name
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["probe"]["depths"] == [2, 3] and config["model"]["d_model"] == 32
+
+
+def test_probe_defaults_to_the_selected_norm_and_depth(tmp_path, cli_env, text_files):
+    run_dir = tmp_path / "probe"
+    args = ["probe", *TINY, "norm=deepnorm", "probe.batches=1", *text_data(*text_files)]
+    done = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    table = json.loads((run_dir / "probe.json").read_text())
+    assert {(r["norm"], r["depth"]) for r in table["layers"]} == {("deepnorm", 2)}
+    assert table["layers"][0]["grad_mlp_std"] is None  # one seed: no spread
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["norm=post"], "norm=... and probe.norms=[...] both choose the norm"),
+        (["-m", "seed=0,1"], "probe takes lists instead of -m"),
+        (["probe.batches=0"], "probe.batches must be >= 1"),
+        (["probe.norms=[pre,sideways]"], "probe.norms"),
+        (["probe.depths=[2,0]"], "probe.depths must all be >= 1"),
+        (["norm.kind=identity"], "norm=post with norm.kind=identity"),
+    ],
+)
+def test_probe_bad_input(extra, message, tmp_path, cli_env, text_files):
+    args = [*PROBE, *text_data(*text_files), *extra]
+    if extra[0] == "-m":
+        args = ["probe", "-m", *PROBE[1:], *text_data(*text_files), *extra[1:]]
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    assert not (tmp_path / "outputs").exists()

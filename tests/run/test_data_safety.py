@@ -1,0 +1,394 @@
+"""A result is never lost or returned for another config: run and sweep directories belong to
+one configuration, checkpoints are pruned by what verifies, a full disk still ends with a
+record, and the printed resume command works. Real subprocess runs of tiny models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from normbench.run import checkpoint
+
+from support import TINY, run_cli, start_cli, text_data, wait_for
+
+FAST = [*TINY, "precision=fp32", "logger=none"]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every path under `folder` with its sha256 (files) and modification time."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        out[str(p.relative_to(folder))] = (digest, p.stat().st_mtime_ns)
+    return out
+
+
+def one_line_error(done: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert done.returncode == code, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+def logged_steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    steps = [0]
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            steps.append(json.loads(line).get("step", 0))
+        except json.JSONDecodeError:
+            break
+    return max(steps)
+
+
+# --- a run directory belongs to one config ---------------------------------------------------
+
+
+def test_a_finished_run_is_never_reused_for_another_config(tmp_path, cli_env, text_files):
+    """lr 1e-3 to completion, then lr 0.05 into the same directory: refused in one line that
+    names the key, and nothing in the directory is touched (no .hydra/ rewrite, no log)."""
+    run_dir = tmp_path / "run"
+    base = ["train", *FAST, *text_data(*text_files), f"hydra.run.dir={run_dir}"]
+    first = run_cli([*base, "optim.lr=1e-3"], cwd=tmp_path, env=cli_env)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(run_dir)
+    other = run_cli([*base, "optim.lr=0.05"], cwd=tmp_path, env=cli_env)
+    err = one_line_error(other)
+    assert f"hydra.run.dir={run_dir} holds a run of another config" in err
+    assert "optim.lr: 0.001 there, 0.05 here" in err
+    assert snapshot(run_dir) == before
+    same = run_cli([*base, "optim.lr=1e-3"], cwd=tmp_path, env=cli_env)
+    assert same.returncode == 0 and "already completed; nothing to do" in same.stderr
+
+
+def test_a_refused_run_into_a_busy_directory_touches_nothing(tmp_path, cli_env, text_files):
+    run_dir = tmp_path / "run"
+    args = ["train", *FAST, "train.max_steps=100000", *text_data(*text_files)]
+    args += [f"hydra.run.dir={run_dir}"]
+    first = start_cli(args, tmp_path, cli_env)
+    try:
+        wait_for(lambda: logged_steps(run_dir) >= 1)
+        hydra_files = snapshot(run_dir / ".hydra")
+        lines = (run_dir / "train.log").read_text().count("\n")
+        second = run_cli(args, cwd=tmp_path, env=cli_env)
+        assert f"another normbench process is writing into {run_dir}" in one_line_error(second)
+        assert snapshot(run_dir / ".hydra") == hydra_files
+        assert "another normbench process" not in (run_dir / "train.log").read_text()
+        assert (run_dir / "train.log").read_text().count("\n") >= lines
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+
+
+# --- a sweep directory belongs to one sweep ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, text_files):
+    from support import cli_environment
+
+    root = tmp_path_factory.mktemp("sweep")
+    env = cli_environment(root)
+    sweep_dir = root / "sweep"
+    config = [*FAST, "train.max_steps=4", *text_data(*text_files)]
+    args = ["train", "-m", "norm=pre,post", *config]
+    done = run_cli([*args, f"hydra.sweep.dir={sweep_dir}"], cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    return root, env, args, sweep_dir, config
+
+
+def test_another_sweep_into_a_used_sweep_directory_is_refused(sweep, tmp_path):
+    root, env, args, sweep_dir, config = sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    before = snapshot(copy)
+    for extra in (["optim.lr=0.05"], ["norm=pre"]):
+        other = run_cli([*args, *extra, f"hydra.sweep.dir={copy}"], cwd=tmp_path, env=env)
+        assert f"hydra.sweep.dir={copy} holds another sweep" in one_line_error(other)
+        assert snapshot(copy) == before
+    single = run_cli(["train", *config, f"hydra.run.dir={copy}"], cwd=tmp_path, env=env)
+    assert "is a sweep's directory" in one_line_error(single)
+    into_job = run_cli([*args, f"hydra.sweep.dir={copy / '0_pre-d2'}"], cwd=tmp_path, env=env)
+    assert "is a single run's directory" in one_line_error(into_job)
+    assert snapshot(copy) == before
+
+
+def test_the_same_sweep_continues_and_reuses_its_finished_jobs(sweep, tmp_path):
+    root, env, args, sweep_dir, config = sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    records = {p: p.read_bytes() for p in copy.glob("*/summary.json")}
+    again = run_cli([*args, f"hydra.sweep.dir={copy}"], cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("already completed; nothing to do") == 2
+    assert {p: p.read_bytes() for p in copy.glob("*/summary.json")} == records
+
+
+def test_a_sweep_directory_of_an_older_normbench_is_checked_job_by_job(sweep, tmp_path):
+    """No manifest (written by an older normbench): each job folder's config is compared."""
+    root, env, args, sweep_dir, config = sweep
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy)
+    (copy / ".normbench-sweep.json").unlink()
+    other = run_cli([*args, "optim.lr=0.05", f"hydra.sweep.dir={copy}"], cwd=tmp_path, env=env)
+    assert "job 0_pre-d2: optim.lr: 0.001 there, 0.05 here" in one_line_error(other)
+
+
+def test_two_sweeps_never_run_into_one_directory_at_once(tmp_path, cli_env, text_files):
+    sweep_dir = tmp_path / "sweep"
+    args = ["train", "-m", "norm=pre,post", *FAST, "train.max_steps=100000"]
+    args += [*text_data(*text_files), f"hydra.sweep.dir={sweep_dir}"]
+    first = start_cli(args, tmp_path, cli_env)
+    try:
+        wait_for(lambda: logged_steps(sweep_dir / "0_pre-d2") >= 1)
+        second = run_cli(args, cwd=tmp_path, env=cli_env)
+        assert f"another normbench process is writing into {sweep_dir}" in one_line_error(second)
+        assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0_pre-d2"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+
+
+# --- the resume command that is printed works --------------------------------------------------
+
+
+def interrupt(args: list[str], cwd: Path, env: dict[str, str], folders: str) -> tuple[str, Path]:
+    """Start, SIGTERM once a folder matching `folders` has logged 2 steps; (the resume
+    command printed, the folder)."""
+    proc = start_cli(args, cwd, env)
+    wait_for(lambda: any(logged_steps(p) >= 2 for p in cwd.glob(folders)))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    (folder,) = cwd.glob(folders)
+    return err.splitlines()[-1].split("resume with: ", 1)[1], folder
+
+
+def resumes(hint: str, cwd: Path, env: dict[str, str], log: Path) -> str:
+    """Run the printed command until it says it resumed; its stderr."""
+    proc = start_cli(shlex.split(hint)[1:], cwd, env)
+    wait_for(lambda: log.is_file() and "resumed after step" in log.read_text())
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)[1]
+
+
+def test_the_printed_resume_command_resumes_a_run_in_the_default_directory(
+    tmp_path, cli_env, text_files
+):
+    """The default run directory is named by the time: the printed command pins it."""
+    args = ["train", *FAST, "train.max_steps=100000", "train.log_every=1", *text_data(*text_files)]
+    hint, run_dir = interrupt(args, tmp_path, cli_env, "outputs/*/*")
+    step = json.loads((run_dir / "summary.json").read_text())["steps"]
+    command = shlex.split(hint)
+    assert command[:2] == ["normbench", "train"] and command[-1] == f"hydra.run.dir={run_dir}"
+    # a different max_steps is a different config: refused, naming it
+    other = [c.replace("max_steps=100000", f"max_steps={step + 2}") for c in command[1:]]
+    assert "train.max_steps: 100000 there" in one_line_error(
+        run_cli(other, cwd=tmp_path, env=cli_env)
+    )
+    assert f"resumed after step {step}" in resumes(hint, tmp_path, cli_env, run_dir / "train.log")
+    assert list(tmp_path.glob("outputs/*/*")) == [run_dir]
+
+
+def test_an_interrupted_sweep_prints_the_command_that_continues_it(tmp_path, cli_env, text_files):
+    args = ["train", "-m", "norm=pre,post", *FAST, "train.max_steps=100000", "train.log_every=1"]
+    args += text_data(*text_files)
+    hint, job = interrupt(args, tmp_path, cli_env, "multirun/*/*/0_pre-d2")
+    command = shlex.split(hint)
+    assert command[:3] == ["normbench", "train", "-m"]
+    assert command[-1] == f"hydra.sweep.dir={job.parent}"
+    step = json.loads((job / "summary.json").read_text())["steps"]
+    assert f"resumed after step {step}" in resumes(hint, tmp_path, cli_env, job / "train.log")
+    assert len(list(tmp_path.glob("multirun/*/*"))) == 1
+
+
+# --- checkpoints: pruned by what verifies, leftovers cleaned -----------------------------------
+
+
+def _state(step: int) -> dict:
+    return {"step": step, "w": torch.full((4,), float(step))}
+
+
+def test_pruning_keeps_the_newest_checkpoints_that_verify(tmp_path):
+    """A higher-step file that does not verify (foreign, cut short, no sidecar) is neither
+    counted nor deleted, and never makes a valid checkpoint go."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    foreign = folder / "step_00000099.pt"
+    foreign.write_bytes(b"not a checkpoint")
+    (folder / "step_00000099.pt.sha256").write_text("0" * 64 + "\n")
+    bare = folder / "step_00000098.pt"
+    bare.write_bytes(b"no sidecar")
+    keeper = checkpoint.Checkpointer(tmp_path, every=1, keep=1)
+    keeper.save(3, _state(3))
+    assert (folder / "step_00000003.pt").is_file() and foreign.is_file() and bare.is_file()
+    keeper.save(4, _state(4))
+    assert not (folder / "step_00000003.pt").exists()
+    assert checkpoint.load(folder / "step_00000004.pt")["step"] == 4
+    assert foreign.read_bytes() == b"not a checkpoint" and bare.is_file()
+    # a cut-short newest checkpoint from an earlier process: the fresh one is kept
+    cut = folder / "step_00000010.pt"
+    checkpoint.save(tmp_path, 10, _state(10))
+    cut.write_bytes(cut.read_bytes()[:20])
+    keeper = checkpoint.Checkpointer(tmp_path, every=1, keep=1)
+    keeper.save(5, _state(5))
+    assert checkpoint.load(folder / "step_00000005.pt")["step"] == 5
+    assert not (folder / "step_00000004.pt").exists() and cut.is_file()
+
+
+def test_leftovers_of_interrupted_writes_are_removed_on_the_next_start_cli(tmp_path):
+    folder = tmp_path / "checkpoints"
+    checkpoint.save(tmp_path, 2, _state(2))
+    partial = folder / ".step_00000004.pt.tmp-4242"
+    partial.write_bytes(b"half")
+    orphan = folder / "step_00000001.pt.sha256"
+    orphan.write_text("0" * 64 + "\n")
+    mine = folder / "notes.txt"
+    mine.write_text("the user's")
+    checkpoint.Checkpointer(tmp_path, every=1, keep=1)
+    assert not partial.exists() and not orphan.exists()
+    assert mine.is_file() and (folder / "step_00000002.pt.sha256").is_file()
+
+
+def test_a_cut_short_newest_checkpoint_never_makes_the_fresh_one_go(tmp_path, cli_env, text_files):
+    """The newest checkpoint is cut short; the resumed run starts over and its step-3
+    checkpoint stays (a kill -9 then resumes from step 3, not from step 1); leftovers of
+    killed writes are gone."""
+    run_dir = tmp_path / "run"
+    args = ["train", *FAST, "train.max_steps=100000", "train.ckpt_every=3", "train.log_every=1"]
+    args += [*text_data(*text_files), f"hydra.run.dir={run_dir}"]
+    proc = start_cli(args, tmp_path, cli_env)
+    wait_for(lambda: logged_steps(run_dir) >= 4)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    newest = checkpoint.checkpoints(run_dir)[-1][1]
+    assert checkpoint.checkpoints(run_dir)[-1][0] >= 4
+    newest.write_bytes(newest.read_bytes()[:1000])
+    leftover = run_dir / "checkpoints" / ".step_00000002.pt.tmp-99999"
+    leftover.write_bytes(b"partial")
+    (run_dir / ".summary.json.tmp-99999").write_text("{")
+    proc = start_cli(args, tmp_path, cli_env)
+    step3 = run_dir / "checkpoints" / "step_00000003.pt.sha256"
+    wait_for(step3.is_file, poll=0.002)  # kill -9 as soon as it is written
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert "does not match its sha256" in err and "not deleted" in err
+    assert checkpoint.verifies(step3.with_suffix(""))
+    assert not leftover.exists() and not (run_dir / ".summary.json.tmp-99999").exists()
+    proc = start_cli(args, tmp_path, cli_env)
+    wait_for(lambda: "resumed after step" in (run_dir / "train.log").read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert "resumed after step 3 " in (run_dir / "train.log").read_text()
+
+
+def test_no_earlier_checkpoint_is_said_as_such(tmp_path, cli_env, text_files):
+    """Under a 4 MiB file-size limit the first checkpoint fails: the message does not claim
+    that a previous one is kept, the run is recorded as failed, no temporary file is left."""
+    run_dir = tmp_path / "run"
+    warm = run_cli(
+        ["train", *FAST, *text_data(*text_files), f"hydra.run.dir={tmp_path / 'w'}"],
+        cwd=tmp_path,
+        env=cli_env,
+    )  # fmt: skip  (builds the token cache)
+    assert warm.returncode == 0, warm.stderr
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "normbench", "train", *FAST, *text_data(*text_files),
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=cli_env, capture_output=True, text=True, preexec_fn=limit, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert "could not write the checkpoint of step 6" in last and "no earlier checkpoint" in last
+    assert "continue with: normbench train" in last
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "no earlier checkpoint" in summary["error"]
+    leftovers = [p.name for p in run_dir.rglob(".*") if "tmp" in p.name or "reserve" in p.name]
+    assert leftovers == []
+
+
+# --- a full disk still ends with a record ------------------------------------------------------
+
+FILL = r"""
+set -u
+mount -t tmpfs -o size=24m tmpfs "$MNT" || exit 77
+"$@" hydra.run.dir="$MNT/run" > "$OUT/stdout" 2> "$OUT/stderr" &
+pid=$!
+for i in $(seq 1 3000); do [ -s "$MNT/run/metrics.jsonl" ] && break; sleep 0.02; done
+dd if=/dev/zero of="$MNT/fill" bs=4k > /dev/null 2>&1
+wait $pid; echo $? > "$OUT/rc"
+rm -f "$MNT/fill"
+cp -a "$MNT/run" "$OUT/run"
+"""
+
+
+def test_a_disk_that_fills_up_mid_run_still_leaves_a_failed_record(tmp_path, cli_env, text_files):
+    """A real full disk (a 24 MiB tmpfs in a private mount namespace, filled by another
+    process while the run logs): the run ends `failed` with the reason in summary.json, the
+    message is one line with the command that continues it, and no temporary file is left.
+    """
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a private tmpfs")
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    script = tmp_path / "fill.sh"
+    script.write_text(FILL)
+    args = [*FAST, "train.max_steps=100000", "train.log_every=1", "train.ckpt_every=0"]
+    command = [sys.executable, "-m", "normbench", "train", *args, *text_data(*text_files)]
+    env = {**cli_env, "MNT": str(mnt), "OUT": str(out)}
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "bash", str(script), *command],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if done.returncode == 77 or not (out / "rc").is_file():
+        pytest.skip(f"no private tmpfs on this machine: {done.stderr.strip()[:200]}")
+    err = (out / "stderr").read_text()
+    assert (out / "rc").read_text().strip() == "1", err
+    last = err.splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("normbench: error: could not write")
+    assert "No space left on device" in last and "continue with: normbench train" in last
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+    assert summary["steps"] >= 1
+    names = sorted(p.name for p in (out / "run").iterdir())
+    assert [n for n in names if "tmp" in n or "reserve" in n] == []
+
+
+def test_a_summary_that_meets_a_full_disk_uses_the_space_kept_for_it(tmp_path, monkeypatch):
+    """The one write that must succeed (an ENOSPC injected at the summary's write, where no
+    tmpfs can be had): the reserve is given back and the summary written."""
+    from normbench.run.record import RESERVE, RunRecord, new_summary
+
+    record = RunRecord(tmp_path)
+    assert (tmp_path / RESERVE).stat().st_size == 1 << 20
+    calls = []
+    real = os.replace
+
+    def full_once(src, dst):  # the disk is full the first time the summary is moved in
+        calls.append(dst)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_once)
+    record.write_summary(new_summary())
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / RESERVE).exists()
+    assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+    record.close()

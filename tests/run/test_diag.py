@@ -1,0 +1,259 @@
+"""Per-layer diagnostics: values against a direct computation, keys at the configured interval."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from normbench.run.diag import Diagnostics, blame, block_names
+from normbench.run.optim import build_optimizer
+from normbench.run.train import forward_backward
+
+from support.models import gpt
+
+
+class Optim:
+    lr, weight_decay, betas, eps = 1e-2, 0.1, (0.9, 0.95), 1e-8
+
+
+def one_step(model, diag, x, y, clip=math.inf):
+    """The training loop's order of calls for one step; returns (stats, full row)."""
+    optimizer = build_optimizer(model, Optim, torch.device("cpu"))
+    with diag.watch(1):
+        loss, grad_norm = forward_backward(model, x, y, "fp32", clip, on_grads=diag.on_grads)
+    stats = diag.step_stats(loss, grad_norm)
+    diag.before_update()
+    optimizer.step()
+    return stats, diag.after_update(stats)
+
+
+def batch(vocab=128, B=3, T=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (B, T + 1), generator=g)
+    return x[:, :-1], x[:, 1:]
+
+
+def stream_tensors(model, x):
+    """The residual stream entering each block and leaving the last, by a manual forward."""
+    T = x.shape[1]
+    stream = model.blocks[0].enter(model.wte(x) + model.wpe(torch.arange(T)))
+    entering = []
+    for block in model.blocks:
+        entering.append(stream)
+        stream = block(stream)
+    return entering, stream
+
+
+def rms(t):
+    return t.double().square().mean().sqrt().item()
+
+
+@pytest.mark.parametrize("placement", ["pre", "post", "deepnorm", "resi_dual", "rezero"])
+def test_values_match_a_direct_computation(placement):
+    torch.manual_seed(0)
+    kind = "identity" if placement == "rezero" else "layernorm"
+    model = gpt(placement, kind, depth=3)
+    if placement == "rezero":
+        with torch.no_grad():
+            for b in model.blocks:
+                b.a.fill_(0.5)  # so the blocks' gradients are not zero
+    x, y = batch()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    diag = Diagnostics(model, every=1, per_param=True, history=4)
+    stats, row = one_step(model, diag, x, y)
+    names = block_names(3)
+    assert names == ["block_01", "block_02", "block_03"]
+
+    # gradient norms, per sublayer and per block (the grads are not cleared by the step)
+    for name, block in zip(names, model.blocks, strict=True):
+        for sub in ("attn", "mlp"):
+            direct = math.sqrt(
+                sum(p.grad.double().square().sum() for p in getattr(block, sub).parameters())
+            )
+            assert row[f"grad_norm/{name}/{sub}"] == pytest.approx(direct, rel=1e-5)
+        whole = math.sqrt(sum(p.grad.double().square().sum() for p in block.parameters()))
+        assert row[f"grad_norm/{name}"] == pytest.approx(whole, rel=1e-5)
+        sub = [*block.attn.parameters(), *block.mlp.parameters()]
+        rest = [p for p in block.parameters() if all(p is not q for q in sub)]
+        assert rest  # norms, or ReZero's gate
+        direct = math.sqrt(sum(p.grad.double().square().sum() for p in rest))
+        assert row[f"grad_norm/{name}/norm"] == pytest.approx(direct, rel=1e-5)
+    embed = math.sqrt(
+        model.wte.weight.grad.double().square().sum()
+        + model.wpe.weight.grad.double().square().sum()
+    )
+    assert row["grad_norm/embed"] == pytest.approx(embed, rel=1e-5)
+    for n, p in model.named_parameters():
+        assert row[f"grad_norm/param/{n}"] == pytest.approx(p.grad.norm().item(), rel=1e-5)
+
+    # update-to-weight ratio per block
+    for i, name in enumerate(names):
+        prefix = f"blocks.{i}."
+        old = {n: w for n, w in before.items() if n.startswith(prefix)}
+        new = {n: p.detach() for n, p in model.named_parameters() if n.startswith(prefix)}
+        delta = math.sqrt(sum((new[n] - old[n]).double().square().sum() for n in old))
+        weight = math.sqrt(sum(w.double().square().sum() for w in old.values()))
+        assert row[f"update_ratio/{name}"] == pytest.approx(delta / weight, rel=1e-4)
+        assert row[f"update_ratio/{name}"] > 0
+
+    # residual stream entering each block and leaving the last, with the old weights
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(before[n])
+        entering, out = stream_tensors(model, x)
+    for name, stream in zip([*names, "out"], [*entering, out], strict=True):
+        tensors = stream if isinstance(stream, tuple) else (stream,)
+        suffixes = ["", "/dual"] if placement == "resi_dual" else [""]
+        for suffix, t in zip(suffixes, tensors, strict=True):
+            assert row[f"resid_rms/{name}{suffix}"] == pytest.approx(rms(t), rel=1e-5)
+            assert row[f"resid_max/{name}{suffix}"] == pytest.approx(t.abs().max().item(), rel=1e-6)
+
+    # attention entropy: from the weights the attention module uses
+    inputs = {}
+    hooks = [
+        b.attn.register_forward_pre_hook(lambda m, a, n=n: inputs.__setitem__(n, a[0]))
+        for n, b in zip(names, model.blocks, strict=True)
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for name, block in zip(names, model.blocks, strict=True):
+        p = block.attn.attention_probs(inputs[name])
+        entropy = -(p * torch.where(p > 0, p.log(), 0)).sum(-1).mean()
+        assert row[f"attn_entropy/{name}"] == pytest.approx(entropy.item(), rel=1e-5)
+        assert 0 < row[f"attn_entropy/{name}"] < math.log(16)
+    # the ring buffer row carries the per-layer statistics (not the heavy extras)
+    assert stats["step"] == 1 and diag.recent() == [stats]
+    assert not any(
+        k.startswith(("attn_entropy/", "update_ratio/", "grad_norm/param/")) for k in stats
+    )
+
+
+def test_gradient_norms_are_taken_before_clipping():
+    rows = []
+    for clip in (math.inf, 1e-3):
+        torch.manual_seed(0)
+        model = gpt("pre", depth=2)
+        rows.append(
+            one_step(
+                model, Diagnostics(model, every=1, per_param=False, history=0), *batch(), clip=clip
+            )[1]
+        )
+    for key in rows[0]:
+        if key.startswith("grad_norm/"):
+            assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-6), key
+    assert rows[1]["update_ratio/block_01"] != pytest.approx(rows[0]["update_ratio/block_01"])
+
+
+def test_attention_probs_are_what_sdpa_applies():
+    torch.manual_seed(0)
+    for qk_norm in (False, True):
+        model = gpt("pre", depth=1, qk_norm=qk_norm)
+        attn = model.blocks[0].attn
+        x = torch.randn(2, 16, 32)
+        p = attn.attention_probs(x)
+        assert p.shape == (2, 4, 16, 16)
+        assert torch.allclose(p.sum(-1), torch.ones(2, 4, 16))
+        assert (p.triu(diagonal=1) == 0).all()  # causal
+        _, _, v, _ = attn.heads(x)
+        y = (p @ v).transpose(1, 2).reshape(2, 16, 32)
+        assert torch.allclose(attn.proj(y), attn(x), atol=1e-5)
+
+
+def test_light_steps_only_fill_the_ring_buffer():
+    torch.manual_seed(0)
+    model = gpt("pre", depth=2)
+    diag = Diagnostics(model, every=3, per_param=False, history=2)
+    optimizer = build_optimizer(model, Optim, torch.device("cpu"))
+    full_rows = []
+    for step in range(1, 7):
+        x, y = batch(seed=step)
+        with diag.watch(step):
+            loss, gn = forward_backward(model, x, y, "fp32", math.inf, on_grads=diag.on_grads)
+        stats = diag.step_stats(loss, gn)
+        diag.before_update()
+        optimizer.step()
+        full_rows.append(diag.after_update(stats))
+        assert "grad_norm/block_01/attn" in stats and "resid_rms/out" in stats
+    assert [r is not None for r in full_rows] == [False, False, True, False, False, True]
+    assert [r["step"] for r in diag.recent()] == [5, 6]  # the last `history` steps
+    off = Diagnostics(model, every=0, per_param=False, history=0)
+    with off.watch(1):
+        forward_backward(model, x, y, "fp32", math.inf, on_grads=off.on_grads)
+    assert off.step_stats(1.0, 1.0) == {} and off.current == {}
+
+
+def test_blame_names_the_first_layer_to_blow_up():
+    inf = math.inf
+    history = [
+        {
+            "step": 1,
+            "loss": 5.0,
+            "resid_rms/block_01": 1.0,
+            "resid_rms/block_02": 1.0,
+            "grad_norm/block_01": 1.0,
+        },
+        {
+            "step": 2,
+            "loss": 5.0,
+            "resid_rms/block_01": 1.1,
+            "resid_rms/block_02": 1.0,
+            "grad_norm/block_01": 1.0,
+        },
+        {
+            "step": 3,
+            "loss": 9.0,
+            "resid_rms/block_01": 1.2,
+            "resid_rms/block_02": inf,
+            "grad_norm/block_01": 30.0,
+        },
+        {
+            "step": 4,
+            "loss": inf,
+            "resid_rms/block_01": inf,
+            "resid_rms/block_02": inf,
+            "grad_norm/block_01": 90.0,
+        },
+    ]
+    out = blame(history)
+    assert out["first_nonfinite"] == {"step": 3, "key": "resid_rms/block_02"}
+    assert out["largest_growth"][0] == {"key": "grad_norm/block_01", "ratio": pytest.approx(90.0)}
+    assert blame([]) == {"first_nonfinite": None, "largest_growth": []}
+
+
+def test_diagnostics_appear_every_diag_every_steps(tiny_training):
+    rows, summary = tiny_training("diag.every=5", "norm=pre")
+    diag_rows = [r for r in rows if "resid_rms/out" in r]
+    assert [r["step"] for r in diag_rows] == [5, 10, 15, 20]
+    for r in diag_rows:
+        assert r["tokens"] == r["step"] * 4 * 32
+        for key in (
+            "grad_norm/block_01/attn",
+            "grad_norm/block_02/mlp",
+            "grad_norm/block_02",
+            "grad_norm/embed",
+            "resid_rms/block_01",
+            "resid_max/out",
+            "update_ratio/block_02",
+            "attn_entropy/block_01",
+        ):
+            assert math.isfinite(r[key]), key
+    assert summary["diag"] == {k: v for k, v in diag_rows[-1].items() if k != "tokens"}
+    rows, summary = tiny_training("diag.every=0", "norm=pre")
+    assert not any("resid_rms/out" in r for r in rows) and summary["diag"] == {}
+
+
+def test_entropy_is_uniform_attention_when_queries_are_zero():
+    """With W_q = 0 every logit is 0, so position t attends uniformly over t + 1 keys."""
+    torch.manual_seed(0)
+    model = gpt("pre", depth=1)
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight[:32].zero_()
+        model.blocks[0].attn.qkv.bias.zero_()
+    diag = Diagnostics(model, every=1, per_param=False, history=0)
+    _, row = one_step(model, diag, *batch(T=8))
+    expected = sum(math.log(t + 1) for t in range(8)) / 8
+    assert row["attn_entropy/block_01"] == pytest.approx(expected, rel=1e-5)

@@ -1,0 +1,86 @@
+"""Learning-rate schedules and the optimizer's parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from normbench.run.config import Schedule
+from normbench.run.optim import build_optimizer, build_scheduler, lr_at
+
+KW = dict(lr=1.0, min_lr=0.1, warmup=10, max_steps=110)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "inverse_sqrt"])
+def test_linear_warmup(schedule):
+    got = [lr_at(s, schedule=schedule, **KW) for s in range(10)]
+    assert got == pytest.approx([(s + 1) / 10 for s in range(10)])
+
+
+def test_cosine_and_linear_decay_to_min_lr():
+    assert lr_at(10, schedule="cosine", **KW) == pytest.approx(1.0)
+    assert lr_at(60, schedule="cosine", **KW) == pytest.approx(0.55)  # halfway
+    assert lr_at(60, schedule="linear", **KW) == pytest.approx(0.55)
+    assert lr_at(35, schedule="linear", **KW) == pytest.approx(1 - 0.9 * 0.25)
+    assert lr_at(35, schedule="cosine", **KW) == pytest.approx(
+        0.1 + 0.45 * (1 + math.cos(math.pi / 4))
+    )
+    last = lr_at(109, schedule="cosine", **KW)  # the last update still learns
+    assert 0.1 < last < 0.11
+    assert lr_at(110, schedule="cosine", **KW) == pytest.approx(0.1)
+    assert lr_at(500, schedule="linear", **KW) == pytest.approx(0.1)
+
+
+def test_constant_and_inverse_sqrt():
+    assert lr_at(50, schedule="constant", **KW) == 1.0
+    assert lr_at(9, schedule="inverse_sqrt", **KW) == pytest.approx(1.0)
+    assert lr_at(39, schedule="inverse_sqrt", **KW) == pytest.approx(math.sqrt(10 / 40))
+    assert lr_at(10**6, schedule="inverse_sqrt", **KW) == pytest.approx(0.1)  # floor
+
+
+def test_no_warmup_starts_at_lr():
+    assert lr_at(0, lr=2.0, min_lr=0.0, warmup=0, max_steps=5, schedule="cosine") == 2.0
+
+
+def _optim_cfg(**kw):
+    base = dict(
+        lr=0.5,
+        min_lr=0.0,
+        warmup_steps=2,
+        schedule=Schedule.linear,
+        weight_decay=0.1,
+        betas=[0.9, 0.95],
+        eps=1e-8,
+        grad_clip=1.0,
+    )
+    return OmegaConf.create({**base, **kw})
+
+
+def test_scheduler_drives_the_optimizer():
+    model = torch.nn.Linear(3, 3)
+    cfg = _optim_cfg()
+    opt = build_optimizer(model, cfg, torch.device("cpu"))
+    sched = build_scheduler(opt, cfg, max_steps=6)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [
+        lr_at(s, lr=0.5, min_lr=0.0, warmup=2, max_steps=6, schedule="linear") for s in range(6)
+    ]
+    assert seen == pytest.approx(expected)
+
+
+def test_weight_decay_only_on_matrices():
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(5, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 4)
+    )
+    opt = build_optimizer(model, _optim_cfg(), torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and len(decay["params"]) == 2
+    assert all(p.dim() == 1 for p in no_decay["params"]) and len(no_decay["params"]) == 3

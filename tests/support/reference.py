@@ -1,0 +1,177 @@
+"""An independent re-statement of docs/variants.md, written from the specification.
+
+Attention, the MLP and every norm kind are recomputed here from a module's own parameters
+with explicit formulas (explicit softmax and mask, the tanh GELU written out, statistics by
+hand), and every placement's block equation is restated as a function of those. The tests
+compare normbench's modules against these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from normbench.model.gpt import CausalSelfAttention
+
+# The specification's "final norm before LM head" column, copied from variants.md.
+FINAL_NORM = {
+    "post": False,
+    "pre": True,
+    "sandwich": True,
+    "peri": True,
+    "reordered": True,
+    "deepnorm": False,
+    "admin": False,
+    "resi_dual": True,  # Norm_f, on the dual stream only
+    "b2t": False,
+    "mix": True,
+    "lns": True,
+    "rezero": False,
+    "none": False,
+}
+
+
+def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
+    y = x @ layer.weight.T
+    return y if layer.bias is None else y + layer.bias
+
+
+def attention(attn: CausalSelfAttention, x: Tensor) -> Tensor:
+    """A(x) = W_o softmax(mask(q k^T / sqrt(d_head))) v, per head; QKNorm when enabled."""
+    B, T, C = x.shape
+    h = attn.n_heads
+    w_q, w_k, w_v = attn.qkv.weight.chunk(3, dim=0)
+    b_q, b_k, b_v = attn.qkv.bias.chunk(3) if attn.qkv.bias is not None else (0, 0, 0)
+    q, k, v = (
+        (x @ w.T + b).reshape(B, T, h, C // h).transpose(1, 2)
+        for w, b in ((w_q, b_q), (w_k, b_k), (w_v, b_v))
+    )
+    if attn.qk_norm is not None:  # 2010.04245: g * (q/|q|) . (k/|k|)
+        q = q / q.norm(dim=-1, keepdim=True) * attn.qk_norm.g
+        k = k / k.norm(dim=-1, keepdim=True)
+        scores = q @ k.transpose(-1, -2)
+    else:
+        scores = q @ k.transpose(-1, -2) / math.sqrt(C // h)
+    future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    scores = scores.masked_fill(future, float("-inf"))
+    y = torch.softmax(scores, dim=-1) @ v
+    return linear(y.transpose(1, 2).reshape(B, T, C), attn.proj)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def mlp(m: torch.nn.Module, x: Tensor) -> Tensor:
+    """M(x) = W2 gelu(W1 x)"""
+    return linear(gelu_tanh(linear(x, m.fc)), m.proj)
+
+
+def norm(n: torch.nn.Module, x: Tensor) -> Tensor:
+    """The kind's formula from variants.md, from the layer's own parameters."""
+    kind = n.name
+    b = getattr(n, "bias", None)
+    shift = 0 if b is None else b
+    if kind == "layernorm":
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + n.eps) * n.weight + shift
+    if kind == "rmsnorm":
+        return x / torch.sqrt((x**2).mean(-1, keepdim=True) + n.eps) * n.weight
+    if kind == "scalenorm":
+        return n.g * x / torch.clamp(torch.sqrt((x**2).sum(-1, keepdim=True)), min=n.eps)
+    if kind == "dyt":
+        return n.weight * torch.tanh(n.alpha * x) + shift
+    if kind == "batchnorm":  # training mode: statistics over the batch, per position
+        mean = x.mean(0, keepdim=True)
+        var = ((x - mean) ** 2).mean(0, keepdim=True)
+        return (x - mean) / torch.sqrt(var + n.eps) * n.weight + shift
+    if kind == "identity":
+        return x
+    raise AssertionError(f"no reference for kind {kind}")
+
+
+def block(blk: torch.nn.Module, x):
+    """The placement's equation from variants.md, evaluated with the block's parameters."""
+    A = lambda h: attention(blk.attn, h)  # noqa: E731
+    M = lambda h: mlp(blk.mlp, h)  # noqa: E731
+    name, parallel = blk.name, blk.is_parallel
+    if name == "post":
+        x = norm(blk.norm_a, x + A(x))
+        return norm(blk.norm_m, x + M(x))
+    if name == "pre":
+        if parallel:
+            h = norm(blk.norm_a, x)
+            return x + A(h) + M(h)
+        x = x + A(norm(blk.norm_a, x))
+        return x + M(norm(blk.norm_m, x))
+    if name in ("sandwich", "peri"):
+        if parallel:
+            h = norm(blk.norm_a_in, x)
+            return x + norm(blk.norm_a_out, A(h)) + norm(blk.norm_m_out, M(h))
+        x = x + norm(blk.norm_a_out, A(norm(blk.norm_a_in, x)))
+        return x + norm(blk.norm_m_out, M(norm(blk.norm_m_in, x)))
+    if name == "reordered":
+        if parallel:
+            return x + norm(blk.norm_a, A(x)) + norm(blk.norm_m, M(x))
+        x = x + norm(blk.norm_a, A(x))
+        return x + norm(blk.norm_m, M(x))
+    if name == "deepnorm":
+        alpha = (2 * blk.depth) ** 0.25
+        x = norm(blk.norm_a, alpha * x + A(x))
+        return norm(blk.norm_m, alpha * x + M(x))
+    if name == "admin":
+        x = norm(blk.norm_a, blk.omega_a * x + A(x))
+        return norm(blk.norm_m, blk.omega_m * x + M(x))
+    if name == "resi_dual":
+        x_a, x_d = x
+        f = A(x_a)
+        x_a, x_d = norm(blk.norm_a, x_a + f), x_d + blk.s * f
+        f = M(x_a)
+        return norm(blk.norm_m, x_a + f), x_d + blk.s * f
+    if name == "b2t":
+        h = norm(blk.norm_a, x + A(x))
+        return norm(blk.norm_m, x + h + M(h))
+    if name == "mix":
+        P = math.floor(0.25 * blk.depth + 0.5)  # the tests build Mix-LN with ratio 0.25
+        if blk.layer <= P:
+            x = norm(blk.norm_a, x + A(x))
+            return norm(blk.norm_m, x + M(x))
+        x = x + A(norm(blk.norm_a, x))
+        return x + M(norm(blk.norm_m, x))
+    if name == "lns":
+        s = 1 / math.sqrt(blk.layer)
+        if parallel:
+            h = norm(blk.norm_a, x) * s
+            return x + A(h) + M(h)
+        x = x + A(norm(blk.norm_a, x) * s)
+        return x + M(norm(blk.norm_m, x) * s)
+    if name == "rezero":
+        if parallel:
+            return x + blk.a * (A(x) + M(x))
+        x = x + blk.a * A(x)
+        return x + blk.a * M(x)
+    if name == "none":
+        if parallel:
+            return x + A(x) + M(x)
+        x = x + A(x)
+        return x + M(x)
+    raise AssertionError(f"no reference for placement {name}")
+
+
+def gpt_logits(model: torch.nn.Module, idx: Tensor) -> Tensor:
+    """The whole model from the specification: embeddings, blocks, final norm, tied head."""
+    T = idx.shape[1]
+    x = model.wte.weight[idx] + model.wpe.weight[:T]
+    name = model.blocks[0].name
+    stream = (x, model.blocks[0].s * x) if name == "resi_dual" else x
+    for blk in model.blocks:
+        stream = block(blk, stream)
+    if name == "resi_dual":
+        x_a, x_d = stream
+        h = x_a + norm(model.norm_f, x_d)
+    else:
+        h = norm(model.norm_f, stream) if FINAL_NORM[name] else stream
+    return h @ model.wte.weight.T
