@@ -274,7 +274,8 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     from normbench.run.checkpoint import RunLock
     from normbench.run.checkpoint import load as load_checkpoint
     from normbench.run.config import ConfigError, to_container, validate
-    from normbench.run.data import load_tokens
+    from normbench.run.data import check_data_fits, load_tokens
+    from normbench.run.dist import check_global_batch
     from normbench.run.record import record_files
     from normbench.run.rundir import (
         check_run_dir,
@@ -282,7 +283,7 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
         sweep_definition,
         write_sweep_manifest,
     )
-    from normbench.run.train import check_data_fits, check_global_batch, resolve_device
+    from normbench.run.runtime import resolve_device
 
     base = _compose_base(args, config_name)
     key, target = pin_output_dir(args, base)
@@ -434,25 +435,25 @@ def _train_job(
     from hydra.core.hydra_config import HydraConfig
 
     from normbench.run.checkpoint import Checkpointer
-    from normbench.run.data import load_tokens
+    from normbench.run.data import check_data_fits, load_tokens
     from normbench.run.divergence import objective
     from normbench.run.logger import NullLogger, make_logger
-    from normbench.run.record import NullRecord, RecordWriteError, RunRecord, new_summary
-    from normbench.run.train import StopRequest, check_data_fits, configure_threads, train
+    from normbench.run.record import NullRecord, RecordWriteError, RunRecord
+    from normbench.run.runtime import StopRequest, configure_threads
+    from normbench.run.summary import Summary
+    from normbench.run.trainer import Trainer
 
     hc = HydraConfig.get()
     resume, keep_until, finished = plan_resume(cfg, run_dir, config)
     if finished:
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))
         if main:
-            log.info("%s already %s; nothing to do", run_dir, summary["status"])
+            log.info("%s already %s; nothing to do", run_dir, summary.status)
             say(f"run_dir: {run_dir}")
-        return summary.get("objective") or objective(
-            summary, cfg.train.max_steps, cfg.divergence.penalty
-        )
+        return summary.objective or objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
     record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
     stop = StopRequest()
-    summary = new_summary()
+    summary = Summary()
     logger: Any = NullLogger()
     try:
         record.write_config(config)
@@ -465,11 +466,14 @@ def _train_job(
         checkpointer = (
             Checkpointer(run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min) if main else None
         )
-        summary["wandb"] = logger.info  # in every checkpoint: a resume continues this W&B run
-        summary["threads"] = configure_threads(cfg.threads, hc.launcher)
+        summary.wandb = logger.info  # in every checkpoint: a resume continues this W&B run
+        summary.threads = configure_threads(cfg.threads, hc.launcher)
         tokens = load_tokens(cfg.data)
         check_data_fits(tokens, cfg.model.context)
-        train(cfg, tokens, record, logger, summary, checkpointer, resume, stop, config=config)
+        trainer = Trainer(
+            cfg, tokens, record, logger, summary, stop=stop, resume=resume, config=config
+        )
+        trainer.fit(checkpointer)
     except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
         summary.update(
             status="interrupted",
@@ -487,42 +491,42 @@ def _train_job(
                 pass
         raise
     finally:
-        summary["objective"] = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
-        summary["wandb"] = logger.info
-        if stop.requested and "stopped_by" not in summary:
-            summary["stopped_by"] = stop.signal
+        summary.objective = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
+        summary.wandb = logger.info
+        if stop.requested and summary.stopped_by is None:
+            summary.stopped_by = stop.signal
         unrecorded = None
         try:
             record.write_summary(summary)
         except RecordWriteError as e:  # even the space kept for it was not enough
             unrecorded = e
         record.close()
-        logger.finish(summary, failed=summary["status"] in ("failed", "interrupted"))
-        status = summary["status"]
+        logger.finish(summary.to_dict(), failed=summary.status in ("failed", "interrupted"))
+        status = summary.status
         if not main:
             pass
         elif status == "diverged":
             log.info(
                 "diverged at step %s (%s: %s); events in %s",
-                summary["diverged_at_step"],
-                summary["divergence_reason"],
-                summary["divergence_detail"],
+                summary.diverged_at_step,
+                summary.divergence_reason,
+                summary.divergence_detail,
                 run_dir / "events.jsonl",
             )
         elif status == "completed":
             log.info(
                 "done: val/loss %.4f, %s tokens/s, %.0f s",
-                summary["val_loss"],
-                f"{summary['tokens_per_s']:,.0f}",
-                summary["wall_s"],
+                summary.val_loss,
+                f"{summary.tokens_per_s:,.0f}",
+                summary.wall_s,
             )
         if main:
             say(f"run_dir: {run_dir}")
         if unrecorded is not None:
             raise unrecorded
-    if summary["status"] == "interrupted":
-        raise Interrupted(str(stop.signal), summary["steps"])
-    return summary["objective"]
+    if summary.status == "interrupted":
+        raise Interrupted(str(stop.signal), summary.steps)
+    return summary.objective
 
 
 def _hydra_args(argv: list[str], command: str = "train") -> tuple[Any, Any]:
@@ -658,7 +662,7 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
     from normbench.run.config import to_container, validate
     from normbench.run.data import load_tokens
     from normbench.run.files import write_atomic
-    from normbench.run.train import resolve_device, tune_cpu_allocator
+    from normbench.run.runtime import resolve_device, tune_cpu_allocator
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     validate(cfg)
@@ -719,9 +723,8 @@ def cmd_probe(argv: list[str]) -> None:
 
     from normbench.run.checkpoint import RunLock
     from normbench.run.config import register_configs, to_container
-    from normbench.run.data import load_tokens
+    from normbench.run.data import check_data_fits, load_tokens
     from normbench.run.rundir import check_run_dir
-    from normbench.run.train import check_data_fits
 
     register_configs()
     parser, args = _hydra_args(argv, "probe")

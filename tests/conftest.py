@@ -59,8 +59,8 @@ def tiny_training(
     from normbench.run.config import to_container
     from normbench.run.data import load_tokens
     from normbench.run.logger import NullLogger
-    from normbench.run.record import RunRecord, new_summary
-    from normbench.run.train import train
+    from normbench.run.record import RunRecord
+    from normbench.run.trainer import Trainer
 
     cache = tmp_path_factory.mktemp("cache")
     base = [
@@ -82,11 +82,11 @@ def tiny_training(
         run_dir = tmp_path_factory.mktemp("run")
         record = RunRecord(run_dir)
         record.write_config(to_container(cfg))
-        summary = new_summary()
-        train(cfg, load_tokens(cfg.data), record, NullLogger(), summary)
-        record.write_summary(summary)
+        trainer = Trainer(cfg, load_tokens(cfg.data), record, NullLogger())
+        trainer.fit()
+        record.write_summary(trainer.summary)
         record.close()
         run.last_dir = run_dir
-        return read_jsonl(run_dir / "metrics.jsonl"), summary
+        return read_jsonl(run_dir / "metrics.jsonl"), trainer.summary.to_dict()
 
     return run

@@ -42,7 +42,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from normbench.run.bench_references import random_tokens, vocab_of
+
 BENCH = [
+    "divergence.action=continue",  # a detector on random tokens must not skip an update
     "depth=8",
     "model.d_model=256",
     "model.n_heads=4",
@@ -51,7 +54,6 @@ BENCH = [
     "norm=pre",
     "logger=none",
 ]
-GPT2_VOCAB = 50257
 CASES = {  # name: overrides on top of BENCH
     "normbench": [],
     "baseline": [],
@@ -95,11 +97,6 @@ def compose(overrides: list[str]) -> Any:
     return cfg
 
 
-def vocab_of(cfg: Any) -> int:
-    """The data's vocabulary: GPT-2's 50,257, or `data.vocab_limit`."""
-    return cfg.data.vocab_limit or GPT2_VOCAB
-
-
 def flops_per_token(cfg: Any) -> float:
     """6N + 12 L d T: N = the block matrices (12 d^2 per block) + the LM head (vocab x d)."""
     d, L, T, vocab = cfg.model.d_model, cfg.depth, cfg.model.context, vocab_of(cfg)
@@ -119,53 +116,18 @@ def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:
     return product_tflops(dtype, (n, n, n), device, reps=reps) * 1e12
 
 
-def _random_batches(cfg: Any, seed: int) -> Any:
-    import numpy as np
+def bench_trainer(cfg: Any, allocator: bool = True) -> Any:
+    """The Trainer of `normbench train` on random tokens, recording nothing; `allocator`:
+    whether it tunes the CPU allocator (off for the `no-mallopt` lever)."""
+    from normbench.run.trainer import Trainer
 
-    from normbench.run.data import RandomWindows
-
-    B, T = cfg.train.batch_size, cfg.model.context
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, vocab_of(cfg), size=B * T * 64 + 1).astype(np.uint16)
-    return RandomWindows(tokens, T, B, seed=seed)
+    return Trainer(cfg, random_tokens(cfg, cfg.seed), tune_allocator=allocator)
 
 
-def run_case(
-    case: str, overrides: list[str], steps: int, warmup: int, nanogpt: str | None = None
-) -> dict[str, Any]:
-    """One case, in this (fresh) process: median ms per step over `steps` after `warmup`."""
-    import torch
-
+def time_steps(step: Any, device: Any, steps: int, warmup: int) -> list[float]:
+    """Seconds of each of `steps` calls of `step(i)` after `warmup` untimed ones."""
     from normbench.run.hardware import synchronize
-    from normbench.run.train import choose_precision, resolve_device
 
-    cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
-    B, T = cfg.train.batch_size, cfg.model.context
-    batches = _random_batches(cfg, cfg.seed)
-    device = resolve_device(str(cfg.device.value))
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    if case in BASELINES:
-        from normbench.model.baseline import BaselineGPT, baseline_optimizer
-
-        torch.manual_seed(cfg.seed)
-        model = BaselineGPT(vocab_of(cfg), T, cfg.model.d_model, cfg.model.n_heads, cfg.depth)
-        model = model.to(device)
-        optimizer = baseline_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
-        precision = "fp32"
-
-        def step(_: int) -> None:
-            x, y = batches.next(device)
-            optimizer.zero_grad(set_to_none=True)
-            model(x.long(), y.long()).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-
-    elif case in NANOGPT:
-        step, precision = _nanogpt_step(cfg, batches, device, nanogpt, case == "nanogpt-compile")
-    else:
-        precision = choose_precision(cfg, device).precision
-        step = _normbench_step(cfg, batches, device, precision, allocator=case != "no-mallopt")
     times = []
     for i in range(warmup + steps):
         synchronize(device)
@@ -174,6 +136,31 @@ def run_case(
         synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - tic)
+    return times
+
+
+def run_case(
+    case: str, overrides: list[str], steps: int, warmup: int, nanogpt: str | None = None
+) -> dict[str, Any]:
+    """One case, in this (fresh) process: median ms per step over `steps` after `warmup`."""
+    import torch
+
+    from normbench.run.bench_references import baseline_step, nanogpt_step
+    from normbench.run.runtime import resolve_device
+
+    cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
+    B, T = cfg.train.batch_size, cfg.model.context
+    device = resolve_device(str(cfg.device.value))
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if case in BASELINES:
+        step, precision = baseline_step(cfg, device), "fp32"
+    elif case in NANOGPT:
+        step, precision = nanogpt_step(cfg, device, nanogpt, case == "nanogpt-compile")
+    else:  # the very step of `normbench train`
+        trainer = bench_trainer(cfg, allocator=case != "no-mallopt")
+        step, precision = trainer.step, trainer.precision
+    times = time_steps(step, device, steps, warmup)
     ms = statistics.median(times) * 1e3
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
@@ -196,89 +183,6 @@ def run_case(
     }
 
 
-def _nanogpt_step(
-    cfg: Any, batches: Any, device: Any, where: str | None, compiled: bool
-) -> tuple[Any, str]:
-    """nanoGPT's training step (its train.py) on its own model.py from the folder `where`
-    (a checkout of karpathy/nanoGPT; the benchmark does not carry a copy)."""
-    import importlib.util
-    from contextlib import nullcontext
-
-    import torch
-
-    if not where or not Path(where, "model.py").is_file():
-        raise FileNotFoundError(
-            "the nanogpt cases need --nanogpt DIR, a checkout of karpathy/nanoGPT with model.py"
-        )
-    spec = importlib.util.spec_from_file_location("nanogpt_model", Path(where, "model.py"))
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    torch.manual_seed(cfg.seed)
-    conf = module.GPTConfig(
-        block_size=cfg.model.context, vocab_size=cfg.model.vocab_size, n_layer=cfg.depth,
-        n_head=cfg.model.n_heads, n_embd=cfg.model.d_model, dropout=0.0, bias=False,
-    )  # fmt: skip
-    model = module.GPT(conf).to(device)
-    optimizer = model.configure_optimizers(0.1, cfg.optim.lr, (0.9, 0.95), device.type)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if device.type == "cuda":  # as its train.py
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    run = torch.compile(model) if compiled else model
-
-    def step(_: int) -> None:
-        x, y = batches.next(device)
-        with ctx:
-            _, loss = run(x.long().contiguous(), y.long().contiguous())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step, "bf16" if bf16 else "fp32"
-
-
-def _normbench_step(
-    cfg: Any, batches: Any, device: Any, precision: str, allocator: bool = True
-) -> Any:
-    """The training step of normbench/run/train.py, with its diagnostics schedule."""
-    import math
-
-    import torch
-
-    from normbench.model import GPT
-    from normbench.run.diag import Diagnostics
-    from normbench.run.divergence import DivergenceMonitor
-    from normbench.run.optim import build_optimizer, build_scheduler
-    from normbench.run.train import forward_backward, tune_cpu_allocator
-
-    if allocator and device.type == "cpu":
-        tune_cpu_allocator()
-    torch.manual_seed(cfg.seed)
-    model = GPT.from_config(cfg).to(device)
-    run = torch.compile(model) if cfg.train.compile else model
-    optimizer = build_optimizer(model, cfg.optim, device)
-    diag = Diagnostics(model, every=cfg.diag.every, per_param=False, history=cfg.divergence.history)
-    monitor = DivergenceMonitor(cfg.divergence, max_steps=10**9, vocab_size=cfg.model.vocab_size)
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-
-    def step(i: int) -> None:
-        x, y = batches.next(device)
-        with diag.watch(i):
-            loss, grad_norm = forward_backward(run, x, y, precision, clip, diag.on_grads)
-        stats = diag.step_stats(loss, grad_norm)
-        monitor.check(i, loss, grad_norm)
-        diag.before_update()
-        optimizer.step()
-        scheduler.step()
-        diag.after_update(stats)
-
-    return step
-
-
 def _child(fn_name: str, args: tuple, queue: Any) -> None:
     try:
         queue.put(("ok", globals()[fn_name](*args)))
@@ -299,51 +203,44 @@ def in_child(fn_name: str, *args: Any) -> Any:
     return value
 
 
+# A trajectory compares implementations at one learning rate: no warmup, no schedule.
+CONSTANT_LR = ["optim.schedule=constant", "optim.warmup_steps=0"]
+
+
 def trajectory(which: str, overrides: list[str], steps: int, init: str) -> list[float]:
-    """Losses of `steps` training steps on WikiText-2 windows from the weights in `init`."""
+    """Losses of `steps` training steps on WikiText-2 windows from the weights in `init`:
+    normbench's Trainer.step, or the baseline's step on the same batches."""
     import torch
 
     from normbench.run.data import RandomWindows, load_tokens
+    from normbench.run.trainer import Trainer
 
-    cfg = compose(overrides)
-    tokens = load_tokens(cfg.data).train
-    batches = RandomWindows(tokens, cfg.model.context, cfg.train.batch_size, seed=0)
-    device = torch.device("cpu")
-    losses = []
-    if which == "baseline":
-        from normbench.model import GPT
-        from normbench.model.baseline import BaselineGPT, baseline_optimizer
-
-        source = GPT.from_config(cfg)
-        source.load_state_dict(torch.load(init, weights_only=True))
-        model = BaselineGPT(
-            vocab_of(cfg), cfg.model.context, cfg.model.d_model, cfg.model.n_heads, cfg.depth
-        )
-        model.load_from(source)
-        optimizer = baseline_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
-        for _ in range(steps):
-            x, y = batches.next(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = model(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-        return losses
+    cfg = compose([*overrides, *CONSTANT_LR])
+    tokens = load_tokens(cfg.data)
+    if which != "baseline":
+        trainer = Trainer(cfg, tokens)
+        trainer.model.load_state_dict(torch.load(init, weights_only=True))
+        return [trainer.step(i + 1).loss for i in range(steps)]
     from normbench.model import GPT
-    from normbench.run.optim import build_optimizer
-    from normbench.run.train import choose_precision, forward_backward, tune_cpu_allocator
+    from normbench.model.baseline import BaselineGPT, baseline_optimizer
 
-    tune_cpu_allocator()
-    model = GPT.from_config(cfg)
-    model.load_state_dict(torch.load(init, weights_only=True))
-    optimizer = build_optimizer(model, cfg.optim, device)
-    precision = choose_precision(cfg, device).precision
+    batches = RandomWindows(tokens.train, cfg.model.context, cfg.train.batch_size, cfg.seed)
+    source = GPT.from_config(cfg)
+    source.load_state_dict(torch.load(init, weights_only=True))
+    model = BaselineGPT(
+        vocab_of(cfg), cfg.model.context, cfg.model.d_model, cfg.model.n_heads, cfg.depth
+    )
+    model.load_from(source)
+    optimizer = baseline_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
+    losses = []
     for _ in range(steps):
-        x, y = batches.next(device)
-        loss, _ = forward_backward(model, x, y, precision, 1.0)
+        x, y = batches.next(torch.device("cpu"))
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(loss)
+        losses.append(loss.item())
     return losses
 
 
@@ -402,84 +299,7 @@ def report(results: list[dict[str, Any]], peaks: dict[str, float]) -> list[str]:
     return lines
 
 
-def head_bench(device_name: str, tokens: int, d: int, vocab: int, reps: int) -> list[dict]:
-    """The LM head and its loss alone, forward and backward, on `tokens` rows of width `d`:
-    normbench's fused chunked head against the unfused one and, where installed (CUDA),
-    the fused linear cross-entropy kernels of liger-kernel and cut-cross-entropy. Each gets
-    float32 weights and hidden states as in training; the products run in the precision
-    `precision=auto` picks here. Loss agreement is against a float32 unfused head."""
-    import torch
-
-    from normbench.model.loss import linear_cross_entropy, reference_cross_entropy
-    from normbench.run import hardware
-
-    device = torch.device(device_name)
-    precision = hardware.pick("auto", device.type, None).precision
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    torch.manual_seed(0)
-    h0 = torch.randn(tokens, d, device=device)
-    w0 = torch.randn(vocab, d, device=device) * d**-0.5
-    y = torch.randint(0, vocab, (tokens,), device=device)
-    exact = reference_cross_entropy(h0.double(), w0.double(), y).item()
-
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def ours(h: Any, w: Any) -> Any:
-        with autocast():
-            return linear_cross_entropy(h, w, y)
-
-    def unfused(h: Any, w: Any) -> Any:
-        with autocast():
-            return reference_cross_entropy(h, w, y)
-
-    impls: dict[str, Any] = {"normbench": ours, "unfused": unfused}
-    skipped = []
-    try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-
-        liger = LigerFusedLinearCrossEntropyLoss()
-        impls["liger-kernel"] = lambda h, w: liger(w.to(dtype), h.to(dtype), y)
-    except Exception as e:  # not installed, or no GPU for its kernels
-        skipped.append(f"liger-kernel ({type(e).__name__})")
-    try:
-        from cut_cross_entropy import linear_cross_entropy as cce
-
-        impls["cut-cross-entropy"] = lambda h, w: cce(h.to(dtype), w.to(dtype), y)
-    except Exception as e:
-        skipped.append(f"cut-cross-entropy ({type(e).__name__})")
-    out = []
-    for name, fn in impls.items():
-        h = h0.clone().requires_grad_()
-        w = w0.clone().requires_grad_()
-        try:
-            times = []
-            for i in range(reps + 1):
-                h.grad = w.grad = None
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                hardware.synchronize(device)
-                tic = time.perf_counter()
-                loss = fn(h, w)
-                loss.backward()
-                hardware.synchronize(device)
-                if i:
-                    times.append(time.perf_counter() - tic)
-            extra = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else None
-        except Exception as e:  # a kernel that does not run here
-            skipped.append(f"{name} ({type(e).__name__}: {str(e)[:80]})")
-            continue
-        out.append({
-            "impl": name, "ms": statistics.median(times) * 1e3, "precision": precision,
-            "loss_error": abs(loss.item() - exact), "extra_mib": None if extra is None else extra / 2**20,
-        })  # fmt: skip
-    for line in skipped:
-        out.append({"impl": line, "skipped": True})
-    return out
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m normbench.run.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
@@ -496,43 +316,24 @@ def main() -> None:
     parser.add_argument("--head", default=None, metavar="TOKENS,D,VOCAB",
                         help="only the LM head + loss: normbench's against other kernels")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="config overrides, as for `train`")
-    args = parser.parse_args()
-    if args.diag:
-        from normbench.run.bench_diag import main as diag_main
+    return parser.parse_args(argv)
 
-        diag_main(compose(args.overrides), args.steps, args.warmup)
-        return
-    if args.head:
-        from normbench.run import hardware
 
-        tokens, d, vocab = (int(v) for v in args.head.split(","))
-        device = hardware.resolve_device(str(compose(args.overrides).device.value))
-        for r in head_bench(device, tokens, d, vocab, args.steps):
-            if r.get("skipped"):
-                print(f"head {r['impl']}: skipped", flush=True)
-                continue
-            extra = "" if r["extra_mib"] is None else f", {r['extra_mib']:,.0f} MiB beyond inputs"
-            print(
-                f"head {r['impl']:<18} {tokens} x {d} -> {vocab} ({device} {r['precision']}): "
-                f"{r['ms']:.2f} ms forward+backward{extra}, |loss - exact| {r['loss_error']:.1e}",
-                flush=True,
-            )
-        return
+def machine_line(device: Any, peaks: dict[str, float]) -> str:
     import torch
 
     from normbench.run import hardware
 
-    device = hardware.resolve_device(str(compose(args.overrides).device.value))
-    peaks = {name: matmul_peak(name, device) for name in ("bf16", "fp32")}
-    where = (
-        torch.cuda.get_device_name() if device == "cuda" else hardware.cpu_name()
-    )  # fmt: skip
-    print(
+    where = torch.cuda.get_device_name() if device == "cuda" else hardware.cpu_name()
+    return (
         f"machine: {where} ({device}), {os.cpu_count()} CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); matmul peak (best of 6): bf16 "
-        f"{peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s",
-        flush=True,
+        f"{peaks['bf16'] / 1e12:.2f} TFLOP/s, fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s"
     )
+
+
+def measure_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every case, each `--rounds` times in a fresh process, alternating; the medians."""
     cases = [c for c in args.cases.split(",") if c] + (list(LEVERS) if args.levers else [])
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
     for _ in range(args.rounds):
@@ -547,33 +348,59 @@ def main() -> None:
             best[key] = statistics.median(r[key] for r in rs)
         best["rounds"] = len(rs)
         results.append(best)
+    return results
+
+
+def compare_trajectories(overrides: list[str], n: int) -> dict[str, list[float]]:
+    """normbench (its default precision and float32) and the baseline, N steps from the same
+    initial weights on the same batches; prints how far their losses differ."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init = str(Path(tmp) / "init.pt")
+        in_child("save_init", overrides, init)
+        ours = in_child("trajectory", "normbench", overrides, n, init)
+        fp32 = in_child("trajectory", "normbench", [*overrides, "precision=fp32"], n, init)
+        base = in_child("trajectory", "baseline", overrides, n, init)
+    last = slice(-20, None)
+    # normbench in fp32 against the baseline shows the two implementations agree; the
+    # default path against its own fp32 run is the bf16 tolerance it is held to.
+    for name, a, b in (
+        ("normbench vs baseline", ours, base),
+        ("normbench vs normbench fp32 (bf16 alone)", ours, fp32),
+        ("normbench fp32 vs baseline (implementations)", fp32, base),
+    ):
+        diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+        print(
+            f"loss trajectory over {n} steps, same init and batches, {name}: max |diff| "
+            f"{max(diffs):.4f}, mean |diff| {statistics.fmean(diffs):.4f}, last 20 steps "
+            f"{statistics.fmean(a[last]):.4f} vs {statistics.fmean(b[last]):.4f}",
+            flush=True,
+        )
+    return {"normbench": ours, "normbench_fp32": fp32, "baseline": base}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.diag:
+        from normbench.run.bench_diag import main as diag_main
+
+        diag_main(bench_trainer(compose(args.overrides)), args.steps, args.warmup)
+        return
+    if args.head:
+        from normbench.run.bench_head import main as head_main
+
+        head_main(args.head, str(compose(args.overrides).device.value), args.steps)
+        return
+    from normbench.run import hardware
+
+    device = hardware.resolve_device(str(compose(args.overrides).device.value))
+    peaks = {name: matmul_peak(name, device) for name in ("bf16", "fp32")}
+    print(machine_line(device, peaks), flush=True)
+    results = measure_cases(args)
     for line in report(results, peaks) if results else []:
         print(line, flush=True)
     extra: dict[str, Any] = {"peaks": peaks}
     if args.trajectory:
-        with tempfile.TemporaryDirectory() as tmp:
-            init = str(Path(tmp) / "init.pt")
-            in_child("save_init", args.overrides, init)
-            n = args.trajectory
-            ours = in_child("trajectory", "normbench", args.overrides, n, init)
-            fp32 = in_child("trajectory", "normbench", [*args.overrides, "precision=fp32"], n, init)
-            base = in_child("trajectory", "baseline", args.overrides, n, init)
-        extra["trajectory"] = {"normbench": ours, "normbench_fp32": fp32, "baseline": base}
-        last = slice(-20, None)
-        # normbench in fp32 against the baseline shows the two implementations agree; the
-        # default path against its own fp32 run is the bf16 tolerance it is held to.
-        for name, a, b in (
-            ("normbench vs baseline", ours, base),
-            ("normbench vs normbench fp32 (bf16 alone)", ours, fp32),
-            ("normbench fp32 vs baseline (implementations)", fp32, base),
-        ):
-            diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
-            print(
-                f"loss trajectory over {n} steps, same init and batches, {name}: max |diff| "
-                f"{max(diffs):.4f}, mean |diff| {statistics.fmean(diffs):.4f}, last 20 steps "
-                f"{statistics.fmean(a[last]):.4f} vs {statistics.fmean(b[last]):.4f}",
-                flush=True,
-            )
+        extra["trajectory"] = compare_trajectories(args.overrides, args.trajectory)
     if args.startup:
         seconds = [startup(args.overrides) for _ in range(3)]
         extra["startup_s"] = seconds

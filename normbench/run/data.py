@@ -35,7 +35,7 @@ import numpy as np
 import tiktoken
 import torch
 
-from normbench.errors import DataError
+from normbench.errors import ConfigError, DataError
 from normbench.run import vocab
 from normbench.run.files import sha256_file as _sha256_file
 from normbench.run.files import sha256_text
@@ -427,3 +427,13 @@ def eval_windows(
     if n_full * context < n:
         tail = torch.from_numpy(tokens[n_full * context :].astype(np.int64))[None]
         yield tail[:, :-1], tail[:, 1:]
+
+
+def check_data_fits(tokens: TokenSplits, context: int) -> None:
+    """Each split must hold at least one full window of `context` inputs plus its target."""
+    for split, arr in (("train", tokens.train), ("validation", tokens.val)):
+        if len(arr) < context + 1:
+            raise ConfigError(
+                f"model.context={context} is longer than the {split} split ({len(arr)} tokens); "
+                "lower model.context or use more data"
+            )

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from normbench.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -134,3 +136,13 @@ def finish() -> None:
 
     if world()[1] > 1 and active():
         tdist.destroy_process_group()
+
+
+def check_global_batch(batch_size: int) -> None:
+    """Under torchrun, train.batch_size is the global batch: a multiple of the processes."""
+    size = world()[1]
+    if batch_size % size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the global batch; it must be a multiple of "
+            f"the {size} processes of torchrun"
+        )

@@ -30,6 +30,7 @@ from statistics import median
 from typing import Any
 
 from normbench.run.diag import blame
+from normbench.run.summary import Summary
 
 DETECTORS = ("nonfinite", "spike", "grad_explosion", "stagnation")
 
@@ -267,12 +268,12 @@ class DivergenceMonitor:
         return any(e.kind == "nonfinite" for e in events) or (self.stop_on_event and bool(events))
 
 
-def objective(summary: dict[str, Any], max_steps: int, penalty: float) -> float:
+def objective(summary: Summary, max_steps: int, penalty: float) -> float:
     """The value a sweeper minimizes: the best validation loss of a completed run, capped at
     `penalty`; a diverged or unfinished run gets penalty + 1 - (its fraction of the steps),
     so it ranks after every completed run, and later divergence ranks before earlier."""
-    best = summary.get("best_val_loss")
-    if summary.get("status") == "completed" and best is not None and math.isfinite(best):
+    best = summary.best_val_loss
+    if summary.status == "completed" and best is not None and math.isfinite(best):
         return min(best, penalty)
-    done = (summary.get("steps") or 0) / max(1, max_steps)
+    done = (summary.steps or 0) / max(1, max_steps)
     return penalty + 1.0 - done

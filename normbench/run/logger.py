@@ -14,7 +14,7 @@ import logging
 import netrc
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from normbench.run import vocab
@@ -37,6 +37,17 @@ def say_offline(mode: str | None, why: str, run: Any) -> None:
     if (mode or os.environ.get("WANDB_MODE")) in ("offline", "dryrun"):
         offline_dir = Path(run.dir).parent
         log.info("W&B: %sthe run is offline; upload it with `wandb sync %s`", why, offline_dir)
+
+
+class Logger(Protocol):
+    """Where a run's metrics go besides its record: W&B (WandbLogger) or nowhere (NullLogger).
+    `info` describes the tracking run (id, project, group, url), None without one."""
+
+    info: dict[str, Any] | None
+
+    def log(self, metrics: dict[str, Any]) -> None: ...
+    def config_update(self, values: dict[str, Any]) -> None: ...
+    def finish(self, summary: dict[str, Any], failed: bool) -> None: ...
 
 
 class NullLogger:

@@ -15,12 +15,13 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from normbench.errors import NormbenchError
 from normbench.run.files import write_atomic
+from normbench.run.summary import STATUSES, Summary
 
 # Write errors that more space (or a higher limit) would cure.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -48,45 +49,6 @@ def write_error(path: Path, e: OSError) -> RecordWriteError:
     return RecordWriteError(f"could not write {path} ({reason}{free})")
 
 
-STATUSES = ("completed", "diverged", "interrupted", "failed")
-SUMMARY_KEYS = (
-    "status",
-    "steps",
-    "tokens",
-    "val_loss",
-    "best_val_loss",
-    "val_ppl",
-    "tokens_per_s",
-    "wall_s",
-    "n_params",
-    "diverged",
-    "diverged_at_step",
-    "divergence_reason",
-    "divergence_detail",
-    "events",
-    "objective",
-    "threads",
-    "device",
-    "precision",
-    "precision_reason",
-    "bf16_speedup",
-    "startup_s",
-    "diag",
-    "vocab",
-    "wandb",
-)
-
-
-def new_summary() -> dict[str, Any]:
-    """Every summary key, unknown so far; the status stays `failed` unless training ends."""
-    return {key: None for key in SUMMARY_KEYS} | {
-        "status": "failed",
-        "diverged": False,
-        "events": 0,
-        "diag": {},
-    }
-
-
 def _jsonable(value: Any) -> Any:
     """Non-finite floats become null (JSON has no NaN), so every line stays valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -112,8 +74,20 @@ def record_files(run_dir: Path) -> list[str]:
     return [n for n in names if (Path(run_dir) / n).exists()]
 
 
+class Record(Protocol):
+    """Where one run's record goes: RunRecord (the files), or NullRecord (nowhere)."""
+
+    def write_config(self, config: dict[str, Any]) -> None: ...
+    def write_vocab(self, mapping: dict[str, Any]) -> None: ...
+    def log(self, row: dict[str, Any]) -> None: ...
+    def event(self, event: dict[str, Any]) -> None: ...
+    def write_summary(self, summary: Summary) -> None: ...
+    def close(self) -> None: ...
+
+
 class NullRecord:
-    """The record of a torchrun rank other than 0: rank 0 writes the run's record."""
+    """The record of a torchrun rank other than 0 (rank 0 writes the run's record), and of
+    a benchmark's steps."""
 
     def write_config(self, config: dict[str, Any]) -> None:
         pass
@@ -127,7 +101,7 @@ class NullRecord:
     def event(self, event: dict[str, Any]) -> None:
         pass
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: Summary) -> None:
         pass
 
     def close(self) -> None:
@@ -217,11 +191,11 @@ class RunRecord:
         """One divergence event per line of events.jsonl (the file exists even with none)."""
         self._append(self._events, self.dir / "events.jsonl", event)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
+    def write_summary(self, summary: Summary) -> None:
         """summary.json, atomically; on a full disk the reserved space is given back first."""
-        assert summary.get("status") in STATUSES, summary.get("status")
+        assert summary.status in STATUSES, summary.status
         path = self.dir / "summary.json"
-        text = json.dumps(_jsonable(summary), indent=2) + "\n"
+        text = json.dumps(_jsonable(summary.to_dict()), indent=2) + "\n"
         try:
             write_atomic(path, text)
         except OSError as e:

@@ -147,12 +147,10 @@ def mapping_problem(mapping: Any, limit: int) -> str | None:
     return None
 
 
-def record_vocab(
-    mapping: dict[str, Any] | None, record: Any, logger: Any, summary: dict[str, Any]
-) -> None:
+def record_vocab(mapping: dict[str, Any] | None, record: Any, logger: Any, summary: Any) -> None:
     """Put the run's vocabulary in its record (summary.json `vocab`, and the whole mapping in
     vocab.json beside it) and in its W&B config (`vocab`)."""
-    summary["vocab"] = brief(mapping)
+    summary.vocab = brief(mapping)
     if mapping is None:
         return
     record.write_vocab(mapping)

@@ -19,13 +19,13 @@ from normbench.run.config import Documents
 from normbench.run.data import (
     EOT,
     RandomWindows,
+    check_data_fits,
     eval_windows,
     gpt2_encoding,
     load_tokens,
     split_documents,
     tokenize,
 )
-from normbench.run.train import check_data_fits
 
 from support import SHARED, WIKITEXT, run_cli, wikitext_lines
 

@@ -372,7 +372,8 @@ def test_a_disk_that_fills_up_mid_run_still_leaves_a_failed_record(tmp_path, cli
 def test_a_summary_that_meets_a_full_disk_uses_the_space_kept_for_it(tmp_path, monkeypatch):
     """The one write that must succeed (an ENOSPC injected at the summary's write, where no
     tmpfs can be had): the reserve is given back and the summary written."""
-    from normbench.run.record import RESERVE, RunRecord, new_summary
+    from normbench.run.record import RESERVE, RunRecord
+    from normbench.run.summary import Summary
 
     record = RunRecord(tmp_path)
     assert (tmp_path / RESERVE).stat().st_size == 1 << 20
@@ -386,7 +387,7 @@ def test_a_summary_that_meets_a_full_disk_uses_the_space_kept_for_it(tmp_path, m
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", full_once)
-    record.write_summary(new_summary())
+    record.write_summary(Summary())
     monkeypatch.undo()
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
     assert not (tmp_path / RESERVE).exists()

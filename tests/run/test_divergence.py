@@ -17,6 +17,7 @@ from normbench.run.divergence import (
     StagnationDetector,
     objective,
 )
+from normbench.run.summary import Summary
 
 from support import REPO, TINY, read_jsonl, run_cli, text_data
 from support.wandb_records import offline_runs
@@ -144,15 +145,15 @@ def test_defaults_catch_a_blow_up_in_a_healthy_run():
 
 def test_objective_ranks_diverged_runs_after_every_completed_run():
     def done(loss: float) -> float:
-        return objective({"status": "completed", "best_val_loss": loss, "steps": 100}, 100, 100.0)
+        return objective(Summary(status="completed", best_val_loss=loss, steps=100), 100, 100.0)
 
     def diverged(steps: int) -> float:
-        return objective({"status": "diverged", "best_val_loss": 3.0, "steps": steps}, 100, 100.0)
+        return objective(Summary(status="diverged", best_val_loss=3.0, steps=steps), 100, 100.0)
 
     assert done(3.2) == 3.2 and done(250.0) == 100.0  # capped at the penalty
     assert max(done(3.2), done(250.0)) < diverged(99) < diverged(10) < diverged(0) <= 101.0
     assert all(math.isfinite(v) for v in (diverged(0), done(1e9)))
-    failed = objective({"status": "failed", "best_val_loss": None, "steps": None}, 100, 100.0)
+    failed = objective(Summary(status="failed", best_val_loss=None, steps=None), 100, 100.0)
     assert failed == 101.0
 
 

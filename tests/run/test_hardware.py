@@ -170,7 +170,7 @@ def test_devices_that_are_not_there_are_refused_in_one_line():
 
 
 def test_a_resumed_auto_run_keeps_its_precision(tmp_path):
-    from normbench.run.train import choose_precision as run_choice
+    from normbench.run.trainer import choose_precision as run_choice
 
     cfg = compose_config("precision=auto", f"data.cache_dir={tmp_path}")
     here = run_choice(cfg, torch.device("cpu"))

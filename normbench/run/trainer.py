@@ -1,0 +1,468 @@
+"""The training loop (`train.*`): AdamW on random windows, full validation, the run record.
+
+`Trainer` knows nothing of placements: it builds `GPT.from_config(cfg)` and trains it.
+`step()` is one training step (a batch, forward and backward, the divergence detectors, the
+update); `evaluate()` the validation loss; `fit()` the loop around them (logging, evaluation,
+checkpoints, a graceful stop). `make bench` times the same `step()`.
+
+Divergence is a result, not a crash: the detectors of `divergence.*` (run/divergence.py)
+turn it into events, and with `divergence.action=stop` the run ends with status `diverged`,
+the step and the detector. The per-layer diagnostics (run/diag.py) are measured on the
+training step itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from normbench.model import GPT
+from normbench.run import dist, hardware
+from normbench.run.data import RandomWindows, TokenSplits, eval_windows
+from normbench.run.diag import Diagnostics
+from normbench.run.divergence import DivergenceMonitor, Event, describe
+from normbench.run.logger import Logger, NullLogger
+from normbench.run.optim import build_optimizer, build_scheduler
+from normbench.run.progress import Progress
+from normbench.run.record import NullRecord, Record
+from normbench.run.runtime import StopRequest, process_age, resolve_device, tune_cpu_allocator
+from normbench.run.summary import FIELDS, Summary
+from normbench.run.vocab import record_vocab
+
+log = logging.getLogger(__name__)
+
+
+def choose_precision(
+    cfg: Any, device: torch.device, resume: dict[str, Any] | None = None
+) -> hardware.PrecisionChoice:
+    """The precision of this run (run/hardware.py). A resumed `auto` run keeps the precision
+    it started in, so that one run is one experiment; under torchrun rank 0's choice holds
+    for every rank."""
+    requested = str(cfg.precision.value)
+    choice = hardware.pick(requested, device.type, cfg.data.cache_dir)
+    saved = (resume or {}).get("summary", {})
+    if requested == "auto" and saved.get("precision") not in (None, choice.precision):
+        choice = hardware.PrecisionChoice(
+            saved["precision"],
+            f"kept from the checkpoint ({saved.get('precision_reason')}); this machine alone "
+            f"would choose {choice.precision} ({choice.reason})",
+            choice.speedup,
+        )
+    return dist.broadcast(choice) if dist.active() else choice
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: GPT,
+    tokens: Any,
+    context: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    stop: Callable[[], bool] | None = None,
+) -> float | None:
+    """Mean next-token cross-entropy over the whole split (every prediction once; under
+    torchrun each rank takes every N-th batch and the sums are added up). None when `stop`
+    cut it short."""
+    was_training = model.training
+    model.eval()
+    rank, size = dist.world() if dist.active() else (0, 1)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss, predictions
+    for i, (x, y) in enumerate(eval_windows(tokens, context, batch_size)):
+        if stop is not None and stop():  # a stop request: the evaluation is redone on resume
+            model.train(was_training)
+            return None
+        if i % size != rank:
+            continue
+        x, y = x.to(device), y.to(device)
+        with autocast(device, precision):
+            _, loss = model(x, y, reduction="sum")
+        sums[0] += loss.double()
+        sums[1] += y.numel()
+    model.train(was_training)
+    loss_sum, count = dist.total(sums).tolist()
+    return loss_sum / count
+
+
+def forward_backward(
+    model: GPT,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str,
+    clip: float,
+    on_grads: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """Loss of one batch and, when it is finite, the gradients (clipped to `clip`).
+
+    Returns the loss and the global gradient norm before clipping (NaN when the loss was
+    not finite and no backward pass ran). `on_grads` runs between the backward pass and the
+    clipping (the diagnostics read the raw gradients there). The caller decides whether to
+    take the step.
+    """
+    with autocast(x.device, precision):
+        _, loss = model(x, y)
+    # Under torchrun the mean over ranks, so that every rank takes the same decision.
+    loss_value, grad_norm = dist.mean(loss.detach()).item(), math.nan
+    if math.isfinite(loss_value):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        if on_grads is not None:
+            on_grads()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
+    return loss_value, grad_norm
+
+
+def startup_line(
+    cfg: Any, n_params: int, device: torch.device, choice: hardware.PrecisionChoice, tokens: Any
+) -> str:
+    """The line printed before the first step: the model, where it runs, in what precision
+    and why, and the data."""
+    return (
+        f"model: {cfg.norm.name.value}-{cfg.norm.kind.value}, depth {cfg.depth}, "
+        f"d_model {cfg.model.d_model}, {n_params:,} parameters on {device}, {choice.precision} "
+        f"({choice.reason}); data {cfg.data.label}: {len(tokens.train):,} train / "
+        f"{len(tokens.val):,} validation tokens"
+    )
+
+
+@dataclass
+class StepResult:
+    """What one training step measured; `stopped`: a detector ended the run before the
+    update (the weights are those before the step), and `lr` is None then."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float | None
+    stats: dict[str, Any]  # the per-layer statistics of the step (run/diag.py)
+    events: list[Event] = field(default_factory=list)
+    stopped: bool = False
+    diag_row: dict[str, Any] | None = None  # the full diagnostics, on diag.every steps
+    seconds: float = 0.0
+
+
+class Trainer:
+    """One run's training: the model, its optimizer and schedule, the batches, the detectors
+    and the diagnostics, and the summary they fill in.
+
+    `resume` is a checkpoint's state (run/checkpoint.py), from which `fit` continues exactly
+    as if the run had never stopped; `record` and `logger` receive the rows (nothing by
+    default, as in a benchmark). `tune_allocator=False` keeps glibc's defaults (a benchmark's
+    lever; see run/runtime.py).
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        tokens: TokenSplits,
+        record: Record | None = None,
+        logger: Logger | None = None,
+        summary: Summary | None = None,
+        *,
+        stop: StopRequest | None = None,
+        resume: dict[str, Any] | None = None,
+        config: dict[str, Any] | None = None,
+        tune_allocator: bool = True,
+    ) -> None:
+        self.t_start = time.perf_counter()
+        self.cfg, self.tokens, self.resume, self.config = cfg, tokens, resume, config or {}
+        self.record = record if record is not None else NullRecord()
+        self.logger = logger if logger is not None else NullLogger()
+        self.summary = summary if summary is not None else Summary()
+        self.stop = stop or StopRequest()
+        self._build(tune_allocator)
+        self._announce()
+
+    def _build(self, tune_allocator: bool) -> None:
+        """The device, the precision, and everything the steps need, seeded by `seed`."""
+        cfg, t = self.cfg, self.cfg.train
+        self.device = resolve_device(str(cfg.device.value))
+        if self.device.type == "cpu" and tune_allocator:
+            tune_cpu_allocator()
+        self.choice = choose_precision(cfg, self.device, self.resume)
+        self.precision = self.choice.precision
+        if self.choice.warning and dist.is_main():
+            log.warning("precision=bf16: %s", self.choice.warning)
+        torch.manual_seed(cfg.seed)
+        dist.check_global_batch(t.batch_size)
+        self.model = GPT.from_config(cfg).to(self.device)
+        # The module that runs the steps: DDP under torchrun, compiled with train.compile;
+        # the diagnostics' hooks and the optimizer see `model` itself.
+        run = dist.wrap(self.model)
+        self.run = torch.compile(run) if t.compile else run
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.max_steps)
+        self.batches = RandomWindows(self.tokens.train, cfg.model.context, t.batch_size, cfg.seed)
+        self.tokens_per_step = t.batch_size * cfg.model.context
+        self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        self.monitor = DivergenceMonitor(
+            cfg.divergence, max_steps=t.max_steps, vocab_size=cfg.model.vocab_size
+        )
+        self.diag = Diagnostics(
+            self.model,
+            every=cfg.diag.every,
+            per_param=cfg.diag.per_param,
+            history=cfg.divergence.history,
+        )
+        self.loop: dict[str, Any] = {
+            "train_time": 0.0,
+            "interval_time": 0.0,
+            "interval_losses": [],
+            "wall_s": 0.0,
+        }
+
+    def _announce(self) -> None:
+        """The summary's first values, the W&B config's device and precision, the start-up
+        line."""
+        s, device = self.summary, str(self.device)
+        s.update(steps=0, tokens=0, n_params=self.model.num_params(), device=device)
+        s.update(self.choice.record())
+        self.logger.config_update({"device": device, **self.choice.record()})
+        record_vocab(self.tokens.vocab, self.record, self.logger, s)  # data.vocab_limit's
+        log.info(startup_line(self.cfg, s.n_params, self.device, self.choice, self.tokens))
+
+    # --- one step -------------------------------------------------------------------------
+
+    def step(self, step: int) -> StepResult:
+        """Training step `step`: a batch, forward and backward, the detectors, and the update
+        unless a detector stops the run. Nothing is logged here (see `fit`)."""
+        tic = time.perf_counter()
+        x, y = self.batches.next(self.device)
+        x, y = x[dist.rows()], y[dist.rows()]  # this rank's share of the global batch
+        with self.diag.watch(step):
+            loss, grad_norm = forward_backward(
+                self.run, x, y, self.precision, self.clip, on_grads=self.diag.on_grads
+            )
+        stats = self.diag.step_stats(loss, grad_norm)
+        events = self.monitor.check(step, loss, grad_norm)
+        if self.monitor.stops(events):  # before the update: the weights stay as they were
+            return StepResult(step, loss, grad_norm, None, stats, events, stopped=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.diag.before_update()
+        self.optimizer.step()
+        self.scheduler.step()
+        diag_row = self.diag.after_update(stats)
+        hardware.synchronize(self.device.type)
+        seconds = time.perf_counter() - tic
+        return StepResult(
+            step, loss, grad_norm, lr, stats, events, diag_row=diag_row, seconds=seconds
+        )
+
+    def evaluate(self) -> float | None:
+        """The validation loss over the whole split; None when a stop request cut it short
+        (under torchrun an evaluation is never cut: the ranks must stay in step)."""
+        t = self.cfg.train
+        cut = None if dist.active() else (lambda: self.stop.requested)
+        batch_size = t.eval_batch_size or t.batch_size
+        context = self.cfg.model.context
+        return evaluate(
+            self.run, self.tokens.val, context, batch_size, self.device, self.precision, cut
+        )
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def fit(self, checkpointer: Any = None) -> None:
+        """Train to `train.max_steps` (or divergence, or a stop request), filling in the
+        summary. Its status becomes `completed`, `diverged` or `interrupted` only at the end;
+        until then an interrupted or crashed run still reports how far it got.
+
+        `checkpointer` (run/checkpoint.py) is asked after every step whether the loop's state
+        is due and saves it then and when a stop is requested.
+        """
+        start = self._start()
+        self.model.train()
+        progress = Progress(self.cfg.train.max_steps, done=start - 1)  # after the lines above
+        status = None
+        try:
+            with self.stop.installed():
+                for step in range(start, self.cfg.train.max_steps + 1):
+                    if step == start and self.resume is None:
+                        self.summary.startup_s = process_age()  # from the command to step 1
+                    status = self._train_one(step, start, progress, checkpointer)
+                    if status is not None:
+                        break
+            self.summary.status = status or "completed"
+        finally:
+            progress.close()
+            self._finish_summary()
+
+    def _start(self) -> int:
+        """The first step to take: 1, or the one after the checkpoint resumed from (whose
+        evaluation is redone if a stop had cut it short)."""
+        if self.resume is None:
+            return 1
+        done = self.load_state_dict(self.resume)
+        log.info("resumed after step %d (of %d)", done, self.cfg.train.max_steps)
+        if self._eval_due(done) and not self.resume["evaluated"]:
+            self._evaluate_and_log(done)
+        return done + 1
+
+    def _train_one(
+        self, step: int, start: int, progress: Progress, checkpointer: Any
+    ) -> str | None:
+        """Step, log, evaluate and checkpoint; the run's final status if it ends here."""
+        result = self.step(step)
+        for event in result.events:
+            self._report(event, result.stats)
+        if result.stopped:
+            self._log({"step": step, "tokens": self._tokens(step), "train/loss": result.loss})
+            self.summary.diag = {
+                k: v for k, v in result.stats.items() if k not in ("loss", "grad_norm")
+            }
+            log.info("step %d: stopped (divergence.action=%s)", step, self.cfg.divergence.action)
+            return "diverged"
+        self._log_step(result, start, progress)
+        stopping = dist.any_rank(self.stop.requested)
+        evaluated = self._eval_due(step) and not stopping and self._evaluate_and_log(step)
+        stopping = dist.any_rank(self.stop.requested)
+        if checkpointer is not None and (
+            checkpointer.due(step, self.cfg.train.max_steps) or stopping
+        ):
+            self.summary.tokens = self._tokens(step)
+            try:
+                checkpointer.save(step, self.state_dict(step, evaluated))
+            except Exception:
+                if self.stop.forced is not None:  # a second signal cut the write short
+                    raise self.stop.at_once() from None
+                raise
+        if stopping:
+            log.info("step %d: stopped (%s); checkpoint written", step, self.stop.signal)
+            return "interrupted"
+        return None
+
+    def _log_step(self, result: StepResult, start: int, progress: Progress) -> None:
+        """The interval's row at log points, the progress bar, the full diagnostics."""
+        loop, step, t = self.loop, result.step, self.cfg.train
+        loop["train_time"] += result.seconds
+        loop["interval_time"] += result.seconds
+        loop["interval_losses"].append(result.loss)
+        self.summary.steps = step
+        logged = step % t.log_every == 0 or step == t.max_steps
+        losses = loop["interval_losses"]
+        row = {
+            "step": step,
+            "tokens": self._tokens(step),
+            "train/loss": sum(losses) / len(losses),
+            "lr": result.lr,
+            "grad_norm": result.grad_norm,
+            "tokens_per_s": len(losses) * self.tokens_per_step / loop["interval_time"],
+        }
+        if logged:
+            self._log(row)
+            loop["interval_time"], loop["interval_losses"] = 0.0, []
+        eta = loop["train_time"] / step * (t.max_steps - step)
+        progress.advance(step, row if logged or step == start else None, eta_s=eta)
+        if result.diag_row is not None:
+            self._log({"step": step, "tokens": self._tokens(step), **result.diag_row})
+            self.summary.diag = result.diag_row
+
+    def _evaluate_and_log(self, step: int) -> bool:
+        """Evaluate and log; False when a stop request cut the evaluation short."""
+        val_loss = self.evaluate()
+        if val_loss is None:
+            return False
+        ppl = math.exp(val_loss) if val_loss < 700 else math.inf
+        self._log(
+            {"step": step, "tokens": self._tokens(step), "val/loss": val_loss, "val/ppl": ppl}
+        )
+        s = self.summary
+        s.val_loss, s.val_ppl = val_loss, ppl
+        if math.isfinite(val_loss) and (s.best_val_loss is None or val_loss < s.best_val_loss):
+            s.best_val_loss = val_loss
+        log.info("step %d: val/loss %.4f, val/ppl %s", step, val_loss, f"{ppl:,.2f}")
+        return True
+
+    def _report(self, event: Event, stats: dict[str, Any]) -> None:
+        """A divergence event: to events.jsonl (with the ring buffer), W&B, the summary."""
+        action = "stop" if self.monitor.stops([event]) else "continue"
+        entry = event.record(
+            tokens=self._tokens(event.step),
+            action=action,
+            layers=stats,
+            history=self.diag.recent(),
+        )
+        self.record.event(entry)
+        self.logger.log({"step": event.step, f"events/{event.kind}": 1})
+        s = self.summary
+        if not s.diverged:
+            s.update(
+                diverged=True,
+                diverged_at_step=event.step,
+                divergence_reason=event.kind,
+                divergence_detail=event.message,
+            )
+        s.events += 1
+        log.info("step %d: divergence event %s", event.step, describe(entry))
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.record.log(row)
+        self.logger.log(row)
+
+    def _tokens(self, step: int) -> int:
+        return step * self.tokens_per_step
+
+    def _eval_due(self, step: int) -> bool:
+        return step % self.cfg.train.eval_every == 0 or step == self.cfg.train.max_steps
+
+    def _finish_summary(self) -> None:
+        s, loop = self.summary, self.loop
+        s.tokens = self._tokens(s.steps)
+        if loop["train_time"] > 0 and s.steps > 0:
+            s.tokens_per_s = s.steps * self.tokens_per_step / loop["train_time"]
+        s.wall_s = loop["wall_s"] + time.perf_counter() - self.t_start
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def state_dict(self, step: int, evaluated: bool) -> dict[str, Any]:
+        """Everything the loop needs to continue after `step` (see run/checkpoint.py)."""
+        return {
+            "step": step,
+            "evaluated": evaluated,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "batches": self.batches.rng.bit_generator.state,
+            },
+            "monitor": self.monitor.state_dict(),
+            "diag": self.diag.state_dict(),
+            "loop": {
+                **self.loop,
+                "wall_s": self.loop["wall_s"] + time.perf_counter() - self.t_start,
+            },
+            "summary": self.summary.to_dict(),
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> int:
+        """Continue from a `state_dict`; returns its step. The device and the precision stay
+        those chosen for this process."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        if self.device.type == "cuda" and saved["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        self.batches.rng.bit_generator.state = saved["rng"]["batches"]
+        self.monitor.load_state_dict(saved["monitor"])
+        self.diag.load_state_dict(saved["diag"])
+        self.loop.update(saved["loop"])
+        fresh = {"device", *self.choice.record()}  # chosen for this process
+        kept = {k: v for k, v in saved["summary"].items() if k not in fresh and k in FIELDS}
+        self.summary.update(kept)
+        return int(saved["step"])
