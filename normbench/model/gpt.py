@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.model.kinds import make_norm, upcast
+from normbench.model.kinds import KIND_OPTIONS, make_norm, upcast
 from normbench.model.loss import linear_cross_entropy
 from normbench.model.placements import PLACEMENTS
 
@@ -186,8 +186,8 @@ class GPT(nn.Module):
             depth=cfg.depth,
             placement=str(n.name),
             norm_kind=str(n.kind),
-            norm_options={k: n[k] for k in ("eps", "bias", "alpha0")},
-            placement_options={k: n[k] for k in Block.options},
+            norm_options={k: getattr(n, k) for k in KIND_OPTIONS},
+            placement_options={k: getattr(n, k) for k in Block.options},
             vocab_size=m.vocab_size,
             context=m.context,
             d_model=m.d_model,

@@ -175,6 +175,10 @@ KINDS: dict[str, type[Norm]] = {
 }
 
 
+# Every kind option (`norm.eps`, `norm.bias`, `norm.alpha0`): the union of the kinds' own.
+KIND_OPTIONS: tuple[str, ...] = tuple(dict.fromkeys(o for k in KINDS.values() for o in k.options))
+
+
 def kind_options(kind: str, **given: Any) -> dict[str, Any]:
     """The options of `kind`, each from `given` when not None, else the kind's default."""
     return {

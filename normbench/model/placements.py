@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from normbench.errors import ConfigError
 from normbench.model.kinds import upcast
 
 NormFactory = Callable[[], nn.Module]
@@ -41,7 +42,9 @@ class Block(nn.Module):
     # gpt2 init scales W_o and W2 by 1/sqrt(2N); placements with their own depth scaling
     # (DeepNorm's beta, LNS's 1/sqrt(l)) switch it off.
     depth_scaled_init: ClassVar[bool] = True
-    options: ClassVar[tuple[str, ...]] = ()  # the placement's own `norm.<option>` keys
+    # The placement's own `norm.<option>` keys and their types (the config schema of such a
+    # placement is generated from them; `check_options` says what values they may take).
+    options: ClassVar[dict[str, type]] = {}
     # Names of the tensors of the residual stream between blocks ("" for a single stream);
     # the diagnostics report each (ResiDual: the post-norm stream and the dual stream).
     streams: ClassVar[tuple[str, ...]] = ("",)
@@ -69,6 +72,10 @@ class Block(nn.Module):
     def constants(cls, depth: int, **options: Any) -> dict[str, Any]:
         """The placement's constants at this depth (passed to every block's constructor)."""
         return {}
+
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Raise ConfigError (one line naming the key) when an option is out of its range."""
 
     def init_placement_(self) -> None:
         """Placement-specific initialization, applied after the model's `model.init`."""
@@ -260,7 +267,7 @@ class ResiDual(Block):
     name, paper, final_norm = "resi_dual", "2304.14802", True
     summary = "ResiDual: a post-norm stream plus a pre-norm-like dual stream, summed at the top"
     normalizes_stream = True
-    options = ("dual_scale",)
+    options = {"dual_scale": float}  # the dual stream accumulates dual_scale * F(x_a)
     streams = ("", "dual")  # (x_a, x_d)
 
     def __init__(
@@ -273,6 +280,11 @@ class ResiDual(Block):
     @classmethod
     def constants(cls, depth: int, *, dual_scale: float, **options: Any) -> dict[str, Any]:
         return {"dual_scale": dual_scale}
+
+    @classmethod
+    def check_options(cls, *, dual_scale: float, **options: Any) -> None:
+        if not dual_scale > 0:
+            raise ConfigError(f"norm.dual_scale must be > 0 (got {dual_scale})")
 
     def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, self.s * upcast(x)
@@ -318,7 +330,7 @@ class MixLN(Block):
     name, paper, final_norm = "mix", "2412.13795", True
     summary = "Mix-LN: Post-LN in the first blocks, Pre-LN in the rest"
     normalizes_stream = True
-    options = ("mix_ratio",)
+    options = {"mix_ratio": float}  # blocks l <= round(mix_ratio * depth) are post-norm
 
     def __init__(
         self, attn: nn.Module, mlp: nn.Module, norm: NormFactory, *, post_blocks: int, **kw: Any
@@ -330,6 +342,11 @@ class MixLN(Block):
     @classmethod
     def constants(cls, depth: int, *, mix_ratio: float, **options: Any) -> dict[str, Any]:
         return {"post_blocks": math.floor(mix_ratio * depth + 0.5)}
+
+    @classmethod
+    def check_options(cls, *, mix_ratio: float, **options: Any) -> None:
+        if not 0 <= mix_ratio <= 1:
+            raise ConfigError(f"norm.mix_ratio must be in [0, 1] (got {mix_ratio})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.post:

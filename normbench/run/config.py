@@ -13,7 +13,7 @@ defaults live (every field below is MISSING until a YAML file sets it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from normbench.errors import ConfigError
 from normbench.model import KINDS, PLACEMENTS
-from normbench.model.kinds import kind_options
+from normbench.model.kinds import KIND_OPTIONS, kind_options
 from normbench.run import vocab
 
 __all__ = ["ConfigError", "NormbenchConfig", "config_dir", "register_configs", "validate"]
@@ -98,14 +98,13 @@ class NormConfig:
     constants: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class MixNormConfig(NormConfig):
-    mix_ratio: float = MISSING  # Mix-LN: blocks l <= round(mix_ratio * depth) are post-norm
-
-
-@dataclass
-class ResiDualNormConfig(NormConfig):
-    dual_scale: float = MISSING  # ResiDual: the dual stream accumulates dual_scale * F(x_a)
+def placement_schema(name: str) -> type[NormConfig]:
+    """The schema of `norm` for a placement with options of its own (Mix-LN's `mix_ratio`,
+    ResiDual's `dual_scale`): NormConfig plus the options its class declares (`options`),
+    so that a new placement needs no edit here. Stored as `<placement>_norm_schema`."""
+    Block = PLACEMENTS[name]
+    fields = [(key, typ, field(default=MISSING)) for key, typ in Block.options.items()]
+    return make_dataclass(f"{Block.__name__}NormConfig", fields, bases=(NormConfig,))
 
 
 @dataclass
@@ -296,8 +295,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="normbench_schema", node=NormbenchConfig)
     cs.store(name="norm_schema", node=NormConfig)
-    cs.store(name="mix_norm_schema", node=MixNormConfig)
-    cs.store(name="resi_dual_norm_schema", node=ResiDualNormConfig)
+    for name, Block in PLACEMENTS.items():
+        if Block.options:
+            cs.store(name=f"{name}_norm_schema", node=placement_schema(name))
     cs.store(name="model_schema", node=ModelConfig)
     cs.store(name="optim_schema", node=OptimConfig)
     cs.store(name="hub_schema", node=HubDataConfig)
@@ -507,7 +507,7 @@ def validate_norm(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(message)
 
-    for option in ("eps", "bias", "alpha0"):
+    for option in KIND_OPTIONS:
         need(
             n[option] is None or option in Kind.options,
             f"norm.{option} has no meaning for norm.kind={kind}; remove it, or pick a kind "
@@ -520,10 +520,7 @@ def validate_norm(cfg: DictConfig) -> None:
         n.alpha0 is None or (math.isfinite(n.alpha0) and n.alpha0 > 0),
         f"norm.alpha0 must be > 0 (got {n.alpha0})",
     )
-    if "mix_ratio" in Block.options:
-        need(0 <= n.mix_ratio <= 1, f"norm.mix_ratio must be in [0, 1] (got {n.mix_ratio})")
-    if "dual_scale" in Block.options:
-        need(n.dual_scale > 0, f"norm.dual_scale must be > 0 (got {n.dual_scale})")
+    Block.check_options(**{k: n[k] for k in Block.options})
     need(
         not (kind == "identity" and Block.normalizes_stream),
         f"norm={placement} with norm.kind=identity leaves its residual stream unnormalized, "
