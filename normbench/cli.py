@@ -237,7 +237,7 @@ def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
     microsecond) and the resume command can name it."""
     import tempfile
 
-    from normbench.run.config import ConfigError
+    from normbench.errors import ConfigError
     from normbench.run.rundir import override_value
 
     key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
@@ -271,9 +271,10 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     configuration's run or sweep. A refused command leaves the directory as it was (no
     .hydra/, no log, no lock file of its own)."""
     from normbench.analysis.claims import check_claim
+    from normbench.errors import ConfigError
     from normbench.run.checkpoint import RunLock
     from normbench.run.checkpoint import load as load_checkpoint
-    from normbench.run.config import ConfigError, to_container, validate
+    from normbench.run.config import as_dict, resolve
     from normbench.run.data import check_data_fits, load_tokens
     from normbench.run.dist import check_global_batch
     from normbench.run.record import record_files
@@ -295,7 +296,7 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
         subdir = str(OmegaConf.select(cfg, "hydra.sweep.subdir")) if multirun and basic else ""
         with open_dict(cfg):
             del cfg["hydra"]
-        validate(cfg)
+        cfg = resolve(cfg)
         check_claim(cfg.claim, config_name)
         if str(cfg.train.resume) == "never" and not multirun and record_files(target):
             raise ConfigError(
@@ -304,14 +305,14 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
             )
         if str(cfg.train.resume) not in ("auto", "never"):
             state = load_checkpoint(Path(str(cfg.train.resume)).expanduser())
-            check_same_config(state, to_container(cfg))
+            check_same_config(state, as_dict(cfg))
         resolve_device(str(cfg.device.value))
         check_global_batch(cfg.train.batch_size)
-        data_key = OmegaConf.to_yaml(cfg.data, resolve=True)
+        data_key = json.dumps(as_dict(cfg)["data"], sort_keys=True)
         if data_key not in checked_data:
             checked_data[data_key] = load_tokens(cfg.data)
         check_data_fits(checked_data[data_key], cfg.model.context)
-        jobs.append((subdir, to_container(cfg)))
+        jobs.append((subdir, as_dict(cfg)))
     definition = sweep_definition(jobs if basic else None, jobs[0][1], sweeper)
 
     def check() -> None:
@@ -355,8 +356,8 @@ def plan_resume(
     (a SLURM requeue runs the same command there); a run that already completed or diverged
     is left alone. never: the run directory must hold no run record. A path: that checkpoint.
     """
+    from normbench.errors import ConfigError
     from normbench.run import checkpoint
-    from normbench.run.config import ConfigError
     from normbench.run.record import record_files
     from normbench.run.rundir import check_run_dir
 
@@ -391,7 +392,7 @@ def plan_resume(
 
 def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
     """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
-    from normbench.run.config import ConfigError
+    from normbench.errors import ConfigError
     from normbench.run.rundir import differences
 
     diffs = differences(state.get("config", {}), config)
@@ -412,13 +413,13 @@ def train_task(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     from normbench.run.checkpoint import RunLock
-    from normbench.run.config import to_container, validate
+    from normbench.run.config import as_dict, resolve
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir).resolve()
     group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
-    validate(cfg)
-    config = to_container(cfg)
+    cfg = resolve(cfg)  # the typed config, from here on
+    config = as_dict(cfg)
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
     lock = RunLock.acquire(run_dir) if main else None
     try:
@@ -619,23 +620,23 @@ def cmd_prepare(argv: list[str]) -> None:
         print(load_tokens(cfg.data).describe())
 
 
-def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
+def probe_jobs(args: Any) -> tuple[Any, list[Any]]:
     """The probe's base config and one validated config per placement x depth of
     probe.norms x probe.depths (each as `train norm=<p> depth=<N>` with the same overrides)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     from normbench.analysis.claims import check_claim
-    from normbench.run.config import validate, validate_probe
+    from normbench.run.config import resolve
+    from normbench.run.validate import validate_probe
 
     loader = _loader(args)
 
-    def compose(overrides: list[str]) -> DictConfig:
+    def compose(overrides: list[str]) -> Any:
         cfg = loader.load_configuration("probe", overrides, run_mode=RunMode.RUN)
         with open_dict(cfg):
             del cfg["hydra"]
-        validate(cfg)
-        return cfg
+        return resolve(cfg)
 
     overrides = list(args.overrides)
     base = compose(overrides)
@@ -654,23 +655,23 @@ def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
     return base, jobs
 
 
-def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
+def probe_task(cfg: DictConfig, jobs: list[Any]) -> None:
     """The Hydra job of `normbench probe`: probe every config, write tables and figures."""
     from hydra.core.hydra_config import HydraConfig
 
     from normbench.analysis.probe import run_probe, write_outputs
-    from normbench.run.config import to_container, validate
+    from normbench.run.config import as_dict, resolve
     from normbench.run.data import load_tokens
     from normbench.run.files import write_atomic
     from normbench.run.runtime import resolve_device, tune_cpu_allocator
 
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    validate(cfg)
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(to_container(cfg), sort_keys=False))
+    cfg = resolve(cfg)
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(as_dict(cfg), sort_keys=False))
     tokens: dict[str, Any] = {}
 
-    def tokens_for(job: DictConfig) -> Any:
-        key = OmegaConf.to_yaml(job.data, resolve=True)
+    def tokens_for(job: Any) -> Any:
+        key = json.dumps(as_dict(job)["data"], sort_keys=True)
         if key not in tokens:
             tokens[key] = load_tokens(job.data)
         return tokens[key]
@@ -707,7 +708,7 @@ def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
     if cfg.claim is not None:  # the preset's verdict, as `normbench compare <run_dir>` gives it
         from normbench.analysis.compare import Probe, flatten, judge_claims, write_verdicts
 
-        probe = Probe(run_dir, flatten(to_container(cfg)), {"settings": settings, **table})
+        probe = Probe(run_dir, flatten(as_dict(cfg)), {"settings": settings, **table})
         verdicts = judge_claims([], [probe])
         write_verdicts(run_dir, verdicts)
         for v in verdicts:
@@ -722,7 +723,7 @@ def cmd_probe(argv: list[str]) -> None:
     from hydra._internal.utils import _run_hydra
 
     from normbench.run.checkpoint import RunLock
-    from normbench.run.config import register_configs, to_container
+    from normbench.run.config import as_dict, register_configs
     from normbench.run.data import check_data_fits, load_tokens
     from normbench.run.rundir import check_run_dir
 
@@ -736,21 +737,21 @@ def cmd_probe(argv: list[str]) -> None:
     if args.config_name not in (None, "probe"):
         raise NormbenchError("probe uses its own config (configs/probe.yaml); drop --config-name")
     informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-    jobs: list[DictConfig] = []
+    jobs: list[Any] = []
     lock = None
     if not informational:
         base, jobs = probe_jobs(args)
         checked: dict[str, Any] = {}
         for job in jobs:
-            data_key = OmegaConf.to_yaml(job.data, resolve=True)
+            data_key = json.dumps(as_dict(job)["data"], sort_keys=True)
             if data_key not in checked:
                 checked[data_key] = load_tokens(job.data)
             check_data_fits(checked[data_key], job.model.context)
         key, target = pin_output_dir(args, _compose_base(args, "probe"))
-        check_run_dir(target, to_container(base), key)  # a probe's folder holds that probe
+        check_run_dir(target, as_dict(base), key)  # a probe's folder holds that probe
         lock = RunLock.acquire(target)
         try:
-            check_run_dir(target, to_container(base), key)
+            check_run_dir(target, as_dict(base), key)
         except BaseException:
             lock.abandon()
             raise

@@ -56,7 +56,7 @@ def tiny_training(
     In float32: at d_model=32 a bf16 LM head is ~7x slower than float32 on a CPU (the
     50304 x 32 product is too thin for AMX), and the bf16 path is tested on its own.
     """
-    from normbench.run.config import to_container
+    from normbench.run.config import as_dict
     from normbench.run.data import load_tokens
     from normbench.run.logger import NullLogger
     from normbench.run.record import RunRecord
@@ -81,7 +81,7 @@ def tiny_training(
         cfg = compose_config(*base, *overrides)
         run_dir = tmp_path_factory.mktemp("run")
         record = RunRecord(run_dir)
-        record.write_config(to_container(cfg))
+        record.write_config(as_dict(cfg))
         trainer = Trainer(cfg, load_tokens(cfg.data), record, NullLogger())
         trainer.fit()
         record.write_summary(trainer.summary)

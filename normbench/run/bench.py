@@ -88,13 +88,12 @@ def compose(overrides: list[str]) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from normbench.run.config import config_dir, register_configs, validate
+    from normbench.run.config import config_dir, register_configs, resolve
 
     register_configs()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("train", overrides=[*BENCH, *overrides])
-    validate(cfg)
-    return cfg
+    return resolve(cfg)
 
 
 def flops_per_token(cfg: Any) -> float:

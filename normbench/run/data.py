@@ -145,10 +145,10 @@ def source_identity(data: Any) -> dict[str, Any]:
     ident: dict[str, Any] = {"tokenizer": TOKENIZER, "documents": str(data.documents.value)}
     if data.source == "text":
         for split, key in zip(SPLITS, ("train_path", "val_path"), strict=True):
-            path = Path(data[key]).expanduser()
+            path = Path(getattr(data, key)).expanduser()
             if not path.is_file():
                 raise DataError(
-                    f"data.{key}={data[key]!r} is not a file; give the path of a UTF-8 text file"
+                    f"data.{key}={getattr(data, key)!r} is not a file; give the path of a UTF-8 text file"
                 )
             ident[split] = _sha256_file(path)
     else:
@@ -219,7 +219,7 @@ def _read_source(data: Any) -> dict[str, list[str]]:
     """Each split's lines, with their line endings."""
     if data.source == "text":
         return {
-            s: _read_text(data[k], f"data.{k}")
+            s: _read_text(getattr(data, k), f"data.{k}")
             for s, k in zip(SPLITS, ("train_path", "val_path"), strict=True)
         }
     return {

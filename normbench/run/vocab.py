@@ -45,7 +45,9 @@ MULTIPLE = 64  # the model's vocabulary is padded to a multiple of this
 
 def limit_of(data: Any) -> int | None:
     """`data.vocab_limit` (None: the full vocabulary, also for configs that predate it)."""
-    value = data.get("vocab_limit")
+    value = (
+        data.get("vocab_limit") if isinstance(data, dict) else getattr(data, "vocab_limit", None)
+    )
     return None if value is None else int(value)
 
 

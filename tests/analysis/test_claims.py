@@ -242,7 +242,7 @@ def test_training_presets_compose(name):
 
     from normbench.analysis.claims import check_claim
     from normbench.cli import _hydra_args, job_configs
-    from normbench.run.config import register_configs, validate
+    from normbench.run.config import register_configs, resolve
 
     register_configs()
     _, args = _hydra_args(["-m", f"experiment={name}", "logger=none"])
@@ -251,7 +251,7 @@ def test_training_presets_compose(name):
     for cfg in configs:
         with open_dict(cfg):
             del cfg["hydra"]
-        validate(cfg)
+        resolve(cfg)
         check_claim(cfg.claim, "train")
         assert (
             str(cfg.claim) == name and cfg.optim.grad_clip == 0 and str(cfg.model.init) == "xavier"

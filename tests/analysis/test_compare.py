@@ -284,7 +284,7 @@ def test_sweep_presets_run_with_one_override(preset, jobs):
     from omegaconf import open_dict
 
     from normbench.cli import _hydra_args, job_configs
-    from normbench.run.config import register_configs, validate
+    from normbench.run.config import register_configs, resolve
 
     register_configs()
     _, args = _hydra_args(["-m", f"experiment={preset}", "logger=none"])
@@ -293,7 +293,7 @@ def test_sweep_presets_run_with_one_override(preset, jobs):
     for cfg in configs[:: max(1, jobs // 12)]:
         with open_dict(cfg):
             del cfg["hydra"]
-        validate(cfg)
+        resolve(cfg)
     assert {str(c.norm.name) for c in configs} >= {"pre", "post"}
     assert len({(str(c.norm.name), c.depth, c.optim.lr) for c in configs}) > 1
     assert math.isfinite(configs[0].optim.lr)

@@ -9,7 +9,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from normbench.cli import describe_error
-from normbench.run.config import ConfigError, config_dir, register_configs, to_container, validate
+from normbench.errors import ConfigError
+from normbench.run.config import as_dict, config_dir, register_configs, resolve
+from normbench.run.validate import validate
 
 
 def make(*overrides: str):
@@ -21,7 +23,7 @@ def make(*overrides: str):
 def error_of(*overrides: str) -> str:
     """The one-line message the CLI would print for these overrides."""
     try:
-        validate(make(*overrides))
+        resolve(make(*overrides))
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         message = describe_error(e)
         assert "\n" not in message
@@ -31,20 +33,36 @@ def error_of(*overrides: str) -> str:
 
 def test_defaults_compose_and_validate():
     cfg = make()
-    validate(cfg)
+    cfg = resolve(cfg)
     assert cfg.norm.name == "pre" and cfg.norm.kind == "layernorm"
     assert cfg.norm.eps == 1e-5  # filled in from the kind
     assert cfg.data.path == "Salesforce/wikitext" and cfg.data.subset == "wikitext-2-raw-v1"
     assert cfg.logger.backend == "wandb"
-    plain = to_container(cfg)
+    plain = as_dict(cfg)
     assert plain["norm"]["name"] == "pre" and plain["optim"]["schedule"] == "cosine"
     OmegaConf.create(plain)  # plain data: no enums, no interpolations left
+
+
+def test_validate_changes_nothing_and_resolve_returns_typed_objects():
+    """validate only checks; resolve fills in the derived values on a typed copy."""
+    from normbench.run.config import ModelConfig, NormbenchConfig
+
+    cfg = make("norm=deepnorm", "depth=12")
+    before = OmegaConf.to_container(cfg)
+    validate(cfg)
+    typed = resolve(cfg)
+    assert OmegaConf.to_container(cfg) == before  # untouched: eps, vocab_size still null
+    assert cfg.norm.eps is None and cfg.model.vocab_size is None
+    assert isinstance(typed, NormbenchConfig) and isinstance(typed.model, ModelConfig)
+    assert typed.norm.eps == 1e-5 and typed.model.vocab_size == 50304
+    assert typed.norm.constants == pytest.approx({"alpha": 24**0.25, "beta": 96**-0.25})
+    assert as_dict(typed)["norm"]["constants"] == typed.norm.constants
 
 
 @pytest.mark.parametrize("value, expected", [("5", 5.0), ("0.5", 0.5), ("0", 0.0), ("null", None)])
 def test_checkpoints_by_time_can_be_set_or_turned_off(value, expected):
     cfg = make(f"train.ckpt_every_min={value}")
-    validate(cfg)
+    cfg = resolve(cfg)
     assert cfg.train.ckpt_every_min == expected
     assert make().train.ckpt_every_min == 5  # the default: a few minutes
 
@@ -76,7 +94,7 @@ def test_user_keys_exist_with_these_names():
         "precision=fp32",
         "logger=none",
     )
-    validate(cfg)
+    cfg = resolve(cfg)
     assert (cfg.norm.name, cfg.norm.kind, cfg.norm.eps) == ("post", "rmsnorm", 1e-4)
     assert cfg.optim.schedule == "inverse_sqrt" and list(cfg.optim.betas) == [0.8, 0.9]
     assert cfg.logger.backend == "none"
@@ -95,8 +113,8 @@ def test_user_keys_exist_with_these_names():
 )
 def test_the_kind_fills_in_its_defaults_and_only_its_options(kind, options):
     cfg = make(f"norm.kind={kind}")
-    validate(cfg)
-    assert {k: cfg.norm[k] for k in options} == options
+    cfg = resolve(cfg)
+    assert {k: getattr(cfg.norm, k) for k in options} == options
 
 
 def test_every_placement_and_kind_is_a_choice():
@@ -106,7 +124,7 @@ def test_every_placement_and_kind_is_a_choice():
     assert yamls == set(PLACEMENTS)  # one YAML per placement class
     for placement in sorted(PLACEMENTS):
         cfg = make(f"norm={placement}")
-        validate(cfg)
+        cfg = resolve(cfg)
         assert cfg.norm.name == placement
     assert set(KINDS) == {"layernorm", "rmsnorm", "scalenorm", "dyt", "batchnorm", "identity"}
 
@@ -114,32 +132,32 @@ def test_every_placement_and_kind_is_a_choice():
 @pytest.mark.parametrize("placement", ["rezero", "none"])
 def test_gated_and_unnormalized_placements_default_to_no_norm(placement):
     cfg = make(f"norm={placement}")
-    validate(cfg)
+    cfg = resolve(cfg)
     assert cfg.norm.kind == "identity"
 
 
 def test_depth_constants_are_in_the_config():
     cfg = make("norm=deepnorm", "depth=48")
-    validate(cfg)
+    cfg = resolve(cfg)
     assert cfg.norm.constants == pytest.approx({"alpha": 96**0.25, "beta": 384**-0.25})
     cfg = make("norm=admin", "depth=6")
-    validate(cfg)
-    assert cfg.norm.constants.omega == pytest.approx(2.0170092187)
+    cfg = resolve(cfg)
+    assert cfg.norm.constants["omega"] == pytest.approx(2.0170092187)
     cfg = make("norm=mix", "depth=12", "norm.mix_ratio=0.5")
-    validate(cfg)
+    cfg = resolve(cfg)
     assert cfg.norm.constants == {"post_blocks": 6}
     cfg = make("norm=pre")
-    validate(cfg)
+    cfg = resolve(cfg)
     assert cfg.norm.constants == {}
-    assert to_container(cfg)["norm"]["constants"] == {}
+    assert as_dict(cfg)["norm"]["constants"] == {}
 
 
 def test_options_of_the_model():
     cfg = make("norm=peri", "model.block=parallel", "model.qk_norm=true", "norm.kind=dyt")
-    validate(cfg)
+    cfg = resolve(cfg)
     assert cfg.model.block == "parallel" and cfg.model.qk_norm is True
     cfg = make("norm.kind=dyt", "norm.alpha0=1.0", "norm.bias=false")
-    validate(cfg)
+    cfg = resolve(cfg)
     assert (cfg.norm.alpha0, cfg.norm.bias) == (1.0, False)
 
 

@@ -155,10 +155,10 @@ def test_the_model_vocabulary_follows_the_data():
     cfg = compose_config("data.vocab_limit=4000", "model.vocab_size=4000")
     assert cfg.model.vocab_size == 4000  # exactly K, if asked
     assert compose_config("model.vocab_size=50257").model.vocab_size == 50257
-    from normbench.run.config import validate
+    from normbench.run.config import resolve
 
-    validate(cfg)  # validating the filled-in config again changes nothing
-    assert cfg.model.vocab_size == 4000
+    again = resolve(OmegaConf.structured(cfg))  # resolving the resolved config changes nothing
+    assert again.model.vocab_size == 4000 and cfg.model.vocab_size == 4000
     for name in ("wikitext2", "wikitext2_files", "text"):
         assert OmegaConf.load(REPO / "configs" / "data" / f"{name}.yaml").vocab_limit is None
 
@@ -191,7 +191,7 @@ def test_bad_values_are_one_line(overrides, message):
     from omegaconf.errors import OmegaConfBaseException
 
     from normbench.cli import describe_error
-    from normbench.run.config import ConfigError
+    from normbench.errors import ConfigError
 
     with pytest.raises((ConfigError, HydraException, OmegaConfBaseException)) as e:
         compose_config(*overrides)

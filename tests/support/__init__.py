@@ -98,13 +98,12 @@ def compose_config(*overrides: str) -> Any:
     """The validated config that `normbench train <overrides>` would run (real Hydra)."""
     from hydra import compose, initialize_config_dir
 
-    from normbench.run.config import config_dir, register_configs, validate
+    from normbench.run.config import config_dir, register_configs, resolve
 
     register_configs()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
-    validate(cfg)
-    return cfg
+    return resolve(cfg)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
