@@ -15,12 +15,10 @@ starts, so bad input gives one line on stderr, exit code 2, and no run directory
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import signal
 import sys
-import traceback
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ from normbench.errors import NormbenchError
 from normbench.run import dist
 from normbench.run.checkpoint import CheckpointWriteError
 from normbench.run.config import config_dir
+from normbench.run.console import Terminated, is_user_error, one_line, say
+from normbench.run.job import Interrupted, check_same_config, train_task
 from normbench.run.record import RecordWriteError
 
 log = logging.getLogger("normbench")
@@ -67,11 +67,6 @@ Bad input exits with status 2 and a one-line message; HYDRA_FULL_ERROR=1 shows t
 # --- one-line errors ------------------------------------------------------------------------
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def describe_error(exc: BaseException) -> str:
     """A one-line message for a configuration or input error, with the valid choices."""
     from hydra.errors import (
@@ -88,16 +83,16 @@ def describe_error(exc: BaseException) -> str:
     )
 
     if isinstance(exc, NormbenchError):
-        return _one_line(str(exc))
+        return one_line(str(exc))
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         options = sorted(exc.options or [])
         if group:
             choices = ", ".join(options) if options else "(none defined)"
             return f"unknown {group} '{name}'; choose one of: {choices}"
-        return _one_line(str(exc).split("\n")[0])
+        return one_line(str(exc).split("\n")[0])
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse override '{exc.override}': {_one_line(exc.message, 200)}"
+        return f"cannot parse override '{exc.override}': {one_line(exc.message, 200)}"
     cause = exc.__cause__
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
         exc = cause
@@ -120,10 +115,10 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc.full_key} is required; set {exc.full_key}=<value>"
     if isinstance(exc, ValidationError) and exc.full_key:
         message = str(exc).split("\n")[0]
-        return f"{exc.full_key}: {_one_line(message, 300)}"
+        return f"{exc.full_key}: {one_line(message, 300)}"
     if isinstance(exc, OmegaConfBaseException) and getattr(exc, "full_key", None):
-        return f"{exc.full_key}: {_one_line(str(exc).split(chr(10))[0], 300)}"
-    return _one_line(str(exc).split("\n\n")[0])
+        return f"{exc.full_key}: {one_line(str(exc).split(chr(10))[0], 300)}"
+    return one_line(str(exc).split("\n\n")[0])
 
 
 def _valid_keys(object_type: Any) -> list[str] | None:
@@ -132,26 +127,9 @@ def _valid_keys(object_type: Any) -> list[str] | None:
     return None
 
 
-def _is_user_error(exc: BaseException) -> bool:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    return isinstance(exc, (NormbenchError, HydraException, OmegaConfBaseException))
-
-
 def _fail(message: str, code: int = 2) -> None:
     say(f"{PROG}: error: {message}", "stderr")
     sys.exit(code)
-
-
-def say(text: str, stream: str = "stdout") -> None:
-    """Print a line to sys.stdout or sys.stderr (`stream`). A terminal that is gone (EIO or
-    EPIPE after a hang-up) does not stop the shutdown: the stream is replaced by /dev/null,
-    so that neither this line nor the final flush fails the process."""
-    try:
-        print(text, file=getattr(sys, stream), flush=True)
-    except (OSError, ValueError):  # ValueError: the stream was closed
-        setattr(sys, stream, open(os.devnull, "w"))
 
 
 # --- preflight: compose and check every job before anything runs ---------------------------
@@ -329,200 +307,6 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
         lock.abandon()
         raise
     return key, lock
-
-
-# --- the Hydra task -------------------------------------------------------------------------
-
-
-class Interrupted(BaseException):
-    """A run stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint and record:
-    ends the sweep too, with exit code 128 + the signal's number (130, 143, 129)."""
-
-    def __init__(self, signal_name: str, step: int) -> None:
-        super().__init__(signal_name)
-        self.signal_name, self.step = signal_name, step
-
-
-def plan_resume(
-    cfg: DictConfig, run_dir: Path, config: dict[str, Any]
-) -> tuple[dict[str, Any] | None, int, bool]:
-    """(checkpoint state or None, the step the record keeps rows up to, already finished).
-
-    First of all, a run directory whose record was written by another configuration is
-    refused (for a finished run too: its results are never returned for another config).
-    train.resume=auto continues from the newest valid checkpoint in the run directory
-    (a SLURM requeue runs the same command there); a run that already completed or diverged
-    is left alone. never: the run directory must hold no run record. A path: that checkpoint.
-    """
-    from normbench.run import checkpoint
-    from normbench.run.config import ConfigError
-    from normbench.run.record import record_files
-    from normbench.run.rundir import check_run_dir
-
-    mode = str(cfg.train.resume)
-    existing = record_files(run_dir)
-    if mode == "never":
-        if existing:
-            raise ConfigError(
-                f"train.resume=never but {run_dir} already holds a run record "
-                f"({', '.join(existing)}); choose another hydra.run.dir, or train.resume=auto"
-            )
-        return None, 0, False
-    check_run_dir(run_dir, config)
-    if mode == "auto":
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
-            try:
-                status = json.loads(summary_path.read_text()).get("status")
-            except (OSError, json.JSONDecodeError, AttributeError):
-                status = None
-            if status in ("completed", "diverged"):
-                return None, 0, True
-        found = checkpoint.latest(run_dir)
-        if found is None:
-            return None, 0, False
-        state = found[1]
-    else:
-        state = checkpoint.load(Path(mode).expanduser())
-    check_same_config(state, config)
-    return state, int(state["step"]), False
-
-
-def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
-    """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
-    from normbench.run.config import ConfigError
-    from normbench.run.rundir import differences
-
-    diffs = differences(state.get("config", {}), config)
-    if diffs:
-        raise ConfigError(
-            f"the checkpoint was written with another config ({diffs[0]}); resume with the "
-            "same config, or start a new run (another hydra.run.dir, or train.resume=never)"
-        )
-
-
-def train_task(cfg: DictConfig) -> float:
-    """One Hydra job: train, write the run record, log to W&B; return the objective.
-
-    The objective (for sweepers that optimize) is the best validation loss, or for a run
-    that diverged a finite penalty worse than any completed run (`divergence.objective`).
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from normbench.run.checkpoint import RunLock
-    from normbench.run.config import to_container, validate
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir).resolve()
-    group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
-    validate(cfg)
-    config = to_container(cfg)
-    main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
-    lock = RunLock.acquire(run_dir) if main else None
-    try:
-        return _train_job(cfg, run_dir, group, config, main)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train_job(
-    cfg: DictConfig, run_dir: Path, group: str | None, config: dict[str, Any], main: bool
-) -> float:
-    """train_task's body, holding the run directory's lock."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from normbench.run.checkpoint import Checkpointer
-    from normbench.run.data import load_tokens
-    from normbench.run.divergence import objective
-    from normbench.run.logger import NullLogger, make_logger
-    from normbench.run.record import NullRecord, RecordWriteError, RunRecord, new_summary
-    from normbench.run.train import StopRequest, check_data_fits, configure_threads, train
-
-    hc = HydraConfig.get()
-    resume, keep_until, finished = plan_resume(cfg, run_dir, config)
-    if finished:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if main:
-            log.info("%s already %s; nothing to do", run_dir, summary["status"])
-            say(f"run_dir: {run_dir}")
-        return summary.get("objective") or objective(
-            summary, cfg.train.max_steps, cfg.divergence.penalty
-        )
-    record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
-    stop = StopRequest()
-    summary = new_summary()
-    logger: Any = NullLogger()
-    try:
-        record.write_config(config)
-        previous_id = (resume or {}).get("summary", {}).get("wandb") or {}
-        if main:
-            logger = make_logger(
-                cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id")
-            )
-        t = cfg.train
-        checkpointer = (
-            Checkpointer(run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min) if main else None
-        )
-        summary["wandb"] = logger.info  # in every checkpoint: a resume continues this W&B run
-        summary["threads"] = configure_threads(cfg.threads, hc.launcher)
-        tokens = load_tokens(cfg.data)
-        check_data_fits(tokens, cfg.model.context)
-        train(cfg, tokens, record, logger, summary, checkpointer, resume, stop, config=config)
-    except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
-        summary.update(
-            status="interrupted",
-            stopped_by="a second signal",
-            error=f"{type(e).__name__}: stopped at once; the newest checkpoint is the last "
-            "periodic one",
-        )
-        raise
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
-        if main and isinstance(e, Exception) and not _is_user_error(e):  # a bug: keep it
-            try:
-                (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            except OSError:
-                pass
-        raise
-    finally:
-        summary["objective"] = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
-        summary["wandb"] = logger.info
-        if stop.requested and "stopped_by" not in summary:
-            summary["stopped_by"] = stop.signal
-        unrecorded = None
-        try:
-            record.write_summary(summary)
-        except RecordWriteError as e:  # even the space kept for it was not enough
-            unrecorded = e
-        record.close()
-        logger.finish(summary, failed=summary["status"] in ("failed", "interrupted"))
-        status = summary["status"]
-        if not main:
-            pass
-        elif status == "diverged":
-            log.info(
-                "diverged at step %s (%s: %s); events in %s",
-                summary["diverged_at_step"],
-                summary["divergence_reason"],
-                summary["divergence_detail"],
-                run_dir / "events.jsonl",
-            )
-        elif status == "completed":
-            log.info(
-                "done: val/loss %.4f, %s tokens/s, %.0f s",
-                summary["val_loss"],
-                f"{summary['tokens_per_s']:,.0f}",
-                summary["wall_s"],
-            )
-        if main:
-            say(f"run_dir: {run_dir}")
-        if unrecorded is not None:
-            raise unrecorded
-    if summary["status"] == "interrupted":
-        raise Interrupted(str(stop.signal), summary["steps"])
-    return summary["objective"]
 
 
 def _hydra_args(argv: list[str], command: str = "train") -> tuple[Any, Any]:
@@ -789,11 +573,6 @@ COMMANDS = {
 }
 
 
-class Terminated(BaseException):
-    """SIGTERM (e.g. a cluster's time limit) or SIGHUP (the terminal closed) outside the
-    training loop: unwinds like Ctrl-C so the record is written."""
-
-
 def _on_signal(signum: int, frame: Any) -> None:
     raise Terminated(signal.Signals(signum).name)
 
@@ -836,13 +615,13 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if user_full_error:
             raise
-        if _is_user_error(e):
+        if is_user_error(e):
             message = describe_error(e)
             if _resume_hint and isinstance(e, (RecordWriteError, CheckpointWriteError)):
                 message += f"; once fixed, continue with: {_resume_hint}"
             _fail(message, getattr(e, "exit_code", 2))
         _fail(
-            f"{type(e).__name__}: {_one_line(str(e), 300)} "
+            f"{type(e).__name__}: {one_line(str(e), 300)} "
             "(set HYDRA_FULL_ERROR=1 for the traceback)",
             1,
         )
