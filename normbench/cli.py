@@ -23,7 +23,6 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normbench.errors import NormbenchError
@@ -434,73 +433,13 @@ def probe_jobs(args: Any) -> tuple[DictConfig, list[DictConfig]]:
     return base, jobs
 
 
-def probe_task(cfg: DictConfig, jobs: list[DictConfig]) -> None:
-    """The Hydra job of `normbench probe`: probe every config, write tables and figures."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from normbench.analysis.probe import run_probe, write_outputs
-    from normbench.run.config import to_container, validate
-    from normbench.run.data import load_tokens
-    from normbench.run.files import write_atomic
-    from normbench.run.train import resolve_device, tune_cpu_allocator
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    validate(cfg)
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(to_container(cfg), sort_keys=False))
-    tokens: dict[str, Any] = {}
-
-    def tokens_for(job: DictConfig) -> Any:
-        key = OmegaConf.to_yaml(job.data, resolve=True)
-        if key not in tokens:
-            tokens[key] = load_tokens(job.data)
-        return tokens[key]
-
-    p = cfg.probe
-    seeds = list(p.seeds) if p.seeds else [cfg.seed]
-    device = resolve_device(str(cfg.device.value))
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    table = run_probe(
-        jobs,
-        tokens_for,
-        seeds=seeds,
-        batches=p.batches,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        device=device,
-    )
-    settings = {
-        "norms": sorted(
-            {str(j.norm.name) for j in jobs}, key=[str(j.norm.name) for j in jobs].index
-        ),
-        "depths": sorted({j.depth for j in jobs}),
-        "seeds": seeds,
-        "batches": p.batches,
-        "batch_size": p.batch_size,
-        "context": cfg.model.context,
-        "lr": p.lr,
-        "precision": "fp32",
-        "data": str(cfg.data.label),
-    }
-    write_outputs(run_dir, table, settings)
-    log.info("probe: tables in %s, figures %s", run_dir / "probe.md", run_dir / "probe.png")
-    if cfg.claim is not None:  # the preset's verdict, as `normbench compare <run_dir>` gives it
-        from normbench.analysis.compare import Probe, flatten, judge_claims, write_verdicts
-
-        probe = Probe(run_dir, flatten(to_container(cfg)), {"settings": settings, **table})
-        verdicts = judge_claims([], [probe])
-        write_verdicts(run_dir, verdicts)
-        for v in verdicts:
-            print(f"{v.title}: {v.outcome} ({run_dir / 'verdicts.md'})", flush=True)
-    print(f"run_dir: {run_dir}", flush=True)
-
-
 def cmd_probe(argv: list[str]) -> None:
     """Dynamics at initialization over probe.norms x probe.depths, in one run directory."""
     from functools import partial
 
     from hydra._internal.utils import _run_hydra
 
+    from normbench.analysis.probe_job import probe_task
     from normbench.run.checkpoint import RunLock
     from normbench.run.config import register_configs, to_container
     from normbench.run.data import load_tokens
