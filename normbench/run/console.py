@@ -12,6 +12,8 @@ import sys
 
 from normbench.errors import NormbenchError
 
+PROG = "normbench"  # the command's name, in usage lines and error messages
+
 
 class Terminated(BaseException):
     """SIGTERM (e.g. a cluster's time limit) or SIGHUP (the terminal closed) outside the
