@@ -15,28 +15,21 @@ starts, so bad input gives one line on stderr, exit code 2, and no run directory
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
 import signal
 import sys
-import traceback
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
-
+import normbench.launch as launch
 from normbench.errors import NormbenchError
 from normbench.run import dist
 from normbench.run.checkpoint import CheckpointWriteError
-from normbench.run.config import config_dir
+from normbench.run.console import PROG, Terminated, is_user_error, one_line, say
+from normbench.run.job import Interrupted
 from normbench.run.record import RecordWriteError
 
-log = logging.getLogger("normbench")
-
-PROG = "normbench"
 USAGE = f"""usage: {PROG} <command> [options] [overrides]
 
 Train small GPT language models and compare where the normalization goes.
@@ -67,11 +60,6 @@ Bad input exits with status 2 and a one-line message; HYDRA_FULL_ERROR=1 shows t
 # --- one-line errors ------------------------------------------------------------------------
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def describe_error(exc: BaseException) -> str:
     """A one-line message for a configuration or input error, with the valid choices."""
     from hydra.errors import (
@@ -88,16 +76,16 @@ def describe_error(exc: BaseException) -> str:
     )
 
     if isinstance(exc, NormbenchError):
-        return _one_line(str(exc))
+        return one_line(str(exc))
     if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
         group, _, name = exc.missing_cfg_file.rpartition("/")
         options = sorted(exc.options or [])
         if group:
             choices = ", ".join(options) if options else "(none defined)"
             return f"unknown {group} '{name}'; choose one of: {choices}"
-        return _one_line(str(exc).split("\n")[0])
+        return one_line(str(exc).split("\n")[0])
     if isinstance(exc, OverrideParseException):
-        return f"cannot parse override '{exc.override}': {_one_line(exc.message, 200)}"
+        return f"cannot parse override '{exc.override}': {one_line(exc.message, 200)}"
     cause = exc.__cause__
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
         exc = cause
@@ -120,10 +108,10 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc.full_key} is required; set {exc.full_key}=<value>"
     if isinstance(exc, ValidationError) and exc.full_key:
         message = str(exc).split("\n")[0]
-        return f"{exc.full_key}: {_one_line(message, 300)}"
+        return f"{exc.full_key}: {one_line(message, 300)}"
     if isinstance(exc, OmegaConfBaseException) and getattr(exc, "full_key", None):
-        return f"{exc.full_key}: {_one_line(str(exc).split(chr(10))[0], 300)}"
-    return _one_line(str(exc).split("\n\n")[0])
+        return f"{exc.full_key}: {one_line(str(exc).split(chr(10))[0], 300)}"
+    return one_line(str(exc).split("\n\n")[0])
 
 
 def _valid_keys(object_type: Any) -> list[str] | None:
@@ -132,640 +120,12 @@ def _valid_keys(object_type: Any) -> list[str] | None:
     return None
 
 
-def _is_user_error(exc: BaseException) -> bool:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    return isinstance(exc, (NormbenchError, HydraException, OmegaConfBaseException))
-
-
 def _fail(message: str, code: int = 2) -> None:
     say(f"{PROG}: error: {message}", "stderr")
     sys.exit(code)
 
 
-def say(text: str, stream: str = "stdout") -> None:
-    """Print a line to sys.stdout or sys.stderr (`stream`). A terminal that is gone (EIO or
-    EPIPE after a hang-up) does not stop the shutdown: the stream is replaced by /dev/null,
-    so that neither this line nor the final flush fails the process."""
-    try:
-        print(text, file=getattr(sys, stream), flush=True)
-    except (OSError, ValueError):  # ValueError: the stream was closed
-        setattr(sys, stream, open(os.devnull, "w"))
-
-
-# --- preflight: compose and check every job before anything runs ---------------------------
-
-
-def _loader(args: Any) -> Any:
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_automatic_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-
-    search_path = create_automatic_config_search_path(None, None, str(config_dir()))
-    if args.config_dir is not None:
-        extra = Path(args.config_dir).resolve()
-        if not extra.is_dir():
-            raise NormbenchError(f"--config-dir {args.config_dir}: no such directory")
-        search_path.prepend("command-line", f"file://{extra}", SearchPathQuery(provider="schema"))
-    return ConfigLoaderImpl(config_search_path=search_path)
-
-
-def _compose_base(args: Any, config_name: str) -> DictConfig:
-    """The config with Hydra's node, in the mode the command line (or the config) asks for."""
-    from hydra.core.utils import setup_globals
-    from hydra.types import RunMode
-
-    setup_globals()  # Hydra's resolvers (${now:...}) for the output directory's name
-    loader = _loader(args)
-    mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
-    base = loader.load_configuration(config_name, list(args.overrides), run_mode=mode)
-    if not args.multirun and base.hydra.mode == RunMode.MULTIRUN:
-        mode = RunMode.MULTIRUN
-        base = loader.load_configuration(config_name, list(args.overrides), run_mode=mode)
-    with open_dict(base):
-        base.hydra.mode = mode  # Hydra leaves it unset for `-m`; the job configs inherit it
-    return base
-
-
-def _is_multirun(cfg: DictConfig) -> bool:
-    from hydra.types import RunMode
-
-    return cfg.hydra.mode == RunMode.MULTIRUN
-
-
-def _basic_sweeper(cfg: DictConfig) -> bool:
-    """The basic sweeper's jobs are known before the sweep (the cartesian product); other
-    sweepers (Optuna) choose theirs at run time."""
-    return str(cfg.hydra.sweeper._target_).endswith("BasicSweeper")
-
-
-def job_configs(args: Any, config_name: str, base: DictConfig | None = None) -> list[DictConfig]:
-    """The config of every job that `normbench train` with these arguments would run.
-
-    Mirrors Hydra: a single run composes once; a multirun with the basic sweeper takes the
-    cartesian product of the sweep overrides (and `hydra.sweeper.params`), each job with its
-    `hydra.job.num` (so `hydra.sweep.subdir` names its folder). Other sweepers choose their
-    jobs at run time, so only their base config is checked here. `base`: the composed
-    base config, when the caller has it already.
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    base = base if base is not None else _compose_base(args, config_name)
-    if not _is_multirun(base) or not _basic_sweeper(base):
-        return [base]
-    loader = _loader(args)
-    params = [f"{k}={v}" for k, v in (base.hydra.sweeper.params or {}).items()]
-    parser = OverridesParser.create(config_loader=loader)
-    parsed = parser.parse_overrides(params + list(args.overrides))
-    jobs = BasicSweeper.split_arguments(parsed, None)[0]
-    configs = []
-    for num, job in enumerate(jobs):
-        cfg = loader.load_sweep_config(base, job)
-        with open_dict(cfg):
-            cfg.hydra.mode = base.hydra.mode
-            cfg.hydra.job.num, cfg.hydra.job.id = num, str(num)
-        configs.append(cfg)
-    return configs
-
-
-def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
-    """Resolve the run (or sweep) directory of the composed `base` once, check that it can
-    be written, and pin it as an override, so that every later composition, Hydra's own
-    included, uses the same folder (the default one is named by the time, to the
-    microsecond) and the resume command can name it."""
-    import tempfile
-
-    from normbench.errors import ConfigError
-    from normbench.run.rundir import override_value
-
-    key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
-    pinned = Path(str(OmegaConf.select(base, key))).expanduser()
-    try:
-        target = pinned.resolve()
-    except OSError as e:
-        raise ConfigError(f"{key}: {e.strerror}; choose another folder") from e
-    existing = target
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{key}={target}: {existing} is a file, not a folder; choose another")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as e:
-        raise ConfigError(
-            f"{key}={target} cannot be written ({e.strerror} in {existing}); "
-            f"set {key} to a writable folder"
-        ) from e
-    # Pinned as given (a relative folder stays relative: it names the W&B group of a sweep).
-    args.overrides = [o for o in args.overrides if o.lstrip("+").split("=", 1)[0] != key]
-    args.overrides.append(f"{key}={override_value(str(pinned))}")
-    return key, target
-
-
-def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
-    """Before any job starts: validate every job, make sure its data is tokenized, then take
-    the output directory: pinned, locked (returned with its key, hydra.run.dir or
-    hydra.sweep.dir; release the lock when the command ends), and checked to hold no other
-    configuration's run or sweep. A refused command leaves the directory as it was (no
-    .hydra/, no log, no lock file of its own)."""
-    from normbench.analysis.claims import check_claim
-    from normbench.errors import ConfigError
-    from normbench.run.checkpoint import RunLock
-    from normbench.run.checkpoint import load as load_checkpoint
-    from normbench.run.config import as_dict, resolve
-    from normbench.run.data import check_data_fits, load_tokens
-    from normbench.run.dist import check_global_batch
-    from normbench.run.record import record_files
-    from normbench.run.rundir import (
-        check_run_dir,
-        check_sweep_dir,
-        sweep_definition,
-        write_sweep_manifest,
-    )
-    from normbench.run.runtime import resolve_device
-
-    base = _compose_base(args, config_name)
-    key, target = pin_output_dir(args, base)
-    multirun, basic = _is_multirun(base), _basic_sweeper(base)
-    sweeper = OmegaConf.to_container(base.hydra.sweeper, resolve=True)
-    checked_data: dict[str, Any] = {}
-    jobs: list[tuple[str, dict[str, Any]]] = []
-    for cfg in job_configs(args, config_name, base):
-        subdir = str(OmegaConf.select(cfg, "hydra.sweep.subdir")) if multirun and basic else ""
-        with open_dict(cfg):
-            del cfg["hydra"]
-        cfg = resolve(cfg)
-        check_claim(cfg.claim, config_name)
-        if str(cfg.train.resume) == "never" and not multirun and record_files(target):
-            raise ConfigError(
-                f"train.resume=never but {target} already holds a run record; choose another "
-                "hydra.run.dir, or train.resume=auto to continue it"
-            )
-        if str(cfg.train.resume) not in ("auto", "never"):
-            state = load_checkpoint(Path(str(cfg.train.resume)).expanduser())
-            check_same_config(state, as_dict(cfg))
-        resolve_device(str(cfg.device.value))
-        check_global_batch(cfg.train.batch_size)
-        data_key = json.dumps(as_dict(cfg)["data"], sort_keys=True)
-        if data_key not in checked_data:
-            checked_data[data_key] = load_tokens(cfg.data)
-        check_data_fits(checked_data[data_key], cfg.model.context)
-        jobs.append((subdir, as_dict(cfg)))
-    definition = sweep_definition(jobs if basic else None, jobs[0][1], sweeper)
-
-    def check() -> None:
-        if multirun:
-            check_sweep_dir(target, definition)
-        else:
-            check_run_dir(target, jobs[0][1], key)
-
-    check()  # before the lock, so that a refusal touches nothing
-    lock = RunLock.acquire(target)
-    try:
-        check()  # again under the lock: another process may have written in between
-        if multirun:
-            write_sweep_manifest(target, definition)
-    except BaseException:
-        lock.abandon()
-        raise
-    return key, lock
-
-
-# --- the Hydra task -------------------------------------------------------------------------
-
-
-class Interrupted(BaseException):
-    """A run stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint and record:
-    ends the sweep too, with exit code 128 + the signal's number (130, 143, 129)."""
-
-    def __init__(self, signal_name: str, step: int) -> None:
-        super().__init__(signal_name)
-        self.signal_name, self.step = signal_name, step
-
-
-def plan_resume(
-    cfg: DictConfig, run_dir: Path, config: dict[str, Any]
-) -> tuple[dict[str, Any] | None, int, bool]:
-    """(checkpoint state or None, the step the record keeps rows up to, already finished).
-
-    First of all, a run directory whose record was written by another configuration is
-    refused (for a finished run too: its results are never returned for another config).
-    train.resume=auto continues from the newest valid checkpoint in the run directory
-    (a SLURM requeue runs the same command there); a run that already completed or diverged
-    is left alone. never: the run directory must hold no run record. A path: that checkpoint.
-    """
-    from normbench.errors import ConfigError
-    from normbench.run import checkpoint
-    from normbench.run.record import record_files
-    from normbench.run.rundir import check_run_dir
-
-    mode = str(cfg.train.resume)
-    existing = record_files(run_dir)
-    if mode == "never":
-        if existing:
-            raise ConfigError(
-                f"train.resume=never but {run_dir} already holds a run record "
-                f"({', '.join(existing)}); choose another hydra.run.dir, or train.resume=auto"
-            )
-        return None, 0, False
-    check_run_dir(run_dir, config)
-    if mode == "auto":
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file():
-            try:
-                status = json.loads(summary_path.read_text()).get("status")
-            except (OSError, json.JSONDecodeError, AttributeError):
-                status = None
-            if status in ("completed", "diverged"):
-                return None, 0, True
-        found = checkpoint.latest(run_dir)
-        if found is None:
-            return None, 0, False
-        state = found[1]
-    else:
-        state = checkpoint.load(Path(mode).expanduser())
-    check_same_config(state, config)
-    return state, int(state["step"]), False
-
-
-def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
-    """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
-    from normbench.errors import ConfigError
-    from normbench.run.rundir import differences
-
-    diffs = differences(state.get("config", {}), config)
-    if diffs:
-        raise ConfigError(
-            f"the checkpoint was written with another config ({diffs[0]}); resume with the "
-            "same config, or start a new run (another hydra.run.dir, or train.resume=never)"
-        )
-
-
-def train_task(cfg: DictConfig) -> float:
-    """One Hydra job: train, write the run record, log to W&B; return the objective.
-
-    The objective (for sweepers that optimize) is the best validation loss, or for a run
-    that diverged a finite penalty worse than any completed run (`divergence.objective`).
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from normbench.run.checkpoint import RunLock
-    from normbench.run.config import as_dict, resolve
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir).resolve()
-    group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
-    cfg = resolve(cfg)  # the typed config, from here on
-    config = as_dict(cfg)
-    main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
-    lock = RunLock.acquire(run_dir) if main else None
-    try:
-        return _train_job(cfg, run_dir, group, config, main)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train_job(
-    cfg: DictConfig, run_dir: Path, group: str | None, config: dict[str, Any], main: bool
-) -> float:
-    """train_task's body, holding the run directory's lock."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from normbench.run.checkpoint import Checkpointer
-    from normbench.run.data import check_data_fits, load_tokens
-    from normbench.run.divergence import objective
-    from normbench.run.logger import NullLogger, make_logger
-    from normbench.run.record import NullRecord, RecordWriteError, RunRecord
-    from normbench.run.runtime import StopRequest, configure_threads
-    from normbench.run.summary import Summary
-    from normbench.run.trainer import Trainer
-
-    hc = HydraConfig.get()
-    resume, keep_until, finished = plan_resume(cfg, run_dir, config)
-    if finished:
-        summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))
-        if main:
-            log.info("%s already %s; nothing to do", run_dir, summary.status)
-            say(f"run_dir: {run_dir}")
-        return summary.objective or objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
-    record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
-    stop = StopRequest()
-    summary = Summary()
-    logger: Any = NullLogger()
-    try:
-        record.write_config(config)
-        previous_id = (resume or {}).get("summary", {}).get("wandb") or {}
-        if main:
-            logger = make_logger(
-                cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id")
-            )
-        t = cfg.train
-        checkpointer = (
-            Checkpointer(run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min) if main else None
-        )
-        summary.wandb = logger.info  # in every checkpoint: a resume continues this W&B run
-        summary.threads = configure_threads(cfg.threads, hc.launcher)
-        tokens = load_tokens(cfg.data)
-        check_data_fits(tokens, cfg.model.context)
-        trainer = Trainer(
-            cfg, tokens, record, logger, summary, stop=stop, resume=resume, config=config
-        )
-        trainer.fit(checkpointer)
-    except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
-        summary.update(
-            status="interrupted",
-            stopped_by="a second signal",
-            error=f"{type(e).__name__}: stopped at once; the newest checkpoint is the last "
-            "periodic one",
-        )
-        raise
-    except BaseException as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {_one_line(str(e), 300)}")
-        if main and isinstance(e, Exception) and not _is_user_error(e):  # a bug: keep it
-            try:
-                (run_dir / "traceback.txt").write_text(traceback.format_exc())
-            except OSError:
-                pass
-        raise
-    finally:
-        summary.objective = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
-        summary.wandb = logger.info
-        if stop.requested and summary.stopped_by is None:
-            summary.stopped_by = stop.signal
-        unrecorded = None
-        try:
-            record.write_summary(summary)
-        except RecordWriteError as e:  # even the space kept for it was not enough
-            unrecorded = e
-        record.close()
-        logger.finish(summary.to_dict(), failed=summary.status in ("failed", "interrupted"))
-        status = summary.status
-        if not main:
-            pass
-        elif status == "diverged":
-            log.info(
-                "diverged at step %s (%s: %s); events in %s",
-                summary.diverged_at_step,
-                summary.divergence_reason,
-                summary.divergence_detail,
-                run_dir / "events.jsonl",
-            )
-        elif status == "completed":
-            log.info(
-                "done: val/loss %.4f, %s tokens/s, %.0f s",
-                summary.val_loss,
-                f"{summary.tokens_per_s:,.0f}",
-                summary.wall_s,
-            )
-        if main:
-            say(f"run_dir: {run_dir}")
-        if unrecorded is not None:
-            raise unrecorded
-    if summary.status == "interrupted":
-        raise Interrupted(str(stop.signal), summary.steps)
-    return summary.objective
-
-
-def _hydra_args(argv: list[str], command: str = "train") -> tuple[Any, Any]:
-    from hydra._internal.utils import get_args_parser
-
-    parser = get_args_parser()
-    parser.prog = f"{PROG} {command}"
-    return parser, parser.parse_args(argv)
-
-
-# The command that continues the run (or sweep) this process started: printed when it is
-# interrupted or stops on a write error (the default output folder is named by the time).
-_resume_hint: str | None = None
-
-
-def cmd_train(argv: list[str]) -> None:
-    global _resume_hint
-    from hydra._internal.utils import _run_hydra
-
-    from normbench.run.config import register_configs
-    from normbench.run.rundir import resume_command
-
-    register_configs()
-    parser, args = _hydra_args(argv)
-    config_name = args.config_name or "train"
-    informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-    key, lock = "", None
-    if dist.world()[1] > 1 and not informational:
-        key, lock = join_torchrun(args, config_name)
-    elif not informational:
-        key, lock = preflight(args, config_name)
-    if lock is not None:
-        _resume_hint = resume_command(argv, key, lock.dir)
-    try:
-        _run_hydra(
-            args=args,
-            args_parser=parser,
-            task_function=train_task,
-            config_path=str(config_dir()),
-            config_name=config_name,
-        )
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def join_torchrun(args: Any, config_name: str) -> tuple[str, Any]:
-    """Under torchrun: join the process group; rank 0 checks the job and takes the run
-    directory (as preflight, whose result it returns), which every rank then uses (only
-    rank 0 writes into it)."""
-    from normbench.run.rundir import override_value
-
-    if args.multirun:
-        raise NormbenchError("torchrun runs one job per launch; drop -m (sweep outside torchrun)")
-    dist.init()
-    verdict: tuple[str, str] = ("error", "")
-    key, lock = "hydra.run.dir", None
-    if dist.is_main():
-        try:
-            key, lock = preflight(args, config_name)
-            verdict = ("ok", str(lock.dir))
-        except Exception as e:
-            dist.broadcast(("error", ""))
-            raise e
-    verdict = dist.broadcast(verdict)
-    if verdict[0] != "ok":  # rank 0 says what is wrong
-        sys.exit(2)
-    if not dist.is_main():  # no .hydra folder, no log file: rank 0 writes those
-        args.overrides += [
-            f"hydra.run.dir={override_value(verdict[1])}",
-            "hydra.output_subdir=null",
-            "hydra/job_logging=disabled",
-            "hydra/hydra_logging=disabled",
-        ]
-    return key, lock
-
-
-def cmd_prepare(argv: list[str]) -> None:
-    """Tokenize the configured data into the cache; print where it went."""
-    from normbench.run.config import register_configs
-    from normbench.run.data import load_tokens
-
-    register_configs()
-    parser, args = _hydra_args(argv)
-    if args.multirun or args.cfg or args.info:
-        raise NormbenchError(
-            "prepare takes overrides only (e.g. data=wikitext2 data.cache_dir=...)"
-        )
-    for cfg in job_configs(args, args.config_name or "train"):
-        print(load_tokens(cfg.data).describe())
-
-
-def probe_jobs(args: Any) -> tuple[Any, list[Any]]:
-    """The probe's base config and one validated config per placement x depth of
-    probe.norms x probe.depths (each as `train norm=<p> depth=<N>` with the same overrides)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-
-    from normbench.analysis.claims import check_claim
-    from normbench.run.config import resolve
-    from normbench.run.validate import validate_probe
-
-    loader = _loader(args)
-
-    def compose(overrides: list[str]) -> Any:
-        cfg = loader.load_configuration("probe", overrides, run_mode=RunMode.RUN)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return resolve(cfg)
-
-    overrides = list(args.overrides)
-    base = compose(overrides)
-    validate_probe(base)
-    check_claim(base.claim, "probe")
-    p = base.probe
-    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
-    for key, listed in (("norm", p.norms), ("depth", p.depths)):
-        if listed and key in given:
-            raise NormbenchError(
-                f"{key}=... and probe.{key}s=[...] both choose the {key}; give only one"
-            )
-    norms = [str(n) for n in p.norms] if p.norms else [str(base.norm.name)]
-    depths = list(p.depths) if p.depths else [base.depth]
-    jobs = [compose([*overrides, f"norm={n}", f"depth={d}"]) for n in norms for d in depths]
-    return base, jobs
-
-
-def probe_task(cfg: DictConfig, jobs: list[Any]) -> None:
-    """The Hydra job of `normbench probe`: probe every config, write tables and figures."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from normbench.analysis.probe import run_probe, write_outputs
-    from normbench.run.config import as_dict, resolve
-    from normbench.run.data import load_tokens
-    from normbench.run.files import write_atomic
-    from normbench.run.runtime import resolve_device, tune_cpu_allocator
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    cfg = resolve(cfg)
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(as_dict(cfg), sort_keys=False))
-    tokens: dict[str, Any] = {}
-
-    def tokens_for(job: Any) -> Any:
-        key = json.dumps(as_dict(job)["data"], sort_keys=True)
-        if key not in tokens:
-            tokens[key] = load_tokens(job.data)
-        return tokens[key]
-
-    p = cfg.probe
-    seeds = list(p.seeds) if p.seeds else [cfg.seed]
-    device = resolve_device(str(cfg.device.value))
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    table = run_probe(
-        jobs,
-        tokens_for,
-        seeds=seeds,
-        batches=p.batches,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        device=device,
-    )
-    settings = {
-        "norms": sorted(
-            {str(j.norm.name) for j in jobs}, key=[str(j.norm.name) for j in jobs].index
-        ),
-        "depths": sorted({j.depth for j in jobs}),
-        "seeds": seeds,
-        "batches": p.batches,
-        "batch_size": p.batch_size,
-        "context": cfg.model.context,
-        "lr": p.lr,
-        "precision": "fp32",
-        "data": str(cfg.data.label),
-    }
-    write_outputs(run_dir, table, settings)
-    log.info("probe: tables in %s, figures %s", run_dir / "probe.md", run_dir / "probe.png")
-    if cfg.claim is not None:  # the preset's verdict, as `normbench compare <run_dir>` gives it
-        from normbench.analysis.compare import Probe, flatten, judge_claims, write_verdicts
-
-        probe = Probe(run_dir, flatten(as_dict(cfg)), {"settings": settings, **table})
-        verdicts = judge_claims([], [probe])
-        write_verdicts(run_dir, verdicts)
-        for v in verdicts:
-            print(f"{v.title}: {v.outcome} ({run_dir / 'verdicts.md'})", flush=True)
-    print(f"run_dir: {run_dir}", flush=True)
-
-
-def cmd_probe(argv: list[str]) -> None:
-    """Dynamics at initialization over probe.norms x probe.depths, in one run directory."""
-    from functools import partial
-
-    from hydra._internal.utils import _run_hydra
-
-    from normbench.run.checkpoint import RunLock
-    from normbench.run.config import as_dict, register_configs
-    from normbench.run.data import check_data_fits, load_tokens
-    from normbench.run.rundir import check_run_dir
-
-    register_configs()
-    parser, args = _hydra_args(argv, "probe")
-    if args.multirun:
-        raise NormbenchError(
-            "probe takes lists instead of -m: probe.norms=[pre,post] probe.depths=[6,12,24] "
-            "probe.seeds=[0,1]"
-        )
-    if args.config_name not in (None, "probe"):
-        raise NormbenchError("probe uses its own config (configs/probe.yaml); drop --config-name")
-    informational = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-    jobs: list[Any] = []
-    lock = None
-    if not informational:
-        base, jobs = probe_jobs(args)
-        checked: dict[str, Any] = {}
-        for job in jobs:
-            data_key = json.dumps(as_dict(job)["data"], sort_keys=True)
-            if data_key not in checked:
-                checked[data_key] = load_tokens(job.data)
-            check_data_fits(checked[data_key], job.model.context)
-        key, target = pin_output_dir(args, _compose_base(args, "probe"))
-        check_run_dir(target, as_dict(base), key)  # a probe's folder holds that probe
-        lock = RunLock.acquire(target)
-        try:
-            check_run_dir(target, as_dict(base), key)
-        except BaseException:
-            lock.abandon()
-            raise
-    try:
-        _run_hydra(
-            args=args,
-            args_parser=parser,
-            task_function=partial(probe_task, jobs=jobs),
-            config_path=str(config_dir()),
-            config_name="probe",
-        )
-    finally:
-        if lock is not None:
-            lock.release()
+# --- the commands ---------------------------------------------------------------------------
 
 
 def cmd_compare(argv: list[str]) -> None:
@@ -784,18 +144,17 @@ def cmd_list(argv: list[str]) -> None:
     print(catalogue_markdown() if argv else catalogue_text(), end="")
 
 
+# train, probe and prepare compose with Hydra and run as Hydra jobs: normbench/launch.py.
 COMMANDS = {
-    "train": cmd_train,
-    "probe": cmd_probe,
+    "train": launch.train,
+    "probe": launch.probe,
     "compare": cmd_compare,
-    "prepare": cmd_prepare,
+    "prepare": launch.prepare,
     "list": cmd_list,
 }
 
 
-class Terminated(BaseException):
-    """SIGTERM (e.g. a cluster's time limit) or SIGHUP (the terminal closed) outside the
-    training loop: unwinds like Ctrl-C so the record is written."""
+# --- signals and exit codes -----------------------------------------------------------------
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -830,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as e:
         _fail(
             f"interrupted by {e.signal_name} after step {e.step}; the checkpoint and the record "
-            f"are written; resume with: {_resume_hint or 'the same command'}",
+            f"are written; resume with: {launch.resume_hint or 'the same command'}",
             _exit_code(e.signal_name),
         )
     except KeyboardInterrupt:
@@ -840,13 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if user_full_error:
             raise
-        if _is_user_error(e):
+        if is_user_error(e):
             message = describe_error(e)
-            if _resume_hint and isinstance(e, (RecordWriteError, CheckpointWriteError)):
-                message += f"; once fixed, continue with: {_resume_hint}"
+            if launch.resume_hint and isinstance(e, (RecordWriteError, CheckpointWriteError)):
+                message += f"; once fixed, continue with: {launch.resume_hint}"
             _fail(message, getattr(e, "exit_code", 2))
         _fail(
-            f"{type(e).__name__}: {_one_line(str(e), 300)} "
+            f"{type(e).__name__}: {one_line(str(e), 300)} "
             "(set HYDRA_FULL_ERROR=1 for the traceback)",
             1,
         )

@@ -241,11 +241,11 @@ def test_training_presets_compose(name):
     from omegaconf import open_dict
 
     from normbench.analysis.claims import check_claim
-    from normbench.cli import _hydra_args, job_configs
+    from normbench.launch import hydra_args, job_configs
     from normbench.run.config import register_configs, resolve
 
     register_configs()
-    _, args = _hydra_args(["-m", f"experiment={name}", "logger=none"])
+    _, args = hydra_args(["-m", f"experiment={name}", "logger=none"])
     configs = job_configs(args, "train")
     assert len(configs) >= 4
     for cfg in configs:

@@ -283,11 +283,11 @@ def test_wandb_sweep_files_are_valid_hydra_overrides(path):
 def test_sweep_presets_run_with_one_override(preset, jobs):
     from omegaconf import open_dict
 
-    from normbench.cli import _hydra_args, job_configs
+    from normbench.launch import hydra_args, job_configs
     from normbench.run.config import register_configs, resolve
 
     register_configs()
-    _, args = _hydra_args(["-m", f"experiment={preset}", "logger=none"])
+    _, args = hydra_args(["-m", f"experiment={preset}", "logger=none"])
     configs = job_configs(args, "train")
     assert len(configs) == jobs
     for cfg in configs[:: max(1, jobs // 12)]:

@@ -1,0 +1,42 @@
+"""The process's console: lines to stdout or stderr, one-line messages, which errors are the
+user's to fix, and the exception a signal raises outside the training loop.
+
+The command line prints with these, and so does a training job (run/job.py), which sits
+below it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from normbench.errors import NormbenchError
+
+PROG = "normbench"  # the command's name, in usage lines and error messages
+
+
+class Terminated(BaseException):
+    """SIGTERM (e.g. a cluster's time limit) or SIGHUP (the terminal closed) outside the
+    training loop: unwinds like Ctrl-C so the record is written."""
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_user_error(exc: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(exc, (NormbenchError, HydraException, OmegaConfBaseException))
+
+
+def say(text: str, stream: str = "stdout") -> None:
+    """Print a line to sys.stdout or sys.stderr (`stream`). A terminal that is gone (EIO or
+    EPIPE after a hang-up) does not stop the shutdown: the stream is replaced by /dev/null,
+    so that neither this line nor the final flush fails the process."""
+    try:
+        print(text, file=getattr(sys, stream), flush=True)
+    except (OSError, ValueError):  # ValueError: the stream was closed
+        setattr(sys, stream, open(os.devnull, "w"))

@@ -1,0 +1,262 @@
+"""One training job: the Hydra task function of `normbench train`.
+
+A job takes its run directory's lock, decides what to resume (`plan_resume`), trains
+(`Trainer.fit`, run/trainer.py), and whatever happens writes the summary, closes the logger
+and says where the run is. `launch.py` hands `train_task` to Hydra, once per job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from normbench.run import dist
+from normbench.run.config import NormbenchConfig
+from normbench.run.console import Terminated, is_user_error, one_line, say
+from normbench.run.logger import Logger
+from normbench.run.record import Record
+from normbench.run.runtime import StopRequest
+from normbench.run.summary import Summary
+
+log = logging.getLogger("normbench")
+
+
+class Interrupted(BaseException):
+    """A run stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint and record:
+    ends the sweep too, with exit code 128 + the signal's number (130, 143, 129)."""
+
+    def __init__(self, signal_name: str, step: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.step = signal_name, step
+
+
+def plan_resume(
+    cfg: NormbenchConfig, run_dir: Path, config: dict[str, Any]
+) -> tuple[dict[str, Any] | None, int, bool]:
+    """(checkpoint state or None, the step the record keeps rows up to, already finished).
+
+    First of all, a run directory whose record was written by another configuration is
+    refused (for a finished run too: its results are never returned for another config).
+    train.resume=auto continues from the newest valid checkpoint in the run directory
+    (a SLURM requeue runs the same command there); a run that already completed or diverged
+    is left alone. never: the run directory must hold no run record. A path: that checkpoint.
+    """
+    from normbench.errors import ConfigError
+    from normbench.run import checkpoint
+    from normbench.run.record import record_files
+    from normbench.run.rundir import check_run_dir
+
+    mode = str(cfg.train.resume)
+    existing = record_files(run_dir)
+    if mode == "never":
+        if existing:
+            raise ConfigError(
+                f"train.resume=never but {run_dir} already holds a run record "
+                f"({', '.join(existing)}); choose another hydra.run.dir, or train.resume=auto"
+            )
+        return None, 0, False
+    check_run_dir(run_dir, config)
+    if mode == "auto":
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file():
+            try:
+                status = json.loads(summary_path.read_text()).get("status")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                status = None
+            if status in ("completed", "diverged"):
+                return None, 0, True
+        found = checkpoint.latest(run_dir)
+        if found is None:
+            return None, 0, False
+        state = found[1]
+    else:
+        state = checkpoint.load(Path(mode).expanduser())
+    check_same_config(state, config)
+    return state, int(state["step"]), False
+
+
+def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
+    """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
+    from normbench.errors import ConfigError
+    from normbench.run.rundir import differences
+
+    diffs = differences(state.get("config", {}), config)
+    if diffs:
+        raise ConfigError(
+            f"the checkpoint was written with another config ({diffs[0]}); resume with the "
+            "same config, or start a new run (another hydra.run.dir, or train.resume=never)"
+        )
+
+
+def train_task(cfg: DictConfig) -> float:
+    """One Hydra job: train, write the run record, log to W&B; return the objective.
+
+    The objective (for sweepers that optimize) is the best validation loss, or for a run
+    that diverged a finite penalty worse than any completed run (`divergence.objective`).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from normbench.run.checkpoint import RunLock
+    from normbench.run.config import as_dict, resolve
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir).resolve()
+    group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
+    typed = resolve(cfg)  # from here on the typed config
+    config = as_dict(typed)
+    main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
+    lock = RunLock.acquire(run_dir) if main else None
+    try:
+        return _train_job(typed, run_dir, group, config, main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+@dataclass
+class _Job:
+    """What a job holds while it trains, and what its end writes and closes."""
+
+    cfg: NormbenchConfig
+    run_dir: Path
+    config: dict[str, Any]
+    main: bool  # rank 0 (or no torchrun): the one that records, logs and prints
+    record: Record
+    stop: StopRequest
+    summary: Summary
+    logger: Logger
+
+
+def _train_job(
+    cfg: NormbenchConfig, run_dir: Path, group: str | None, config: dict[str, Any], main: bool
+) -> float:
+    """train_task's body, holding the run directory's lock."""
+    from normbench.run.logger import NullLogger
+    from normbench.run.record import NullRecord, RunRecord
+
+    resume, keep_until, finished = plan_resume(cfg, run_dir, config)
+    if finished:
+        return _already_finished(cfg, run_dir, main)
+    record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
+    job = _Job(cfg, run_dir, config, main, record, StopRequest(), Summary(), NullLogger())
+    try:
+        _train(job, group, resume)
+    except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
+        job.summary.update(
+            status="interrupted",
+            stopped_by="a second signal",
+            error=f"{type(e).__name__}: stopped at once; the newest checkpoint is the last "
+            "periodic one",
+        )
+        raise
+    except BaseException as e:
+        _record_failure(job, e)
+        raise
+    finally:
+        _finish(job)
+    if job.summary.status == "interrupted":
+        raise Interrupted(str(job.stop.signal), job.summary.steps)
+    return job.summary.objective
+
+
+def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
+    """A run that already completed or diverged: say so, return its objective."""
+    from normbench.run.divergence import objective
+
+    summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))
+    if main:
+        log.info("%s already %s; nothing to do", run_dir, summary.status)
+        say(f"run_dir: {run_dir}")
+    return summary.objective or objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
+
+
+def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
+    """Write the config, open the logger and the checkpointer, load the data, train."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from normbench.run.checkpoint import Checkpointer
+    from normbench.run.data import check_data_fits, load_tokens
+    from normbench.run.logger import make_logger
+    from normbench.run.runtime import configure_threads
+    from normbench.run.trainer import Trainer
+
+    cfg, run_dir, config, summary = job.cfg, job.run_dir, job.config, job.summary
+    job.record.write_config(config)
+    previous_id = (resume or {}).get("summary", {}).get("wandb") or {}
+    if job.main:
+        job.logger = make_logger(
+            cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id")
+        )
+    t = cfg.train
+    checkpointer = (
+        Checkpointer(run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min) if job.main else None
+    )
+    summary.wandb = job.logger.info  # in every checkpoint: a resume continues this W&B run
+    summary.threads = configure_threads(cfg.threads, HydraConfig.get().launcher)
+    tokens = load_tokens(cfg.data)
+    check_data_fits(tokens, cfg.model.context)
+    trainer = Trainer(
+        cfg, tokens, job.record, job.logger, summary, stop=job.stop, resume=resume, config=config
+    )
+    trainer.fit(checkpointer)
+
+
+def _record_failure(job: _Job, e: BaseException) -> None:
+    """The summary says the job failed; a bug (not the user's error) keeps its traceback."""
+    job.summary.update(status="failed", error=f"{type(e).__name__}: {one_line(str(e), 300)}")
+    if job.main and isinstance(e, Exception) and not is_user_error(e):  # a bug: keep it
+        try:
+            (job.run_dir / "traceback.txt").write_text(traceback.format_exc())
+        except OSError:
+            pass
+
+
+def _finish(job: _Job) -> None:
+    """However the job ended: write the summary, close the record and the logger, log the
+    outcome and say where the run is. A summary that could not be written raises last."""
+    from normbench.run.divergence import objective
+    from normbench.run.record import RecordWriteError
+
+    cfg, summary = job.cfg, job.summary
+    summary.objective = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
+    summary.wandb = job.logger.info
+    if job.stop.requested and summary.stopped_by is None:
+        summary.stopped_by = job.stop.signal
+    unrecorded = None
+    try:
+        job.record.write_summary(summary)
+    except RecordWriteError as e:  # even the space kept for it was not enough
+        unrecorded = e
+    job.record.close()
+    job.logger.finish(summary.to_dict(), failed=summary.status in ("failed", "interrupted"))
+    if job.main:
+        _log_outcome(summary, job.run_dir)
+        say(f"run_dir: {job.run_dir}")
+    if unrecorded is not None:
+        raise unrecorded
+
+
+def _log_outcome(summary: Summary, run_dir: Path) -> None:
+    status = summary.status
+    if status == "diverged":
+        log.info(
+            "diverged at step %s (%s: %s); events in %s",
+            summary.diverged_at_step,
+            summary.divergence_reason,
+            summary.divergence_detail,
+            run_dir / "events.jsonl",
+        )
+    elif status == "completed":
+        log.info(
+            "done: val/loss %.4f, %s tokens/s, %.0f s",
+            summary.val_loss,
+            f"{summary.tokens_per_s:,.0f}",
+            summary.wall_s,
+        )
