@@ -9,7 +9,7 @@ import torch
 
 from normbench.run.diag import Diagnostics, blame, block_names
 from normbench.run.optim import build_optimizer
-from normbench.run.trainer import forward_backward
+from normbench.run.steps import forward_backward
 
 from support.models import gpt
 
