@@ -40,9 +40,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from normbench.run.bench_references import random_tokens, vocab_of
+from normbench.run.config import NormbenchConfig
+
+if TYPE_CHECKING:
+    from normbench.run.trainer import Trainer
 
 BENCH = [
     "divergence.action=continue",  # a detector on random tokens must not skip an update
@@ -96,7 +100,7 @@ def compose(overrides: list[str]) -> Any:
     return resolve(cfg)
 
 
-def flops_per_token(cfg: Any) -> float:
+def flops_per_token(cfg: NormbenchConfig) -> float:
     """6N + 12 L d T: N = the block matrices (12 d^2 per block) + the LM head (vocab x d)."""
     d, L, T, vocab = cfg.model.d_model, cfg.depth, cfg.model.context, vocab_of(cfg)
     n = 12 * d * d * L + vocab * d
@@ -115,7 +119,7 @@ def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:
     return product_tflops(dtype, (n, n, n), device, reps=reps) * 1e12
 
 
-def bench_trainer(cfg: Any, allocator: bool = True) -> Any:
+def bench_trainer(cfg: NormbenchConfig, allocator: bool = True) -> Trainer:
     """The Trainer of `normbench train` on random tokens, recording nothing; `allocator`:
     whether it tunes the CPU allocator (off for the `no-mallopt` lever)."""
     from normbench.run.trainer import Trainer

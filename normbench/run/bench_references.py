@@ -8,17 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from normbench.run.config import NormbenchConfig
 from normbench.run.data import RandomWindows, TokenSplits
 
 GPT2_VOCAB = 50257
 
 
-def vocab_of(cfg: Any) -> int:
+def vocab_of(cfg: NormbenchConfig) -> int:
     """The data's vocabulary: GPT-2's 50,257, or `data.vocab_limit`."""
     return cfg.data.vocab_limit or GPT2_VOCAB
 
 
-def random_tokens(cfg: Any, seed: int) -> TokenSplits:
+def random_tokens(cfg: NormbenchConfig, seed: int) -> TokenSplits:
     """Token splits of uniformly random ids: the model's speed, without the data pipeline."""
     import numpy as np
 
@@ -28,13 +29,13 @@ def random_tokens(cfg: Any, seed: int) -> TokenSplits:
     return TokenSplits(tokens, tokens[: B * T + 1], Path("."), {"label": "random tokens"})
 
 
-def random_batches(cfg: Any) -> RandomWindows:
+def random_batches(cfg: NormbenchConfig) -> RandomWindows:
     """The training windows of `random_tokens`, drawn as normbench's Trainer draws them."""
     tokens = random_tokens(cfg, cfg.seed).train
     return RandomWindows(tokens, cfg.model.context, cfg.train.batch_size, seed=cfg.seed)
 
 
-def baseline_step(cfg: Any, device: Any) -> Any:
+def baseline_step(cfg: NormbenchConfig, device: Any) -> Any:
     """A plain eager float32 GPT-2 step (model/baseline.py), on the same random tokens."""
     import torch
 
@@ -57,7 +58,9 @@ def baseline_step(cfg: Any, device: Any) -> Any:
     return step
 
 
-def nanogpt_step(cfg: Any, device: Any, where: str | None, compiled: bool) -> tuple[Any, str]:
+def nanogpt_step(
+    cfg: NormbenchConfig, device: Any, where: str | None, compiled: bool
+) -> tuple[Any, str]:
     """nanoGPT's training step (its train.py) on its own model.py from the folder `where`
     (a checkout of karpathy/nanoGPT; the benchmark does not carry a copy)."""
     import importlib.util

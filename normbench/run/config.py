@@ -21,6 +21,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from normbench.errors import ConfigError
 from normbench.model import KINDS, PLACEMENTS
 from normbench.run import vocab
 from normbench.run.validate import norm_options, validate
@@ -310,14 +311,17 @@ def register_configs() -> None:
 
 
 def resolve(cfg: DictConfig) -> NormbenchConfig:
-    """The composed config, checked (`validate`), as the typed dataclasses above, with the
-    values derived from others filled in: the kind's option defaults (`norm.eps: null` ->
-    1e-5 for layernorm), `model.vocab_size: null` (the data's vocabulary rounded up to a
-    multiple of 64) and the placement's constants at this depth (`norm.constants`, as the
-    model computes them). The saved config (`as_dict`) is then the one that ran. `cfg` itself
-    is left as it was."""
-    validate(cfg)
+    """The composed config as the typed dataclasses above (converted once, here), checked
+    (run/validate.py), with the values derived from others filled in: the kind's option
+    defaults (`norm.eps: null` -> 1e-5 for layernorm), `model.vocab_size: null` (the data's
+    vocabulary rounded up to a multiple of 64) and the placement's constants at this depth
+    (`norm.constants`, as the model computes them). The saved config (`as_dict`) is then the
+    one that ran. `cfg` itself is left as it was."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required; set {missing[0]}=<value>")
     typed: NormbenchConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(typed)
     options, own = norm_options(typed)
     for key, value in options.items():
         setattr(typed.norm, key, value)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+from normbench.run.config import DivergenceConfig
 from normbench.run.diag import blame
 from normbench.run.summary import Summary
 
@@ -215,7 +216,7 @@ class StagnationDetector(_Stateful):
 class DivergenceMonitor:
     """All detectors of `divergence.*`; `check` returns the events of one training step."""
 
-    def __init__(self, cfg: Any, *, max_steps: int, vocab_size: int):
+    def __init__(self, cfg: DivergenceConfig, *, max_steps: int, vocab_size: int):
         self.stop_on_event = str(cfg.action) == "stop"
         s, g, st = cfg.spike, cfg.grad_explosion, cfg.stagnation
         self.spike = (

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from normbench.run import vocab
+from normbench.run.config import NormbenchConfig, WandbConfig
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class WandbLogger:
 
     def __init__(
         self,
-        logger_cfg: Any,
+        logger_cfg: WandbConfig,
         run_dir: Path,
         *,
         name: str,
@@ -183,7 +184,7 @@ class WandbLogger:
 
 
 def make_logger(
-    cfg: Any,
+    cfg: NormbenchConfig,
     run_dir: Path,
     *,
     group: str | None,

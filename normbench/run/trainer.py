@@ -23,6 +23,7 @@ import torch
 
 from normbench.model import GPT
 from normbench.run import dist, hardware
+from normbench.run.config import NormbenchConfig
 from normbench.run.data import RandomWindows, TokenSplits
 from normbench.run.diag import Diagnostics
 from normbench.run.divergence import DivergenceMonitor, Event, describe
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 def choose_precision(
-    cfg: Any, device: torch.device, resume: dict[str, Any] | None = None
+    cfg: NormbenchConfig, device: torch.device, resume: dict[str, Any] | None = None
 ) -> hardware.PrecisionChoice:
     """The precision of this run (run/hardware.py). A resumed `auto` run keeps the precision
     it started in, so that one run is one experiment; under torchrun rank 0's choice holds
@@ -58,7 +59,11 @@ def choose_precision(
 
 
 def startup_line(
-    cfg: Any, n_params: int, device: torch.device, choice: hardware.PrecisionChoice, tokens: Any
+    cfg: NormbenchConfig,
+    n_params: int,
+    device: torch.device,
+    choice: hardware.PrecisionChoice,
+    tokens: TokenSplits,
 ) -> str:
     """The line printed before the first step: the model, where it runs, in what precision
     and why, and the data."""
@@ -98,7 +103,7 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: NormbenchConfig,
         tokens: TokenSplits,
         record: Record | None = None,
         logger: Logger | None = None,

@@ -1,22 +1,25 @@
 """The checks run before any work: what the config schema cannot express.
 
-`validate` checks a composed config (cross-field consistency, ranges, finiteness) and raises a
+`validate` checks the typed config (cross-field consistency, ranges, finiteness) and raises a
 one-line `ConfigError` that says what to change. It changes nothing: the values derived from
 others (the kind's option defaults, `model.vocab_size: null`, the placement's constants) are
-filled in by `config.resolve`, on the typed copy it returns.
+filled in by `config.resolve` after it, on the typed copy that resolve returns. (The schema's
+own checks, of types and enum values, ran when Hydra composed the config.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from typing import TYPE_CHECKING, Any
 
 from normbench.errors import ConfigError
 from normbench.model import KINDS, PLACEMENTS
 from normbench.model.kinds import KIND_OPTIONS, kind_options
 from normbench.run import vocab
+
+if TYPE_CHECKING:  # annotations only: config.resolve calls validate
+    from normbench.run.config import NormbenchConfig
 
 
 def need(ok: bool, message: str) -> None:
@@ -24,12 +27,9 @@ def need(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: NormbenchConfig) -> None:
     """Check every part of `cfg`; raise a one-line ConfigError naming what to change."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"{missing[0]} is required; set {missing[0]}=<value>")
-    check_finite(cfg)
+    check_finite(dataclasses.asdict(cfg))
     need(cfg.depth >= 1, f"depth must be >= 1 (got {cfg.depth})")
     need(0 <= cfg.seed < 2**64, f"seed must be in [0, 2^64) (got {cfg.seed})")
     need(
@@ -48,7 +48,7 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.logger.mode in modes, f"logger.mode must be one of {', '.join(modes)} or null")
 
 
-def validate_model(cfg: DictConfig) -> None:
+def validate_model(cfg: NormbenchConfig) -> None:
     m = cfg.model
     need(m.d_model >= 1 and m.n_heads >= 1, "model.d_model and model.n_heads must be >= 1")
     need(
@@ -61,7 +61,7 @@ def validate_model(cfg: DictConfig) -> None:
     need(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1) (got {m.dropout})")
 
 
-def validate_optim(cfg: DictConfig) -> None:
+def validate_optim(cfg: NormbenchConfig) -> None:
     o, t = cfg.optim, cfg.train
     need(math.isfinite(o.lr) and o.lr > 0, f"optim.lr must be > 0 (got {o.lr})")
     need(0 <= o.min_lr <= o.lr, f"optim.min_lr must be in [0, optim.lr] (got {o.min_lr})")
@@ -81,7 +81,7 @@ def validate_optim(cfg: DictConfig) -> None:
     need(o.grad_clip >= 0, f"optim.grad_clip must be >= 0, 0 disables it (got {o.grad_clip})")
 
 
-def validate_loop(cfg: DictConfig) -> None:
+def validate_loop(cfg: NormbenchConfig) -> None:
     t = cfg.train
     need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     need(t.eval_every >= 1, f"train.eval_every must be >= 1 (got {t.eval_every})")
@@ -104,7 +104,7 @@ def validate_loop(cfg: DictConfig) -> None:
     )
 
 
-def validate_vocab(cfg: Any) -> None:
+def validate_vocab(cfg: NormbenchConfig) -> None:
     """`data.vocab_limit` in [2, 50257] or null; an explicit `model.vocab_size` must hold the
     data's vocabulary and, with a limit, not exceed it rounded up to a multiple of 64 (outputs
     that never occur would only cost time and change what the loss means). Null is filled in
@@ -138,9 +138,9 @@ def validate_vocab(cfg: Any) -> None:
     )
 
 
-def check_finite(cfg: DictConfig) -> None:
-    """Every number in the config is finite: no setting means anything at inf or NaN (and a
-    NaN passes every range check written as a comparison)."""
+def check_finite(values: dict[str, Any]) -> None:
+    """Every number in the config (as plain values) is finite: no setting means anything at
+    inf or NaN (and a NaN passes every range check written as a comparison)."""
 
     def walk(node: Any, prefix: str) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node)
@@ -151,10 +151,10 @@ def check_finite(cfg: DictConfig) -> None:
             elif isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{path} must be a finite number (got {value})")
 
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    walk(values, "")
 
 
-def validate_divergence(cfg: DictConfig) -> None:
+def validate_divergence(cfg: NormbenchConfig) -> None:
     """The detectors' settings: each threshold in its range, with the key to change."""
     d = cfg.divergence
     s, g, st = d.spike, d.grad_explosion, d.stagnation
@@ -191,7 +191,7 @@ def validate_divergence(cfg: DictConfig) -> None:
         need(ok, message)
 
 
-def validate_probe(cfg: Any) -> None:
+def validate_probe(cfg: NormbenchConfig) -> None:
     """`normbench probe`'s settings (the model, data and norm are checked by `validate`)."""
     p = cfg.probe
     checks = [
@@ -208,7 +208,7 @@ def validate_probe(cfg: Any) -> None:
         need(ok, message)
 
 
-def norm_options(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def norm_options(cfg: NormbenchConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The kind's options (null: the kind's default; those it lacks stay null) and the
     placement's own options of `cfg.norm`."""
     n = cfg.norm
@@ -217,7 +217,7 @@ def norm_options(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return kind, {k: getattr(n, k) for k in Block.options}
 
 
-def validate_norm(cfg: DictConfig) -> None:
+def validate_norm(cfg: NormbenchConfig) -> None:
     """The placement, its options and the kind, against each other and the model."""
     n = cfg.norm
     placement, kind = str(n.name), str(n.kind)
@@ -239,13 +239,13 @@ def validate_norm(cfg: DictConfig) -> None:
     validate_combination(cfg)
     constants = Block.constants(cfg.depth, **own)
     need(
-        not n.constants or OmegaConf.to_container(n.constants) == constants,
+        not n.constants or dict(n.constants) == constants,
         f"norm.constants are derived from depth and the placement's options "
         f"({constants}); remove the override",
     )
 
 
-def validate_combination(cfg: DictConfig) -> None:
+def validate_combination(cfg: NormbenchConfig) -> None:
     """The kind, the block type and the batch size that a placement or kind rules out."""
     n, m = cfg.norm, cfg.model
     placement, kind = str(n.name), str(n.kind)

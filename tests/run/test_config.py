@@ -45,11 +45,16 @@ def test_defaults_compose_and_validate():
 
 def test_validate_changes_nothing_and_resolve_returns_typed_objects():
     """validate only checks; resolve fills in the derived values on a typed copy."""
+    import dataclasses
+
     from normbench.run.config import ModelConfig, NormbenchConfig
 
     cfg = make("norm=deepnorm", "depth=12")
     before = OmegaConf.to_container(cfg)
-    validate(cfg)
+    plain = OmegaConf.to_object(cfg)
+    snapshot = dataclasses.asdict(plain)
+    validate(plain)
+    assert dataclasses.asdict(plain) == snapshot  # checked, not changed
     typed = resolve(cfg)
     assert OmegaConf.to_container(cfg) == before  # untouched: eps, vocab_size still null
     assert cfg.norm.eps is None and cfg.model.vocab_size is None
