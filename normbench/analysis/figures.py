@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
-    from normbench.analysis.compare import Axes, Run
+    from normbench.analysis.records import Run
+    from normbench.analysis.table import Axes
 
 
 def uniform_loss(axes: Axes) -> float:
@@ -81,7 +82,7 @@ def report_figures(out: Path, runs: list[Run], axes: Axes) -> dict[str, list[Pat
 
 
 def _title(keys: list[str], values: tuple[Any, ...]) -> str:
-    from normbench.analysis.compare import fmt, short
+    from normbench.analysis.table import fmt, short
 
     return (
         ", ".join(f"{short(k)}={fmt(v)}" for k, v in zip(keys, values, strict=True)) or "all runs"
@@ -91,7 +92,7 @@ def _title(keys: list[str], values: tuple[Any, ...]) -> str:
 def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> list[Path]:
     """One figure per group: train (solid) and validation (dashed) loss against tokens, an x
     at each divergence event. A group with a blow-up gets a log loss axis."""
-    from normbench.analysis.compare import fmt, group_runs
+    from normbench.analysis.table import fmt, group_runs
 
     plt = _plt()
     paths = []
@@ -139,13 +140,14 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
 def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
     """Per placement: final validation loss over x and y (one panel per value of the other
     varying keys), diverged runs marked and counted in their cells."""
-    from normbench.analysis.compare import _order, fmt, group_runs, short
+    from normbench.analysis.records import order
+    from normbench.analysis.table import fmt, group_runs, short
 
     plt = _plt()
     import numpy as np
 
-    xs = sorted({r.config.get(axes.x) for r in runs}, key=_order)
-    ys = sorted({r.config.get(axes.y) for r in runs}, key=_order)
+    xs = sorted({r.config.get(axes.x) for r in runs}, key=order)
+    ys = sorted({r.config.get(axes.y) for r in runs}, key=order)
     facet_keys = [k for k in axes.config_keys if k not in ("norm.name", axes.x, axes.y)]
     done = [
         r.summary["val_loss"]
@@ -247,7 +249,7 @@ def _layer_values(summary_diag: dict[str, Any], prefix: str) -> tuple[list[int],
 
 def layer_profiles(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> list[Path]:
     """Per group: gradient norm and residual RMS per block, from each run's last diagnostics."""
-    from normbench.analysis.compare import fmt, group_runs
+    from normbench.analysis.table import fmt, group_runs
 
     plt = _plt()
     paths = []
@@ -286,7 +288,7 @@ def layer_profiles(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any
 def divergence_maps(out: Path, runs: list[Run], axes: Axes, limit: int = 12) -> list[Path]:
     """For each diverged run (at most `limit`): the ring buffer of its first event, as
     heatmaps of the gradient norm and residual RMS of each block over the last steps."""
-    from normbench.analysis.compare import describe
+    from normbench.analysis.table import describe
 
     plt = _plt()
     import numpy as np

@@ -82,7 +82,8 @@ def _settings(
 def _write_verdicts(
     cfg: NormbenchConfig, run_dir: Path, settings: dict[str, Any], table: dict[str, Any]
 ) -> None:
-    from normbench.analysis.compare import Probe, flatten, judge_claims, write_verdicts
+    from normbench.analysis.records import Probe, flatten
+    from normbench.analysis.verdicts import judge_claims, write_verdicts
 
     probe = Probe(run_dir, flatten(as_dict(cfg)), {"settings": settings, **table})
     verdicts = judge_claims([], [probe])

@@ -22,7 +22,7 @@ from normbench.analysis.claims import (
     r_squared,
     spearman,
 )
-from normbench.analysis.compare import Run
+from normbench.analysis.records import Run
 
 from support import TINY, run_cli, text_data
 from support.wandb_records import offline_runs

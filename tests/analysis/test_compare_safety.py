@@ -171,7 +171,7 @@ def test_an_interrupted_build_keeps_the_old_report(mine, tmp_path, cli_env, monk
 
 
 def fake_report(folder: Path, text: str) -> Path:
-    from normbench.analysis.compare import write_marker
+    from normbench.analysis.folder import write_marker
 
     (folder / "sub").mkdir(parents=True)
     (folder / "index.html").write_text(text)
@@ -182,7 +182,7 @@ def fake_report(folder: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
 def test_install_swaps_and_removes_only_listed_files(exchange, tmp_path, monkeypatch):
-    from normbench.analysis import compare as cmp
+    from normbench.analysis import folder as cmp
 
     if not exchange:  # a system without renameat2
         monkeypatch.setattr(cmp, "_renameat2", lambda *a: False)
@@ -315,7 +315,8 @@ def test_labels_are_escaped_in_markdown_and_formula_safe_in_csv(mine, tmp_path, 
 
 def test_csv_cell_and_verdicts_markdown_escape_user_text(tmp_path):
     from normbench.analysis.claims import Check, Verdict
-    from normbench.analysis.compare import csv_cell, write_verdicts
+    from normbench.analysis.table import csv_cell
+    from normbench.analysis.verdicts import write_verdicts
 
     cells = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "plain", "", -1.5, 3, True, None]
     assert [csv_cell(c) for c in cells] == [

@@ -1,0 +1,235 @@
+"""The report's tables: which config keys vary (the axes), how runs group, and the rows of
+summary.csv and summary.md (mean ± std over seeds, diverged count, tokens/s)."""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, order, vocab_note
+from normbench.run import vocab
+
+# Config keys under their short names (the W&B axes); other keys keep their dotted path.
+SHORT = {
+    "norm.name": "norm",
+    "norm.kind": "norm_kind",
+    "depth": "depth",
+    "optim.lr": "lr",
+    "optim.warmup_steps": "warmup",
+    "seed": "seed",
+    "optim.schedule": "schedule",
+    "model.block": "block",
+    "model.qk_norm": "qk_norm",
+    "model.d_model": "d_model",
+    "model.init": "init",
+    "precision": "precision",
+    "data.label": "data",
+    "data.vocab_limit": "vocab_limit",
+}
+LONG = {short: key for key, short in SHORT.items()}
+# Not axes: where things were written, values derived from other keys, other commands' keys.
+IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim")
+
+
+@dataclass
+class Axes:
+    """Which keys vary, and how the runs are arranged in the report."""
+
+    varying: list[str]  # dotted keys, axes first in SHORT's order
+    x: str
+    y: str
+    group_by: list[str]
+    config_keys: list[str] = field(default_factory=list)  # varying, without the seed
+    vocab_limit: int | None = None  # the runs' one vocabulary (None: GPT-2's full one)
+
+
+def resolve_key(name: str, runs: list[Run]) -> str:
+    key = LONG.get(name, name)
+    if not any(key in r.config for r in runs):
+        known = sorted(
+            {SHORT.get(k, k) for r in runs for k in r.config if not k.startswith(IGNORED)}
+        )
+        raise CompareError(f"unknown key '{name}'; the runs have: {', '.join(known)}")
+    return key
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """Config keys with more than one value across the runs, in axis order.
+
+    A key missing from some records (written before it existed) is not an axis unless the
+    records that have it differ.
+
+    A `norm.*` key whose value follows from the placement or the kind (a kind's eps, a
+    placement's own option) is not an axis of its own.
+    """
+    keys = sorted({k for r in runs for k in r.config if not k.startswith(IGNORED)})
+    order = {k: i for i, k in enumerate(SHORT)}
+    keys.sort(key=lambda k: (order.get(k, len(order)), k))
+    values = {k: [r.config.get(k) for r in runs] for k in keys}
+    # A key that only some records have (one written by an older normbench) varies only if
+    # the records that have it disagree.
+    varying = [k for k in keys if len({repr(r.config[k]) for r in runs if k in r.config}) > 1]
+
+    def follows(key: str, source: str) -> bool:
+        seen: dict[str, str] = {}
+        for s, v in zip(values.get(source, []), values[key], strict=True):
+            if seen.setdefault(repr(s), repr(v)) != repr(v):
+                return False
+        return True
+
+    return [
+        k
+        for k in varying
+        if not (
+            k.startswith("norm.")
+            and k not in ("norm.name", "norm.kind")
+            and (follows(k, "norm.name") or follows(k, "norm.kind"))
+        )
+    ]
+
+
+def choose_axes(runs: list[Run], x: str | None, y: str | None, group_by: list[str] | None) -> Axes:
+    varying = varying_keys(runs)
+    xk = resolve_key(x or "lr", runs)
+    yk = resolve_key(y or "depth", runs)
+    if group_by is None:
+        groups = [k for k in varying if k not in ("norm.name", "seed")]
+    else:
+        groups = [resolve_key(k, runs) for k in group_by]
+    order = {k: i for i, k in enumerate(SHORT)}
+    for key in (xk, yk, *groups):
+        if key not in varying:  # an axis of the report even with one value
+            varying.append(key)
+    varying.sort(key=lambda k: order.get(k, len(order)))
+    config_keys = [k for k in varying if k != "seed"]
+    return Axes(varying, xk, yk, groups, config_keys, vocab_limit=one_vocab(runs))
+
+
+def short(key: str) -> str:
+    return SHORT.get(key, key)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe(run: Run, keys: list[str]) -> str:
+    return " ".join(f"{short(k)}={fmt(run.config.get(k))}" for k in keys)
+
+
+def group_runs(runs: list[Run], keys: list[str]) -> dict[tuple[Any, ...], list[Run]]:
+    """Runs by their values of `keys`, in a stable order (numbers ascending)."""
+    groups: dict[tuple[Any, ...], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.config.get(k) for k in keys), []).append(run)
+    return dict(sorted(groups.items(), key=lambda kv: tuple(order(v) for v in kv[0])))
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
+    """One row per configuration (the varying keys but the seed), seeds aggregated."""
+    rows = []
+    for values, members in group_runs(runs, axes.config_keys).items():
+        done = [r for r in members if r.status == "completed"]
+        row: dict[str, Any] = {short(k): v for k, v in zip(axes.config_keys, values, strict=True)}
+        row["vocab"] = vocab.name(axes.vocab_limit)  # every CSV row says what its losses are over
+        row["runs"] = len(members)
+        row["seeds"] = " ".join(sorted({fmt(r.config.get("seed")) for r in members}))
+        row["completed"] = len(done)
+        row["diverged"] = sum(r.diverged for r in members)
+        row["failed"] = sum(r.status == "failed" for r in members)
+        for key in ("val_loss", "best_val_loss"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r.summary.get(key) for r in done])
+        row["val_ppl_mean"] = _mean_std([r.summary.get("val_ppl") for r in done])[0]
+        at = [r.summary.get("diverged_at_step") for r in members if r.diverged]
+        row["diverged_at_steps"] = " ".join(str(s) for s in at)
+        row["divergence_reasons"] = " ".join(
+            sorted({str(r.summary.get("divergence_reason")) for r in members if r.diverged})
+        )
+        row["tokens_per_s_mean"] = _mean_std([r.summary.get("tokens_per_s") for r in members])[0]
+        row["steps_mean"] = _mean_std([r.summary.get("steps") for r in members])[0]
+        rows.append(row)
+    return rows
+
+
+def number_cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def mean_std_cell(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def md_cell(value: Any) -> str:
+    """A markdown table cell showing `value` as written: HTML special characters escaped,
+    a `|` (which would end the cell) backslashed, line breaks as spaces."""
+    text = html.escape(str(value), quote=False).replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
+def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
+    keys = [short(k) for k in axes.config_keys]
+    head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "tokens/s"]
+    lines = ["| " + " | ".join(map(md_cell, head)) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        diverged = f"{row['diverged']}/{row['runs']}"
+        if row["diverged"]:
+            diverged += f" (step {row['diverged_at_steps']}: {row['divergence_reasons']})"
+        cells = [fmt(row[k]) for k in keys] + [
+            str(row["runs"]),
+            mean_std_cell(row["val_loss_mean"], row["val_loss_std"]),
+            mean_std_cell(row["best_val_loss_mean"], row["best_val_loss_std"]),
+            diverged,
+            f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-",
+        ]
+        lines.append("| " + " | ".join(map(md_cell, cells)) + " |")
+    return md_cell(vocab_note(axes.vocab_limit)) + "\n\n" + "\n".join(lines) + "\n"
+
+
+def skipped_markdown(skipped: list[Skipped]) -> str:
+    """The records left out of the report, and why (nothing when none was)."""
+    if not skipped:
+        return ""
+    lines = ["## Not in the report", "", "| directory | reason |", "|---|---|"]
+    lines += [f"| {md_cell(s.dir)} | {md_cell(s.reason)} |" for s in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV value that a spreadsheet shows as data: a text beginning with = + - @, a tab or
+    a carriage return (which it would run as a formula) gets a leading '; numbers stay."""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([csv_cell(k) for k in keys])
+        for row in rows:
+            cells = ["" if row.get(k) is None else row[k] for k in keys]
+            writer.writerow([csv_cell(c) for c in cells])
+
+
+# --- the report ---------------------------------------------------------------------------------
