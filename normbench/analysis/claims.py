@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from normbench.errors import ConfigError
+from normbench.run.axes import KEYS
 
 GROWS = 1.5
 MONOTONE = 0.8
@@ -419,14 +420,8 @@ def _final_losses(runs: list[Any]) -> tuple[list[float], int]:
 
 
 def _select(runs: list[Any], **where: Any) -> list[Any]:
-    keys = {
-        "norm": "norm.name",
-        "kind": "norm.kind",
-        "depth": "depth",
-        "warmup": "optim.warmup_steps",
-        "lr": "optim.lr",
-    }
-    return [r for r in runs if all(_cfg(r, keys[k]) == value for k, value in where.items())]
+    """The runs whose axes (by their short names, run/axes.py) have these values."""
+    return [r for r in runs if all(_cfg(r, KEYS[k]) == value for k, value in where.items())]
 
 
 def _loss_text(runs: list[Any]) -> str:
@@ -584,8 +579,8 @@ def judge_peri_growth(v: Verdict, runs: list[Any]) -> None:
 
 
 def judge_rmsnorm(v: Verdict, runs: list[Any]) -> None:
-    ln = _need_runs(runs, "norm.kind=layernorm", norm="pre", kind="layernorm")
-    rms = _need_runs(runs, "norm.kind=rmsnorm", norm="pre", kind="rmsnorm")
+    ln = _need_runs(runs, "norm.kind=layernorm", norm="pre", norm_kind="layernorm")
+    rms = _need_runs(runs, "norm.kind=rmsnorm", norm="pre", norm_kind="rmsnorm")
     v.measured.append(("Pre-LN, LayerNorm: final val loss", _loss_text(ln)))
     v.measured.append(("Pre-LN, RMSNorm: final val loss", _loss_text(rms)))
     speed = [mean_std(float(r.summary.get("tokens_per_s") or 0) for r in x)[0] for x in (rms, ln)]

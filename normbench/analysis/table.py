@@ -13,34 +13,14 @@ from typing import Any
 
 from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, order, vocab_note
 from normbench.run import vocab
-
-# Config keys under their short names (the W&B axes); other keys keep their dotted path.
-SHORT = {
-    "norm.name": "norm",
-    "norm.kind": "norm_kind",
-    "depth": "depth",
-    "optim.lr": "lr",
-    "optim.warmup_steps": "warmup",
-    "seed": "seed",
-    "optim.schedule": "schedule",
-    "model.block": "block",
-    "model.qk_norm": "qk_norm",
-    "model.d_model": "d_model",
-    "model.init": "init",
-    "precision": "precision",
-    "data.label": "data",
-    "data.vocab_limit": "vocab_limit",
-}
-LONG = {short: key for key, short in SHORT.items()}
-# Not axes: where things were written, values derived from other keys, other commands' keys.
-IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim")
+from normbench.run.axes import AXES, KEYS, NOT_AXES, short
 
 
 @dataclass
 class Axes:
     """Which keys vary, and how the runs are arranged in the report."""
 
-    varying: list[str]  # dotted keys, axes first in SHORT's order
+    varying: list[str]  # dotted keys, axes first in AXES's order
     x: str
     y: str
     group_by: list[str]
@@ -49,10 +29,10 @@ class Axes:
 
 
 def resolve_key(name: str, runs: list[Run]) -> str:
-    key = LONG.get(name, name)
+    key = KEYS.get(name, name)
     if not any(key in r.config for r in runs):
         known = sorted(
-            {SHORT.get(k, k) for r in runs for k in r.config if not k.startswith(IGNORED)}
+            {AXES.get(k, k) for r in runs for k in r.config if not k.startswith(NOT_AXES)}
         )
         raise CompareError(f"unknown key '{name}'; the runs have: {', '.join(known)}")
     return key
@@ -67,8 +47,8 @@ def varying_keys(runs: list[Run]) -> list[str]:
     A `norm.*` key whose value follows from the placement or the kind (a kind's eps, a
     placement's own option) is not an axis of its own.
     """
-    keys = sorted({k for r in runs for k in r.config if not k.startswith(IGNORED)})
-    order = {k: i for i, k in enumerate(SHORT)}
+    keys = sorted({k for r in runs for k in r.config if not k.startswith(NOT_AXES)})
+    order = {k: i for i, k in enumerate(AXES)}
     keys.sort(key=lambda k: (order.get(k, len(order)), k))
     values = {k: [r.config.get(k) for r in runs] for k in keys}
     # A key that only some records have (one written by an older normbench) varies only if
@@ -101,17 +81,13 @@ def choose_axes(runs: list[Run], x: str | None, y: str | None, group_by: list[st
         groups = [k for k in varying if k not in ("norm.name", "seed")]
     else:
         groups = [resolve_key(k, runs) for k in group_by]
-    order = {k: i for i, k in enumerate(SHORT)}
+    order = {k: i for i, k in enumerate(AXES)}
     for key in (xk, yk, *groups):
         if key not in varying:  # an axis of the report even with one value
             varying.append(key)
     varying.sort(key=lambda k: order.get(k, len(order)))
     config_keys = [k for k in varying if k != "seed"]
     return Axes(varying, xk, yk, groups, config_keys, vocab_limit=one_vocab(runs))
-
-
-def short(key: str) -> str:
-    return SHORT.get(key, key)
 
 
 def fmt(value: Any) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from normbench.run import vocab
+from normbench.run.axes import axis_values
 from normbench.run.config import NormbenchConfig, WandbConfig
 
 log = logging.getLogger(__name__)
@@ -200,21 +201,7 @@ def make_logger(
         return NullLogger()
     placement, kind = str(cfg.norm.name.value), str(cfg.norm.kind.value)
     limit = vocab.limit_of(cfg.data)
-    axes = {
-        "norm": placement,
-        "norm_kind": kind,
-        "depth": cfg.depth,
-        "block": str(cfg.model.block.value),
-        "qk_norm": bool(cfg.model.qk_norm),
-        "lr": cfg.optim.lr,
-        "warmup": cfg.optim.warmup_steps,
-        "schedule": str(cfg.optim.schedule.value),
-        "seed": cfg.seed,
-        "d_model": cfg.model.d_model,
-        "precision": str(cfg.precision.value),
-        "data": str(cfg.data.label),
-        "vocab_limit": limit,  # null: GPT-2's full vocabulary (normbench/run/vocab.py)
-    }
+    axes = axis_values(config)  # the flat axis keys (run/axes.py)
     name = cfg.logger.name or f"{placement}-{kind}-d{cfg.depth}-lr{cfg.optim.lr:g}-s{cfg.seed}"
     if limit is not None:  # losses of another vocabulary are not comparable: say so everywhere
         name += f"-vocab{limit}"
