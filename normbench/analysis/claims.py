@@ -34,11 +34,11 @@ below, takes the name as a string).
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from normbench.analysis.stats import mean, pm, r_squared, spearman, stderr_diff
 from normbench.errors import ConfigError
 from normbench.run.axes import KEYS
 
@@ -131,66 +131,6 @@ class Claim:
 # --- numbers ------------------------------------------------------------------------------
 
 
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value) of the finite values; NaN for
-    none (e.g. the rank correlation of a constant profile)."""
-    v = [float(x) for x in values if math.isfinite(float(x))]
-    if not v:
-        return math.nan, math.nan
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-
-def pm(values: Iterable[float], digits: int = 3) -> str:
-    """'mean ± std (n=k)' in `digits` significant digits."""
-    v = [float(x) for x in values if math.isfinite(float(x))]
-    m, s = mean_std(v)
-    if not v:
-        return "-"
-    if len(v) == 1:
-        return f"{m:.{digits}g} (n=1)"
-    return f"{m:.{digits}g} ± {s:.2g} (n={len(v)})"
-
-
-def stderr_diff(a: list[float], b: list[float]) -> float:
-    """The standard error of mean(a) - mean(b) (0 where a side has one value)."""
-    return math.sqrt(sum(mean_std(x)[1] ** 2 / len(x) for x in (a, b) if len(x) > 1))
-
-
-def _ranks(values: list[float]) -> list[float]:
-    order = sorted(range(len(values)), key=values.__getitem__)
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman's rank correlation (NaN for fewer than 3 points or a constant side)."""
-    if len(x) < 3:
-        return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    sxx = sum((a - mx) ** 2 for a in rx)
-    syy = sum((b - my) ** 2 for b in ry)
-    return sxy / math.sqrt(sxx * syy) if sxx and syy else math.nan
-
-
-def r_squared(x: list[float], y: list[float]) -> float:
-    """The coefficient of determination of the least-squares line through (x, y)."""
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    return sxy * sxy / (sxx * syy) if sxx and syy else math.nan
-
-
 class Missing(Exception):
     """The records lack what a claim needs; the message says what to run."""
 
@@ -266,7 +206,7 @@ def judge_xiong_gradients(v: Verdict, t: ProbeTable) -> None:
             last = [t.profile(norm, d, s, key)[-1][1] for s in t.seeds(norm, d)]
             v.measured.append((f"{name} depth {d}: ‖grad W2‖ at layer 1", pm(first)))
             v.measured.append((f"{name} depth {d}: ‖grad W2‖ at layer {d}", pm(last)))
-        m_along, m_rho, m_across = mean_std(along)[0], mean_std(rho)[0], mean_std(across)[0]
+        m_along, m_rho, m_across = mean(along), mean(rho), mean(across)
         what = f"layer {hi} / layer 1 at depth {hi}"
         if norm == "post":
             v.checks.append(
@@ -339,7 +279,7 @@ def judge_xiong_hidden(v: Verdict, t: ProbeTable) -> None:
                     f"Pre-LN's hidden-state norm grows with the layer index: output / block 2 "
                     f">= {GROWS} and Spearman rho >= {MONOTONE} (depth {depth})",
                     f"{pm(growth)}; rho {pm(rho, 2)}",
-                    mean_std(growth)[0] >= GROWS and mean_std(rho)[0] >= MONOTONE,
+                    mean(growth) >= GROWS and mean(rho) >= MONOTONE,
                 )
             )
         else:
@@ -348,7 +288,7 @@ def judge_xiong_hidden(v: Verdict, t: ProbeTable) -> None:
                     f"Post-LN's hidden-state norm stays constant: max / min over blocks 2 .. "
                     f"output <= {CONSTANT} (depth {depth})",
                     pm(spread, 4),
-                    mean_std(spread)[0] <= CONSTANT,
+                    mean(spread) <= CONSTANT,
                 )
             )
 
@@ -389,9 +329,9 @@ def judge_output_change(v: Verdict, t: ProbeTable) -> None:
             f"(> {SATURATED}; unrelated outputs differ by 1.41): saturated, so growth with depth "
             "cannot show; lower probe.lr"
         )
-    post = mean_std(growth["post"])[0]
+    post = mean(growth["post"])
     for norm in others:
-        other = mean_std(growth[norm])[0]
+        other = mean(growth[norm])
         v.checks.append(
             Check(
                 f"Post-LN's output change grows with depth at least {MUCH}x faster than "
@@ -431,7 +371,7 @@ def _loss_text(runs: list[Any]) -> str:
 
 def _differs(a: list[float], b: list[float]) -> tuple[float, float, bool]:
     """mean(a) - mean(b), its standard error, and whether it counts (>= DELTA and >= 2 SE)."""
-    d = mean_std(a)[0] - mean_std(b)[0]
+    d = mean(a) - mean(b)
     se = stderr_diff(a, b)
     return d, se, d >= max(DELTA, 2 * se)
 
@@ -501,7 +441,7 @@ def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
         v.measured.append((f"{norm} depth {hi}: final val loss", _loss_text(deep)))
         a, n_div = _final_losses(deep)
         b, _ = _final_losses(shallow)
-        d = mean_std(a)[0] - mean_std(b)[0] if a and b else math.nan
+        d = mean(a) - mean(b) if a and b else math.nan
         penalty[norm] = (d, stderr_diff(a, b) if a and b else math.nan, n_div)
     if incomplete:
         v.note = f"left out, lacking runs at depth {lo} or {hi}: {', '.join(incomplete)}"
@@ -567,7 +507,7 @@ def judge_peri_growth(v: Verdict, runs: list[Any]) -> None:
         v.measured.append((f"{norm}: residual RMS at the output, end of training", pm(outs)))
         v.measured.append((f"{norm}: residual RMS output / block 1", pm(values)))
         v.measured.append((f"{norm}: final val loss", _loss_text(chosen)))
-    pre, peri = mean_std(growth["pre"])[0], mean_std(growth["peri"])[0]
+    pre, peri = mean(growth["pre"]), mean(growth["peri"])
     v.checks.append(
         Check(
             f"Pre-LN's residual stream grows across the layers at least {MUCH}x more than "
@@ -583,12 +523,12 @@ def judge_rmsnorm(v: Verdict, runs: list[Any]) -> None:
     rms = _need_runs(runs, "norm.kind=rmsnorm", norm="pre", norm_kind="rmsnorm")
     v.measured.append(("Pre-LN, LayerNorm: final val loss", _loss_text(ln)))
     v.measured.append(("Pre-LN, RMSNorm: final val loss", _loss_text(rms)))
-    speed = [mean_std(float(r.summary.get("tokens_per_s") or 0) for r in x)[0] for x in (rms, ln)]
+    speed = [mean(float(r.summary.get("tokens_per_s") or 0) for r in x) for x in (rms, ln)]
     if all(speed):
         v.measured.append(("tokens/s, RMSNorm / LayerNorm", f"{speed[0] / speed[1]:.3g}"))
     a, div_a = _final_losses(rms)
     b, div_b = _final_losses(ln)
-    d = mean_std(a)[0] - mean_std(b)[0] if a and b else math.nan
+    d = mean(a) - mean(b) if a and b else math.nan
     se = stderr_diff(a, b) if a and b else math.nan
     tol = max(MATCH, 2 * se) if not math.isnan(se) else MATCH
     v.checks.append(

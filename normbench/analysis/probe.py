@@ -28,7 +28,6 @@ import csv
 import json
 import logging
 import math
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from normbench.analysis.stats import mean_std
 from normbench.model import GPT
 from normbench.run.data import RandomWindows
 from normbench.run.optim import build_optimizer
@@ -144,12 +144,6 @@ def probe_model(
     }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    if len(values) == 1:
-        return values[0], None
-    return statistics.fmean(values), statistics.stdev(values)
-
-
 def run_probe(
     jobs: list[Any],
     tokens_for: Callable[[Any], Any],
@@ -185,11 +179,11 @@ def run_probe(
             row: dict[str, Any] = {**who, "layer": first["layer"]}
             for key in first:
                 if key != "layer":
-                    row[key], row[f"{key}_std"] = _mean_std([r["layers"][i][key] for r in per_seed])
+                    row[key], row[f"{key}_std"] = mean_std([r["layers"][i][key] for r in per_seed])
             layers.append(row)
         model_row: dict[str, Any] = {**who, "lr": step_lr}
         for key in MODEL_KEYS:
-            model_row[key], model_row[f"{key}_std"] = _mean_std([r[key] for r in per_seed])
+            model_row[key], model_row[f"{key}_std"] = mean_std([r[key] for r in per_seed])
         models.append(model_row)
         log.info(
             "probe %s-%s depth %d: output change %.4g, logit change %.4g, last-layer MLP "

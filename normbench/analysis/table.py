@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import html
-import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, order, vocab_note
+from normbench.analysis.stats import mean_std
 from normbench.run import vocab
 from normbench.run.axes import AXES, KEYS, NOT_AXES, short
 
@@ -108,13 +107,6 @@ def group_runs(runs: list[Run], keys: list[str]) -> dict[tuple[Any, ...], list[R
     return dict(sorted(groups.items(), key=lambda kv: tuple(order(v) for v in kv[0])))
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
     """One row per configuration (the varying keys but the seed), seeds aggregated."""
     rows = []
@@ -128,15 +120,15 @@ def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
         row["diverged"] = sum(r.diverged for r in members)
         row["failed"] = sum(r.status == "failed" for r in members)
         for key in ("val_loss", "best_val_loss"):
-            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r.summary.get(key) for r in done])
-        row["val_ppl_mean"] = _mean_std([r.summary.get("val_ppl") for r in done])[0]
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r.summary.get(key) for r in done])
+        row["val_ppl_mean"] = mean_std([r.summary.get("val_ppl") for r in done])[0]
         at = [r.summary.get("diverged_at_step") for r in members if r.diverged]
         row["diverged_at_steps"] = " ".join(str(s) for s in at)
         row["divergence_reasons"] = " ".join(
             sorted({str(r.summary.get("divergence_reason")) for r in members if r.diverged})
         )
-        row["tokens_per_s_mean"] = _mean_std([r.summary.get("tokens_per_s") for r in members])[0]
-        row["steps_mean"] = _mean_std([r.summary.get("steps") for r in members])[0]
+        row["tokens_per_s_mean"] = mean_std([r.summary.get("tokens_per_s") for r in members])[0]
+        row["steps_mean"] = mean_std([r.summary.get("steps") for r in members])[0]
         rows.append(row)
     return rows
 
