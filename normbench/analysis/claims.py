@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from normbench.analysis.markdown import table
 from normbench.analysis.stats import mean, pm, r_squared, spearman, stderr_diff
 from normbench.errors import ConfigError
 from normbench.run.axes import KEYS
@@ -91,9 +92,7 @@ class Verdict:
         return {**asdict(self), "outcome": self.outcome}
 
     def markdown(self) -> str:
-        def cell(text: str) -> str:  # a | would end the table cell
-            return text.replace("|", "\\|")
-
+        """The verdict as markdown (its texts HTML-escaped already: verdicts.py)."""
         lines = [
             f"### {self.title}: **{self.outcome}**",
             "",
@@ -103,16 +102,10 @@ class Verdict:
         if self.setting:
             lines += [f"*Setting*: {self.setting}", ""]
         if self.measured:
-            lines += ["| quantity | measured |", "|---|---|"]
-            lines += [f"| {cell(q)} | {cell(v)} |" for q, v in self.measured]
-            lines.append("")
+            lines += [table(["quantity", "measured"], self.measured, escape_html=False), ""]
         if self.checks:
-            lines += ["| condition | measured | held |", "|---|---|---|"]
-            lines += [
-                f"| {cell(c.condition)} | {cell(c.measured)} | {'yes' if c.held else 'no'} |"
-                for c in self.checks
-            ]
-            lines.append("")
+            rows = [(c.condition, c.measured, "yes" if c.held else "no") for c in self.checks]
+            lines += [table(["condition", "measured", "held"], rows, escape_html=False), ""]
         if self.note:
             lines += [f"*Note*: {self.note}", ""]
         return "\n".join(lines)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from normbench.analysis import markdown
 from normbench.analysis.stats import mean_std
 from normbench.model import GPT
 from normbench.run.data import RandomWindows
@@ -213,10 +214,7 @@ def _fmt(value: Any) -> str:
 
 
 def _markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(k)) for k in keys) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown.table(keys, [[_fmt(row.get(k)) for k in keys] for row in rows]) + "\n"
 
 
 def _with_std(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:

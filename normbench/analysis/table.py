@@ -4,11 +4,11 @@ summary.csv and summary.md (mean ± std over seeds, diverged count, tokens/s).""
 from __future__ import annotations
 
 import csv
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normbench.analysis import markdown
 from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, order, vocab_note
 from normbench.analysis.stats import mean_std
 from normbench.run import vocab
@@ -147,17 +147,10 @@ def mean_std_cell(mean: float | None, std: float | None) -> str:
     return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
-def md_cell(value: Any) -> str:
-    """A markdown table cell showing `value` as written: HTML special characters escaped,
-    a `|` (which would end the cell) backslashed, line breaks as spaces."""
-    text = html.escape(str(value), quote=False).replace("|", "\\|")
-    return " ".join(text.splitlines())
-
-
 def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
     keys = [short(k) for k in axes.config_keys]
     head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "tokens/s"]
-    lines = ["| " + " | ".join(map(md_cell, head)) + " |", "|" + "---|" * len(head)]
+    body = []
     for row in rows:
         diverged = f"{row['diverged']}/{row['runs']}"
         if row["diverged"]:
@@ -169,17 +162,16 @@ def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
             diverged,
             f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-",
         ]
-        lines.append("| " + " | ".join(map(md_cell, cells)) + " |")
-    return md_cell(vocab_note(axes.vocab_limit)) + "\n\n" + "\n".join(lines) + "\n"
+        body.append(cells)
+    return markdown.cell(vocab_note(axes.vocab_limit)) + "\n\n" + markdown.table(head, body) + "\n"
 
 
 def skipped_markdown(skipped: list[Skipped]) -> str:
     """The records left out of the report, and why (nothing when none was)."""
     if not skipped:
         return ""
-    lines = ["## Not in the report", "", "| directory | reason |", "|---|---|"]
-    lines += [f"| {md_cell(s.dir)} | {md_cell(s.reason)} |" for s in skipped]
-    return "\n".join(lines) + "\n"
+    rows = [(s.dir, s.reason) for s in skipped]
+    return "## Not in the report\n\n" + markdown.table(["directory", "reason"], rows) + "\n"
 
 
 def csv_cell(value: Any) -> Any:
