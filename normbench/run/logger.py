@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from normbench.run import vocab
+from normbench.run.axes import axes_of
+from normbench.run.rundir import flat
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +181,8 @@ def make_logger(
     config: dict[str, Any],
     resume_id: str | None = None,
 ) -> Any:
-    """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes.
+    """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes
+    (`config`: the full resolved config, whose axes become shallow keys beside it).
 
     A run with `data.vocab_limit=K` has `-vocabK` at the end of its default name and the tag
     `vocab=K` (`vocab=full` otherwise); the mapping itself joins the config (`vocab`) once
@@ -188,21 +191,9 @@ def make_logger(
         return NullLogger()
     placement, kind = str(cfg.norm.name.value), str(cfg.norm.kind.value)
     limit = vocab.limit_of(cfg.data)
-    axes = {
-        "norm": placement,
-        "norm_kind": kind,
-        "depth": cfg.depth,
-        "block": str(cfg.model.block.value),
-        "qk_norm": bool(cfg.model.qk_norm),
-        "lr": cfg.optim.lr,
-        "warmup": cfg.optim.warmup_steps,
-        "schedule": str(cfg.optim.schedule.value),
-        "seed": cfg.seed,
-        "d_model": cfg.model.d_model,
-        "precision": str(cfg.precision.value),
-        "data": str(cfg.data.label),
-        "vocab_limit": limit,  # null: GPT-2's full vocabulary (normbench/run/vocab.py)
-    }
+    # The experiment's axes (normbench/run/axes.py) as shallow keys; vocab_limit null: GPT-2's
+    # full vocabulary (normbench/run/vocab.py).
+    axes = {**axes_of(flat(config)), "vocab_limit": limit}
     name = cfg.logger.name or f"{placement}-{kind}-d{cfg.depth}-lr{cfg.optim.lr:g}-s{cfg.seed}"
     if limit is not None:  # losses of another vocabulary are not comparable: say so everywhere
         name += f"-vocab{limit}"
