@@ -189,7 +189,8 @@ def test_compare_bad_input_is_one_line(args, message, sweep, tmp_path, cli_env):
 
 
 def test_axes_follow_what_varies(sweep):
-    from normbench.analysis.compare import choose_axes, find_runs, varying_keys
+    from normbench.analysis.records import find_runs
+    from normbench.analysis.table import choose_axes, varying_keys
 
     runs = find_runs([str(sweep)])
     assert varying_keys(runs) == ["norm.name", "optim.lr"]  # not the derived norm.* keys
@@ -322,7 +323,8 @@ def test_a_crashed_job_does_not_stop_the_others(tmp_path, cli_env, text_files):
 def test_a_key_missing_from_older_records_is_not_an_axis():
     """Records written before a config key existed do not make it an axis; a key whose
     values differ among the records that have it does."""
-    from normbench.analysis.compare import Run, varying_keys
+    from normbench.analysis.records import Run
+    from normbench.analysis.table import varying_keys
 
     def run(name: str, **config) -> Run:
         return Run(Path(name), {"norm.name": "pre", "optim.lr": 0.1, **config}, {}, [], [])
