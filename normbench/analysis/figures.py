@@ -11,33 +11,27 @@ import math
 import re
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
-from normbench.analysis.stats import finite, mean
-from normbench.analysis.table import describe, fmt, group_runs
+from normbench.analysis.records import Run
+from normbench.analysis.stats import finite, mean_or_nan
+from normbench.analysis.table import Axes, describe, fmt, group_runs
+from normbench.run import vocab
 from normbench.run.axes import order, short
-
-if TYPE_CHECKING:
-    from normbench.analysis.records import Run
-    from normbench.analysis.table import Axes
 
 
 def uniform_loss(axes: Axes) -> float:
     """ln(vocab): the loss of a uniform guess over the runs' vocabulary (GPT-2's 50,257 or
     data.vocab_limit)."""
-    from normbench.run.vocab import data_vocab
-
-    return math.log(data_vocab(axes.vocab_limit))
+    return math.log(vocab.data_vocab(axes.vocab_limit))
 
 
 def vocab_suffix(axes: Axes) -> str:
     """` [vocab K]` for a reduced vocabulary (its losses are not comparable with the full
     vocabulary's), nothing for the full one."""
-    from normbench.run.vocab import label
-
-    return "" if axes.vocab_limit is None else f" [{label(axes.vocab_limit)}]"
+    return "" if axes.vocab_limit is None else f" [{vocab.label(axes.vocab_limit)}]"
 
 
 def _plt() -> Any:
@@ -144,7 +138,7 @@ def _loss_range(runs: list[Run]) -> tuple[float, float]:
     return vmin, max(vmax, vmin + 1e-6)
 
 
-def _stability_cell(ax: Any, i: int, j: int, cell: list[Run], vrange: tuple[float, float]) -> Any:
+def _stability_cell(ax: Any, i: int, j: int, cell: list[Run], vrange: tuple[float, float]) -> float:
     """Cell (i, j) of a stability map: its runs' mean final validation loss (returned: NaN
     when none completed), the count of diverged runs (a red frame, hatched when none
     completed) or of failed ones."""
@@ -155,10 +149,7 @@ def _stability_cell(ax: Any, i: int, j: int, cell: list[Run], vrange: tuple[floa
         if r.status == "completed" and r.summary.get("val_loss") is not None
     ]
     div = sum(r.diverged for r in cell)
-    value = math.nan
-    if ok:
-        value = mean(ok)
-        value = math.nan if value is None else value
+    value = mean_or_nan(ok)
     text = f"{value:.3f}" if ok else ""
     if div:
         ax.add_patch(
