@@ -49,21 +49,30 @@ inputs or holds one. Report folders are never read as records.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from normbench.analysis.folder import (
+from normbench.analysis.claims import judge_claims
+from normbench.analysis.page import write_html
+from normbench.analysis.records import (
+    CompareError,
+    Probe,
+    Records,
+    Run,
+    read_records,
+    select_vocab,
+)
+from normbench.analysis.reportdir import (
+    beside,
     check_out,
     default_out,
     discard,
     install,
     remove_report,
-    temporary_beside,
     write_marker,
 )
-from normbench.analysis.page import copy_probe_figures, write_html
-from normbench.analysis.records import CompareError, Records, Run, read_records, select_vocab
 from normbench.analysis.table import (
     Axes,
     choose_axes,
@@ -73,7 +82,26 @@ from normbench.analysis.table import (
     table_markdown,
     write_csv,
 )
-from normbench.analysis.verdicts import judge_claims, write_verdicts
+from normbench.analysis.verdict import write_verdicts
+
+# This module is the command: its arguments, and `build_report`, which puts the report
+# together from the records (records.py), the summary table (table.py), the figures
+# (figures.py), the verdicts (claims.py, verdict.py) and the page (page.py), in a folder
+# that reportdir.py installs. (The docstring above is `normbench compare --help`.)
+
+
+def copy_probe_figures(out: Path, probes: list[Probe]) -> list[Path]:
+    """Each probe's comparison figure (probe.png and .svg), renamed probe<i>."""
+    copied = []
+    for i, probe in enumerate(probes):
+        stem = "probe" if len(probes) == 1 else f"probe{i}"
+        for ext in ("png", "svg"):
+            source = probe.dir / f"probe.{ext}"
+            if source.is_file():
+                shutil.copyfile(source, out / f"{stem}.{ext}")
+        if (out / f"{stem}.png").is_file():
+            copied.append(out / f"{stem}.png")
+    return copied
 
 
 def write_report(
@@ -129,7 +157,7 @@ def build_report(
     for s in records.skipped:
         print(f"normbench compare: skipped {s.dir}: {s.reason}", file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_beside(out, "tmp")
+    tmp = beside(out, "tmp")
     tmp.mkdir()
     try:
         rows, figures = write_report(tmp, records, axes, verdicts, paths)

@@ -11,29 +11,27 @@ import math
 import re
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
-if TYPE_CHECKING:
-    from normbench.analysis.records import Run
-    from normbench.analysis.table import Axes
+from normbench.analysis.records import Run
+from normbench.analysis.stats import finite, mean_or_nan
+from normbench.analysis.table import Axes, describe, fmt, group_runs
+from normbench.run import vocab
+from normbench.run.axes import order, short
 
 
 def uniform_loss(axes: Axes) -> float:
     """ln(vocab): the loss of a uniform guess over the runs' vocabulary (GPT-2's 50,257 or
     data.vocab_limit)."""
-    from normbench.run.vocab import data_vocab
-
-    return math.log(data_vocab(axes.vocab_limit))
+    return math.log(vocab.data_vocab(axes.vocab_limit))
 
 
 def vocab_suffix(axes: Axes) -> str:
     """` [vocab K]` for a reduced vocabulary (its losses are not comparable with the full
     vocabulary's), nothing for the full one."""
-    from normbench.run.vocab import label
-
-    return "" if axes.vocab_limit is None else f" [{label(axes.vocab_limit)}]"
+    return "" if axes.vocab_limit is None else f" [{vocab.label(axes.vocab_limit)}]"
 
 
 def _plt() -> Any:
@@ -82,8 +80,6 @@ def report_figures(out: Path, runs: list[Run], axes: Axes) -> dict[str, list[Pat
 
 
 def _title(keys: list[str], values: tuple[Any, ...]) -> str:
-    from normbench.analysis.table import fmt, short
-
     return (
         ", ".join(f"{short(k)}={fmt(v)}" for k, v in zip(keys, values, strict=True)) or "all runs"
     )
@@ -92,8 +88,6 @@ def _title(keys: list[str], values: tuple[Any, ...]) -> str:
 def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> list[Path]:
     """One figure per group: train (solid) and validation (dashed) loss against tokens, an x
     at each divergence event. A group with a blow-up gets a log loss axis."""
-    from normbench.analysis.table import fmt, group_runs
-
     plt = _plt()
     paths = []
     uniform = uniform_loss(axes)
@@ -137,27 +131,72 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
     return paths
 
 
+def _loss_range(runs: list[Run]) -> tuple[float, float]:
+    """The colour scale of the stability maps: the completed runs' final validation losses."""
+    done = finite(r.summary.get("val_loss") for r in runs if r.status == "completed")
+    vmin, vmax = (min(done), max(done)) if done else (0.0, 1.0)
+    return vmin, max(vmax, vmin + 1e-6)
+
+
+def _stability_cell(ax: Any, i: int, j: int, cell: list[Run], vrange: tuple[float, float]) -> float:
+    """Cell (i, j) of a stability map: its runs' mean final validation loss (returned: NaN
+    when none completed), the count of diverged runs (a red frame, hatched when none
+    completed) or of failed ones."""
+    plt = _plt()
+    ok = [
+        r.summary["val_loss"]
+        for r in cell
+        if r.status == "completed" and r.summary.get("val_loss") is not None
+    ]
+    div = sum(r.diverged for r in cell)
+    value = mean_or_nan(ok)
+    text = f"{value:.3f}" if ok else ""
+    if div:
+        ax.add_patch(
+            plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=not ok, facecolor="#d9d9d9",
+                          edgecolor="#c00000", lw=2, hatch="xx" if not ok else None)
+        )  # fmt: skip
+        text = (text + "\n" if text else "") + f"✕ {div}/{len(cell)} diverged"
+    elif not ok:
+        text = f"{len(cell)} failed"
+    dark = ok and value < sum(vrange) / 2
+    color = "#c00000" if div else "white" if dark else "black"
+    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    return value
+
+
+def _stability_panel(
+    ax: Any,
+    members: list[Run],
+    axes: Axes,
+    xs: list[Any],
+    ys: list[Any],
+    vrange: tuple[float, float],
+) -> Any:
+    """One panel: the runs of one facet over x and y; returns its image (for the colour bar)."""
+    import numpy as np
+
+    value = np.full((len(ys), len(xs)), np.nan)
+    for (xv, yv), cell in group_runs(members, [axes.x, axes.y]).items():
+        i, j = ys.index(yv), xs.index(xv)
+        value[i, j] = _stability_cell(ax, i, j, cell, vrange)
+    vmin, vmax = vrange
+    image = ax.imshow(value, cmap="viridis", vmin=vmin, vmax=vmax, origin="lower", aspect="auto")
+    ax.set_xticks(range(len(xs)), [fmt(v) for v in xs])
+    ax.set_yticks(range(len(ys)), [fmt(v) for v in ys])
+    ax.set_xlabel(short(axes.x))
+    ax.set_ylabel(short(axes.y))
+    return image
+
+
 def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
     """Per placement: final validation loss over x and y (one panel per value of the other
     varying keys), diverged runs marked and counted in their cells."""
-    from normbench.analysis.records import order
-    from normbench.analysis.table import fmt, group_runs, short
-
     plt = _plt()
-    import numpy as np
-
     xs = sorted({r.config.get(axes.x) for r in runs}, key=order)
     ys = sorted({r.config.get(axes.y) for r in runs}, key=order)
     facet_keys = [k for k in axes.config_keys if k not in ("norm.name", axes.x, axes.y)]
-    done = [
-        r.summary["val_loss"]
-        for r in runs
-        if r.status == "completed"
-        and r.summary.get("val_loss") is not None
-        and math.isfinite(r.summary["val_loss"])
-    ]
-    vmin, vmax = (min(done), max(done)) if done else (0.0, 1.0)
-    vmax = max(vmax, vmin + 1e-6)
+    vrange = _loss_range(runs)
     paths = []
     for norm, by_norm in group_runs(runs, ["norm.name"]).items():
         facets = group_runs(by_norm, facet_keys)
@@ -173,54 +212,7 @@ def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
         )
         image = None
         for ax, (values, members) in zip(grid.flat, facets.items(), strict=False):
-            value = np.full((len(ys), len(xs)), np.nan)
-            for (xv, yv), cell in group_runs(members, [axes.x, axes.y]).items():
-                i, j = ys.index(yv), xs.index(xv)
-                ok = [
-                    r.summary["val_loss"]
-                    for r in cell
-                    if r.status == "completed" and r.summary.get("val_loss") is not None
-                ]
-                div = sum(r.diverged for r in cell)
-                if ok:
-                    value[i, j] = sum(ok) / len(ok)
-                text = f"{value[i, j]:.3f}" if ok else ""
-                if div:
-                    ax.add_patch(
-                        plt.Rectangle(
-                            (j - 0.5, i - 0.5),
-                            1,
-                            1,
-                            fill=not ok,
-                            facecolor="#d9d9d9",
-                            edgecolor="#c00000",
-                            lw=2,
-                            hatch="xx" if not ok else None,
-                        )
-                    )
-                    text = (text + "\n" if text else "") + f"✕ {div}/{len(cell)} diverged"
-                elif not ok:
-                    text = f"{len(cell)} failed"
-                ax.text(
-                    j,
-                    i,
-                    text,
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="#c00000"
-                    if div
-                    else "white"
-                    if ok and value[i, j] < (vmin + vmax) / 2
-                    else "black",
-                )
-            image = ax.imshow(
-                value, cmap="viridis", vmin=vmin, vmax=vmax, origin="lower", aspect="auto"
-            )
-            ax.set_xticks(range(len(xs)), [fmt(v) for v in xs])
-            ax.set_yticks(range(len(ys)), [fmt(v) for v in ys])
-            ax.set_xlabel(short(axes.x))
-            ax.set_ylabel(short(axes.y))
+            image = _stability_panel(ax, members, axes, xs, ys, vrange)
             count = sum(r.diverged for r in members)
             title = f"{_title(facet_keys, values)}: {count}/{len(members)} diverged"
             ax.set_title(textwrap.fill(title, 36 + 8 * len(xs)))
@@ -249,8 +241,6 @@ def _layer_values(summary_diag: dict[str, Any], prefix: str) -> tuple[list[int],
 
 def layer_profiles(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> list[Path]:
     """Per group: gradient norm and residual RMS per block, from each run's last diagnostics."""
-    from normbench.analysis.table import fmt, group_runs
-
     plt = _plt()
     paths = []
     for values, members in group_runs(runs, axes.group_by).items():
@@ -285,15 +275,47 @@ def layer_profiles(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any
     return paths
 
 
-def divergence_maps(out: Path, runs: list[Run], axes: Axes, limit: int = 12) -> list[Path]:
-    """For each diverged run (at most `limit`): the ring buffer of its first event, as
-    heatmaps of the gradient norm and residual RMS of each block over the last steps."""
-    from normbench.analysis.table import describe
-
-    plt = _plt()
+def _history_panel(fig: Any, ax: Any, history: list[dict[str, Any]], prefix: str) -> None:
+    """One statistic (`grad_norm` or `resid_rms`) of every block over the ring buffer's
+    steps, in log colour; non-finite values marked."""
     import numpy as np
     from matplotlib.colors import LogNorm
 
+    steps = [h["step"] for h in history]
+    pattern = rf"{prefix}/block_(\d+)"
+    blocks = sorted(
+        {int(m.group(1)) for h in history for k in h if (m := re.fullmatch(pattern, k))}
+    )
+    if not blocks:
+        ax.axis("off")
+        return
+    width = max(2, len(str(max(blocks))))
+    grid = np.array(
+        [[h.get(f"{prefix}/block_{b:0{width}d}") for h in history] for b in blocks],
+        dtype=float,
+    )
+    bad = ~np.isfinite(grid)
+    finite_values = grid[~bad & (grid > 0)]
+    norm = (
+        LogNorm(vmin=finite_values.min(), vmax=finite_values.max())
+        if finite_values.size and finite_values.max() > finite_values.min()
+        else None
+    )
+    shown = np.where(bad | (grid <= 0), np.nan, grid)
+    extent = (steps[0] - 0.5, steps[-1] + 0.5, 0.5, len(blocks) + 0.5)
+    im = ax.imshow(shown, aspect="auto", origin="lower", cmap="magma", norm=norm, extent=extent)
+    ys, xs = np.nonzero(bad)
+    ax.plot(np.array(steps)[xs], ys + 1, "s", color="#00bfff", ms=4, label="non-finite")
+    ax.set(xlabel="step", ylabel="block l", title=f"{prefix} per block (log colour)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=ax)
+
+
+def divergence_maps(out: Path, runs: list[Run], axes: Axes, limit: int = 12) -> list[Path]:
+    """For each diverged run (at most `limit`): the ring buffer of its first event, as
+    heatmaps of the gradient norm and residual RMS of each block over the last steps."""
+    plt = _plt()
     paths = []
     for run in [r for r in runs if r.diverged and r.events][:limit]:
         event = run.events[0]
@@ -301,46 +323,8 @@ def divergence_maps(out: Path, runs: list[Run], axes: Axes, limit: int = 12) -> 
         if not history:
             continue
         fig, panels = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
-        steps = [h["step"] for h in history]
         for ax, prefix in zip(panels, ("grad_norm", "resid_rms"), strict=True):
-            blocks = sorted(
-                {
-                    int(m.group(1))
-                    for h in history
-                    for k in h
-                    if (m := re.fullmatch(rf"{prefix}/block_(\d+)", k))
-                }
-            )
-            if not blocks:
-                ax.axis("off")
-                continue
-            width = max(2, len(str(max(blocks))))
-            grid = np.array(
-                [[h.get(f"{prefix}/block_{b:0{width}d}") for h in history] for b in blocks],
-                dtype=float,
-            )
-            bad = ~np.isfinite(grid)
-            finite = grid[~bad & (grid > 0)]
-            norm = (
-                LogNorm(vmin=finite.min(), vmax=finite.max())
-                if finite.size and finite.max() > finite.min()
-                else None
-            )
-            shown = np.where(bad | (grid <= 0), np.nan, grid)
-            im = ax.imshow(
-                shown,
-                aspect="auto",
-                origin="lower",
-                cmap="magma",
-                norm=norm,
-                extent=(steps[0] - 0.5, steps[-1] + 0.5, 0.5, len(blocks) + 0.5),
-            )
-            ys, xs = np.nonzero(bad)
-            ax.plot(np.array(steps)[xs], ys + 1, "s", color="#00bfff", ms=4, label="non-finite")
-            ax.set(xlabel="step", ylabel="block l", title=f"{prefix} per block (log colour)")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-            fig.colorbar(im, ax=ax)
+            _history_panel(fig, ax, history, prefix)
         first = event.get("blame", {}).get("first_nonfinite")
         where = f"; first non-finite: {first['key']} at step {first['step']}" if first else ""
         fig.suptitle(

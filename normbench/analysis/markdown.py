@@ -1,5 +1,9 @@
-"""Markdown tables, written one way: the report's summary, the records left out, the
-verdicts and the probe's tables all use `table`."""
+"""The one markdown writer of the analysis layer: summary.md, verdicts.md and probe.md.
+
+Values are shown as data, never as markup: HTML special characters are escaped in every
+text and cell (labels and config values come from the records), and in a table cell a `|`
+(which would end the cell) is backslashed and line breaks become spaces.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,23 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 
-def cell(value: Any, escape_html: bool = True) -> str:
-    """A table cell showing `value` as written: HTML special characters escaped (unless the
-    text is escaped already), a `|` (which would end the cell) backslashed, line breaks as
-    spaces."""
-    text = str(value)
-    if escape_html:
-        text = html.escape(text, quote=False)
-    return " ".join(text.replace("|", "\\|").splitlines())
+def text(value: Any) -> str:
+    """`value` in markdown prose, shown as written (HTML special characters escaped)."""
+    return html.escape(str(value), quote=False)
 
 
-def table(head: Sequence[Any], rows: Iterable[Sequence[Any]], escape_html: bool = True) -> str:
-    """The lines of a table (no newline after the last one)."""
-    lines = ["| " + " | ".join(cell(h, escape_html) for h in head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell(c, escape_html) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+def cell(value: Any) -> str:
+    """`value` in a markdown table cell, shown as written."""
+    escaped = text(value).replace("|", "\\|")
+    return " ".join(escaped.splitlines())
+
+
+def table(head: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table (every line ending in a newline)."""
+    lines = [_row(head), "|" + "---|" * len(head)]
+    lines += [_row(r) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(cell(c) for c in cells) + " |"

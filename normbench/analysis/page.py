@@ -1,17 +1,21 @@
-"""index.html: one self-contained page of the report, its figures embedded."""
+"""index.html, the report's one self-contained page: the verdicts on the literature's claims,
+the probes' figures, the summary table, the figures (embedded as PNG, each with a link to its
+SVG) and every run, with the records left out and why. Labels and values are escaped: the
+page shows them as data.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from normbench.analysis.records import Probe, Run, Skipped, vocab_note
-from normbench.analysis.table import Axes, describe, fmt, mean_std_cell, number_cell, short
+from normbench.analysis.table import Axes, describe, fmt, mean_text, speed_text
 from normbench.run import vocab
+from normbench.run.axes import short
 
 
 def _img(path: Path) -> str:
@@ -70,62 +74,78 @@ def _verdict_html(v: Any) -> str:
     )
 
 
-def _runs_html(
-    runs: list[Run], axes: Axes, rows: list[dict[str, Any]], figures: dict[str, list[Path]]
-) -> str:
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _summary_html(axes: Axes, rows: list[dict[str, Any]]) -> str:
     keys = [short(k) for k in axes.config_keys]
-    table_rows = []
-    for row in rows:
-        table_rows.append(
-            [fmt(row[k]) for k in keys]
-            + [
-                str(row["runs"]),
-                mean_std_cell(row["val_loss_mean"], row["val_loss_std"]),
-                mean_std_cell(row["best_val_loss_mean"], row["best_val_loss_std"]),
-                f"{row['diverged']}/{row['runs']}",
-                row["diverged_at_steps"],
-                f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-",
-            ]
-        )
-    summary_html = _html_table(
-        table_rows,
-        [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "at step", "tokens/s"],
-    )
+    table_rows = [
+        [fmt(row[k]) for k in keys]
+        + [
+            str(row["runs"]),
+            mean_text(row["val_loss_mean"], row["val_loss_std"]),
+            mean_text(row["best_val_loss_mean"], row["best_val_loss_std"]),
+            f"{row['diverged']}/{row['runs']}",
+            row["diverged_at_steps"],
+            speed_text(row),
+        ]
+        for row in rows
+    ]
+    head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "at step", "tokens/s"]
+    return _html_table(table_rows, head)
+
+
+def _run_list_html(runs: list[Run], axes: Axes) -> str:
     run_rows = [
         [
             r.label,
             r.status,
             describe(r, axes.varying),
-            number_cell(r.summary.get("val_loss")),
+            _cell(r.summary.get("val_loss")),
             str(r.summary.get("diverged_at_step") or ""),
             str(r.summary.get("divergence_reason") or ""),
             str(r.dir),
         ]
         for r in runs
     ]
-    runs_html = _html_table(
-        run_rows, ["run", "status", "config", "val/loss", "diverged at", "reason", "directory"]
-    )
+    head = ["run", "status", "config", "val/loss", "diverged at", "reason", "directory"]
+    return _html_table(run_rows, head)
+
+
+FIGURE_TITLES = {
+    "stability": "Stability maps: final validation loss, diverged runs marked",
+    "curves": "Loss curves (train: solid, validation: dashed; x: divergence event)",
+    "layers": "Per-layer diagnostics (last values; for diverged runs, at the failure)",
+    "divergence": "Diverged runs: the last steps before the event, layer by layer",
+}
+
+
+def _figures_html(figures: dict[str, list[Path]]) -> str:
     sections = []
-    titles = {
-        "stability": "Stability maps: final validation loss, diverged runs marked",
-        "curves": "Loss curves (train: solid, validation: dashed; x: divergence event)",
-        "layers": "Per-layer diagnostics (last values; for diverged runs, at the failure)",
-        "divergence": "Diverged runs: the last steps before the event, layer by layer",
-    }
-    for name, title in titles.items():
+    for name, title in FIGURE_TITLES.items():
         if figures.get(name):
             body = "".join(_img(p) for p in figures[name])
             sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+    return "".join(sections)
+
+
+def _runs_html(
+    runs: list[Run], axes: Axes, rows: list[dict[str, Any]], figures: dict[str, list[Path]]
+) -> str:
     axes_text = ", ".join(short(k) for k in axes.varying) or "none"
     return f"""<p class="note">Varying: {html.escape(axes_text)}.
 Stability map axes: x = {html.escape(short(axes.x) if axes.x else "-")}, y =
 {html.escape(short(axes.y) if axes.y else "-")}. Means and standard deviations are over seeds;
 validation losses of diverged runs are left out of them.
 Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a>.</p>
-<h2>Summary</h2><p class="vocab">{html.escape(vocab_note(axes.vocab_limit))}</p>{summary_html}
-{"".join(sections)}
-<h2>Runs</h2>{runs_html}"""
+<h2>Summary</h2><p class="vocab">{html.escape(vocab_note(axes.vocab_limit))}</p>{_summary_html(axes, rows)}
+{_figures_html(figures)}
+<h2>Runs</h2>{_run_list_html(runs, axes)}"""
 
 
 def _skipped_html(skipped: list[Skipped]) -> str:
@@ -133,6 +153,35 @@ def _skipped_html(skipped: list[Skipped]) -> str:
         return ""
     rows = [[str(s.dir), s.reason] for s in skipped]
     return "<h3>Not in the report</h3>" + _html_table(rows, ["directory", "reason"])
+
+
+def _verdicts_html(verdicts: list[Any]) -> str:
+    files = '<a href="verdicts.md">verdicts.md</a>, <a href="verdicts.json">verdicts.json</a>'
+    return (
+        f'<h2>Verdicts on the literature\'s claims</h2><p class="note">Thresholds fixed in '
+        f"normbench/analysis/verdict.py before any run; means ± std over seeds. Files: {files}.</p>"
+        + "".join(_verdict_html(v) for v in verdicts)
+    )
+
+
+def _probes_html(probes: list[Probe], figures: list[Path], vocab_limit: Any) -> str:
+    names = ", ".join(html.escape(str(p.dir)) for p in probes)
+    return (
+        f'<h2>Probes at initialization</h2><p class="note">From {names}. '
+        f"{html.escape(vocab_note(vocab_limit))}</p>" + "".join(_img(p) for p in figures)
+    )
+
+
+def _title(runs: list[Run], probes: list[Probe], skipped: list[Skipped], vocab_limit: Any) -> str:
+    n_div = sum(r.diverged for r in runs)
+    title = f"{len(runs)} runs, {n_div} diverged" if runs else ""
+    if probes:
+        title += (", " if title else "") + f"{len(probes)} probe{'s' * (len(probes) > 1)}"
+    if skipped:
+        title += f", {len(skipped)} not readable"
+    if runs or probes:
+        title += f"; {vocab.label(vocab_limit)}"
+    return title
 
 
 def write_html(
@@ -147,34 +196,18 @@ def write_html(
     skipped: list[Skipped] | None = None,
     vocab_limit: Any = None,
 ) -> Path:
+    """index.html in `out`, from the summary rows and the figures already written there."""
     verdicts, probes, skipped = verdicts or [], probes or [], skipped or []
     parts = []
     if verdicts:
-        files = '<a href="verdicts.md">verdicts.md</a>, <a href="verdicts.json">verdicts.json</a>'
-        parts.append(
-            f'<h2>Verdicts on the literature\'s claims</h2><p class="note">Thresholds fixed in '
-            f"normbench/analysis/claims.py before any run; means ± std over seeds. Files: {files}.</p>"
-            + "".join(_verdict_html(v) for v in verdicts)
-        )
+        parts.append(_verdicts_html(verdicts))
     if figures.get("probes"):
-        names = ", ".join(html.escape(str(p.dir)) for p in probes)
-        parts.append(
-            f'<h2>Probes at initialization</h2><p class="note">From {names}. '
-            f"{html.escape(vocab_note(vocab_limit))}</p>"
-            + "".join(_img(p) for p in figures["probes"])
-        )
+        parts.append(_probes_html(probes, figures["probes"], vocab_limit))
     if runs and axes is not None:
         parts.append(_runs_html(runs, axes, rows, figures) + _skipped_html(skipped))
     elif skipped:
         parts.append("<h2>Runs</h2>" + _skipped_html(skipped))
-    n_div = sum(r.diverged for r in runs)
-    title = f"{len(runs)} runs, {n_div} diverged" if runs else ""
-    if probes:
-        title += (", " if title else "") + f"{len(probes)} probe{'s' * (len(probes) > 1)}"
-    if skipped:
-        title += f", {len(skipped)} not readable"
-    if runs or probes:
-        title += f"; {vocab.label(vocab_limit)}"
+    title = _title(runs, probes, skipped, vocab_limit)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>normbench compare</title>
 <style>{CSS}</style></head><body>
@@ -187,17 +220,3 @@ def write_html(
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
-
-
-def copy_probe_figures(out: Path, probes: list[Probe]) -> list[Path]:
-    """Each probe's comparison figure (probe.png and .svg), renamed probe<i>."""
-    copied = []
-    for i, probe in enumerate(probes):
-        stem = "probe" if len(probes) == 1 else f"probe{i}"
-        for ext in ("png", "svg"):
-            source = probe.dir / f"probe.{ext}"
-            if source.is_file():
-                shutil.copyfile(source, out / f"{stem}.{ext}")
-        if (out / f"{stem}.png").is_file():
-            copied.append(out / f"{stem}.png")
-    return copied

@@ -39,6 +39,7 @@ from normbench.analysis import markdown
 from normbench.analysis.stats import mean_std
 from normbench.model import GPT
 from normbench.run.data import RandomWindows
+from normbench.run.diag import hook_streams
 from normbench.run.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -56,28 +57,22 @@ def _norm(tensors: list[torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
 
 
-def probe_model(
-    model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], optim_cfg: Any, lr: float
-) -> dict[str, Any]:
-    """One model at initialization: per-block gradient and hidden-state norms, and the output
-    change after one AdamW step. The model is left updated by that step."""
+def _gradients(
+    model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[
+    dict[str, list[float]], dict[str, list[list[float]]], dict[int, torch.Tensor], list[float]
+]:
+    """Over the batches: the hidden-state norms entering each block and leaving the last
+    (mean over tokens of ||x||_2, per batch), the gradient norms of each block's weights
+    (per batch), the sum of the gradients and the losses."""
     blocks = list(model.blocks)
-    streams = type(blocks[0]).streams
     hidden: dict[str, list[float]] = {}
 
-    def record(where: int, stream: Any) -> None:
-        tensors = stream if isinstance(stream, tuple) else (stream,)
-        for suffix, x in zip(streams, tensors, strict=True):
-            key = f"{where}/{suffix}" if suffix else str(where)
-            hidden.setdefault(key, []).append(float(x.detach().double().norm(dim=-1).mean()))
+    def record(layer: int, suffix: str, x: torch.Tensor) -> None:
+        key = f"{layer}/{suffix}" if suffix else str(layer)
+        hidden.setdefault(key, []).append(float(x.detach().double().norm(dim=-1).mean()))
 
-    handles = [
-        block.register_forward_pre_hook(lambda m, args, i=i: record(i, args[0]))
-        for i, block in enumerate(blocks, start=1)
-    ]
-    handles.append(
-        blocks[-1].register_forward_hook(lambda m, args, out: record(len(blocks) + 1, out))
-    )
+    handles = hook_streams(model, record)
     grads: dict[str, list[list[float]]] = {"attn": [], "mlp": [], "mlp_out": []}
     total = {id(p): torch.zeros_like(p) for p in model.parameters()}
     losses = []
@@ -97,8 +92,18 @@ def probe_model(
     finally:
         for h in handles:
             h.remove()
+    return hidden, grads, total, losses
 
-    # One AdamW step on the mean gradient; the output is compared on the same batches.
+
+def _one_step(
+    model: GPT,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    total: dict[int, torch.Tensor],
+    optim_cfg: Any,
+    lr: float,
+) -> tuple[torch.Tensor, ...]:
+    """One AdamW step on the mean gradient; the hidden state entering the LM head and the
+    logits on the same batches before and after it (h0, z0, h1, z1)."""
     head_inputs: list[torch.Tensor] = []
     handle = model.lm_head.register_forward_pre_hook(lambda m, args: head_inputs.append(args[0]))
 
@@ -122,6 +127,18 @@ def probe_model(
             h1, z1 = outputs()
     finally:
         handle.remove()
+    return h0, z0, h1, z1
+
+
+def probe_model(
+    model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], optim_cfg: Any, lr: float
+) -> dict[str, Any]:
+    """One model at initialization: per-block gradient and hidden-state norms, and the output
+    change after one AdamW step. The model is left updated by that step."""
+    blocks = list(model.blocks)
+    streams = type(blocks[0]).streams
+    hidden, grads, total, losses = _gradients(model, batches)
+    h0, z0, h1, z1 = _one_step(model, batches, total, optim_cfg, lr)
     n = len(batches)
     layers = []
     for i in range(len(blocks) + 1):
@@ -214,7 +231,7 @@ def _fmt(value: Any) -> str:
 
 
 def _markdown(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    return markdown.table(keys, [[_fmt(row.get(k)) for k in keys] for row in rows]) + "\n"
+    return markdown.table(keys, [[_fmt(row.get(k)) for k in keys] for row in rows])
 
 
 def _with_std(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -263,76 +280,91 @@ def _depth_ticks(ax: Any, depths: list[int]) -> None:
     ax.xaxis.set_minor_locator(NullLocator())  # (the y axis keeps its labels within a decade)
 
 
-def plot(run_dir: Path, table: dict[str, Any]) -> list[Path]:
-    """A figure per placement (`probe_<norm>.png`/.svg) and one comparing them (`probe.png`)."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no font-cache chatter
     import matplotlib.pyplot as plt
 
-    written = []
-    norms = list(dict.fromkeys(r["norm"] for r in table["layers"]))
-    depths = sorted({r["depth"] for r in table["layers"]})
+    return plt
 
-    def curves(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
-        rows = [r for r in rows if r.get(key) is not None]
-        ax.plot([r["layer"] for r in rows], [r[key] for r in rows], label=label, **style)
 
-    def panels(fig: Any) -> list[Any]:
-        axes = fig.subplots(1, 3)
-        axes[0].set(xlabel="block l", ylabel="gradient norm of weights", yscale="log")
-        axes[0].set_title("gradient norm at init (solid: MLP, dashed: attention)", fontsize=9)
-        axes[1].set(xlabel="block l (N + 1: output)", ylabel="mean ||x_l||", yscale="log")
-        axes[1].set_title("hidden-state norm entering block l", fontsize=9)
-        axes[2].set(xlabel="depth N", ylabel="RMS change", xscale="log", yscale="log")
-        axes[2].set_title("output change after one AdamW step", fontsize=9)
-        return axes
+def _curves(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
+    rows = [r for r in rows if r.get(key) is not None]
+    ax.plot([r["layer"] for r in rows], [r[key] for r in rows], label=label, **style)
 
-    def save(fig: Any, stem: str) -> list[Path]:
-        paths = [run_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
-        for path in paths:
-            fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return paths
 
+def _panels(fig: Any) -> list[Any]:
+    """Gradient norms per block, hidden-state norms per block, output change per depth."""
+    axes = fig.subplots(1, 3)
+    axes[0].set(xlabel="block l", ylabel="gradient norm of weights", yscale="log")
+    axes[0].set_title("gradient norm at init (solid: MLP, dashed: attention)", fontsize=9)
+    axes[1].set(xlabel="block l (N + 1: output)", ylabel="mean ||x_l||", yscale="log")
+    axes[1].set_title("hidden-state norm entering block l", fontsize=9)
+    axes[2].set(xlabel="depth N", ylabel="RMS change", xscale="log", yscale="log")
+    axes[2].set_title("output change after one AdamW step", fontsize=9)
+    return axes
+
+
+def _save(fig: Any, run_dir: Path, stem: str) -> list[Path]:
+    paths = [run_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return paths
+
+
+def _placement_figure(run_dir: Path, table: dict[str, Any], norm: str) -> list[Path]:
+    """`probe_<norm>.png`/.svg: one placement, a curve per depth."""
+    plt = _pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for norm in norms:
-        fig = plt.figure(figsize=(13, 3.8), layout="constrained")
-        axes = panels(fig)
-        for j, depth in enumerate(depths):
-            rows = [r for r in table["layers"] if r["norm"] == norm and r["depth"] == depth]
-            c = colors[j % len(colors)]
-            curves(axes[0], rows, "grad_mlp", f"N = {depth}", color=c)
-            curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
-            curves(axes[1], rows, "hidden_norm", f"N = {depth}", color=c)
-        models = [m for m in table["models"] if m["norm"] == norm]
-        axes[2].plot([m["depth"] for m in models], [m["output_change"] for m in models], "o-")
-        for ax in axes[:2]:
-            ax.legend(fontsize=8)
-        _depth_ticks(axes[2], depths)
-        fig.suptitle(f"normbench probe: norm={norm}")
-        written += save(fig, f"probe_{norm}")
+    depths = sorted({r["depth"] for r in table["layers"]})
+    fig = plt.figure(figsize=(13, 3.8), layout="constrained")
+    axes = _panels(fig)
+    for j, depth in enumerate(depths):
+        rows = [r for r in table["layers"] if r["norm"] == norm and r["depth"] == depth]
+        c = colors[j % len(colors)]
+        _curves(axes[0], rows, "grad_mlp", f"N = {depth}", color=c)
+        _curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
+        _curves(axes[1], rows, "hidden_norm", f"N = {depth}", color=c)
+    models = [m for m in table["models"] if m["norm"] == norm]
+    axes[2].plot([m["depth"] for m in models], [m["output_change"] for m in models], "o-")
+    for ax in axes[:2]:
+        ax.legend(fontsize=8)
+    _depth_ticks(axes[2], depths)
+    fig.suptitle(f"normbench probe: norm={norm}")
+    return _save(fig, run_dir, f"probe_{norm}")
 
+
+def _comparison_figure(run_dir: Path, table: dict[str, Any], norms: list[str]) -> list[Path]:
+    """`probe.png`/.svg: the placements compared, the per-layer panels at the largest depth."""
+    plt = _pyplot()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    depths = sorted({r["depth"] for r in table["layers"]})
     deepest = depths[-1]
     fig = plt.figure(figsize=(13, 3.8), layout="constrained")
-    axes = panels(fig)
+    axes = _panels(fig)
     for j, norm in enumerate(norms):
         c = colors[j % len(colors)]
         rows = [r for r in table["layers"] if r["norm"] == norm and r["depth"] == deepest]
-        curves(axes[0], rows, "grad_mlp", norm, color=c)
-        curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
-        curves(axes[1], rows, "hidden_norm", norm, color=c)
+        _curves(axes[0], rows, "grad_mlp", norm, color=c)
+        _curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
+        _curves(axes[1], rows, "hidden_norm", norm, color=c)
         models = [m for m in table["models"] if m["norm"] == norm]
-        axes[2].plot(
-            [m["depth"] for m in models],
-            [m["output_change"] for m in models],
-            "o-",
-            color=c,
-            label=norm,
-        )
+        x, y = [m["depth"] for m in models], [m["output_change"] for m in models]
+        axes[2].plot(x, y, "o-", color=c, label=norm)
     for ax in axes:
         ax.legend(fontsize=8)
     _depth_ticks(axes[2], depths)
     fig.suptitle(f"normbench probe: placements compared (per-layer panels at N = {deepest})")
-    return written + save(fig, "probe")
+    return _save(fig, run_dir, "probe")
+
+
+def plot(run_dir: Path, table: dict[str, Any]) -> list[Path]:
+    """A figure per placement (`probe_<norm>.png`/.svg) and one comparing them (`probe.png`)."""
+    norms = list(dict.fromkeys(r["norm"] for r in table["layers"]))
+    written = []
+    for norm in norms:
+        written += _placement_figure(run_dir, table, norm)
+    return written + _comparison_figure(run_dir, table, norms)

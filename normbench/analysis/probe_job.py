@@ -82,10 +82,12 @@ def _settings(
 def _write_verdicts(
     cfg: NormbenchConfig, run_dir: Path, settings: dict[str, Any], table: dict[str, Any]
 ) -> None:
-    from normbench.analysis.records import Probe, flatten
-    from normbench.analysis.verdicts import judge_claims, write_verdicts
+    from normbench.analysis.claims import judge_claims
+    from normbench.analysis.records import Probe
+    from normbench.analysis.verdict import write_verdicts
+    from normbench.run.rundir import flat
 
-    probe = Probe(run_dir, flatten(as_dict(cfg)), {"settings": settings, **table})
+    probe = Probe(run_dir, flat(as_dict(cfg), tuples=True), {"settings": settings, **table})
     verdicts = judge_claims([], [probe])
     write_verdicts(run_dir, verdicts)
     for v in verdicts:

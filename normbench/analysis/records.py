@@ -1,6 +1,15 @@
-"""Reading run records: a run directory's config, metrics, events and summary, a probe's
-table, and which folders hold them; records that cannot be read become `Skipped` entries
-with the reason. One report holds one vocabulary (`select_vocab`)."""
+"""The records `normbench compare` reads: run records (summary.json), probe records
+(probe.json), each with its config.yaml, and run folders with no record yet.
+
+A record that cannot be read (a summary.json that is not a JSON object, an empty
+config.yaml, ...) and a run folder with no record (a config or metrics but no summary.json:
+killed before the first write) become a `Skipped` with the reason. Folders that are never
+records: a run's own subfolders (`NOT_RUNS`), report folders (they hold `MARKER`) and
+compare's hidden folders beside a report (`TEMP_NAME`, normbench/analysis/reportdir.py).
+
+One report holds one vocabulary (`data.vocab_limit`, normbench/run/vocab.py): losses of runs
+with different vocabularies are not comparable, so `select_vocab` keeps the records of one.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import yaml
 
 from normbench.errors import NormbenchError
 from normbench.run import vocab
+from normbench.run.axes import order
 from normbench.run.rundir import flat
 
 
@@ -29,7 +39,6 @@ class Unreadable(Exception):
 
 
 MARKER = ".normbench-report.json"  # in every report folder: the files compare wrote there
-REPORT_FORMAT = 1
 NO_RECORD = "no record (killed before the first write?)"
 # Folders inside a run directory that are never runs themselves and hold no records.
 NOT_RUNS = ("checkpoints", "wandb", ".hydra")
@@ -51,7 +60,7 @@ class Run:
     """One run directory's record."""
 
     dir: Path
-    config: dict[str, Any]  # flattened: {"norm.name": "pre", "optim.lr": 0.001, ...}
+    config: dict[str, Any]  # flattened, lists as tuples: {"norm.name": "pre", "optim.lr": 0.001}
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
     events: list[dict[str, Any]]
@@ -75,12 +84,6 @@ class Skipped:
 
     dir: Path
     reason: str
-
-
-def flatten(config: dict[str, Any]) -> dict[str, Any]:
-    """The dotted keys of a record's config (normbench.run.rundir.flat), lists as tuples so that
-    values can be grouped."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in flat(config).items()}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -120,20 +123,21 @@ def _parse(path: Path, kind: str) -> Any:
 
 
 def _read_record(run_dir: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The flattened config.yaml and the JSON object in file `name` of a record directory;
+    """The flattened config.yaml (lists as tuples, so that values can be grouped) and the JSON object in file `name` of a record directory;
     Unreadable when either is not what normbench writes."""
     config = _parse(run_dir / "config.yaml", "YAML")
     if config is None:
         raise Unreadable("config.yaml is empty")
     if not isinstance(config, dict):
         raise Unreadable("config.yaml is not a mapping")
-    limit = flat(config).get("data.vocab_limit")
+    config = flat(config, tuples=True)
+    limit = config.get("data.vocab_limit")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
         raise Unreadable("config.yaml: data.vocab_limit is not a number or null")
     data = _parse(run_dir / name, "JSON")
     if not isinstance(data, dict):
         raise Unreadable(f"{name} is not a JSON object")
-    return flatten(config), data
+    return config, data
 
 
 def load_run(run_dir: Path) -> Run:
@@ -259,9 +263,6 @@ def read_records(paths: list[str]) -> Records:
     return records
 
 
-# --- one vocabulary per report (normbench/run/vocab.py) -----------------------------------------------
-
-
 def vocab_of(record: Run | Probe) -> Any:
     """A record's `data.vocab_limit` (None: GPT-2's full vocabulary, also for records
     written before the option existed)."""
@@ -343,15 +344,3 @@ def find_runs(paths: list[str]) -> list[Run]:
     if not runs:
         raise CompareError(f"no run records (folders with summary.json) under {' '.join(paths)}")
     return runs
-
-
-# --- verdicts on the literature's claims (normbench/analysis/claims.py) ----------------------------------
-
-
-def order(value: Any) -> tuple[int, Any]:
-    """A sort key for axis values of mixed types: null and booleans, numbers, then text."""
-    if isinstance(value, bool) or value is None:
-        return (0, str(value))
-    if isinstance(value, (int, float)):
-        return (1, value)
-    return (2, str(value))

@@ -1,9 +1,16 @@
-"""The statistics every table and judge uses, defined once.
+"""The statistics of every table and verdict: means and standard deviations over seeds, the
+standard error of a difference, rank and linear correlation.
 
-Values that are not finite (NaN, inf: a diverged run's loss, the rank correlation of a flat
-profile) and None are left out of every summary: `n` is the number of values that remain.
-A mean of no values is None (`mean` takes a default instead, e.g. NaN for a judge's
-comparison); a standard deviation needs two values and is None below that.
+One behaviour everywhere (compare's summary rows, the probe's tables, the claims' judges):
+
+- a value that is None, NaN or infinite is not a measurement and is left out;
+- n = 0 (no value left): the mean and the standard deviation are None;
+- n = 1: the mean is the value and the standard deviation is None (one seed says nothing
+  about the spread; tables show an empty cell or no `± std`);
+- n >= 2: the mean and the sample standard deviation (n - 1 in the denominator).
+
+The judges compare means with thresholds; `mean_or_nan` gives them NaN where there is no
+value, so that every such comparison fails (the check does not hold).
 """
 
 from __future__ import annotations
@@ -11,31 +18,47 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable
-from typing import Any
 
 
-def finite(values: Iterable[Any]) -> list[float]:
-    """The values that are numbers and finite, as floats."""
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+def finite(values: Iterable[float | None]) -> list[float]:
+    """The values that are measurements: None, NaN and infinities left out."""
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
-def mean_std(values: Iterable[Any]) -> tuple[float | None, float | None]:
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     """The mean and the sample standard deviation of the finite values: (None, None) for
-    none, and a standard deviation of None for one."""
+    none, (value, None) for one."""
     v = finite(values)
     if not v:
         return None, None
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else None)
 
 
-def mean(values: Iterable[Any], default: float = math.nan) -> float:
-    """The mean of the finite values, `default` for none."""
-    m = mean_std(values)[0]
-    return default if m is None else m
+def mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the finite values (None for none)."""
+    return mean_std(values)[0]
 
 
-def pm(values: Iterable[Any], digits: int = 3) -> str:
-    """'mean ± std (n=k)' of the finite values in `digits` significant digits."""
+def mean_or_nan(values: Iterable[float | None]) -> float:
+    """The mean of the finite values, NaN for none (a threshold compared with it fails)."""
+    m = mean(values)
+    return math.nan if m is None else m
+
+
+def stderr_diff(a: Iterable[float | None], b: Iterable[float | None]) -> float:
+    """The standard error of mean(a) - mean(b) over their finite values (a side with fewer
+    than two adds nothing)."""
+    total = 0.0
+    for side in (finite(a), finite(b)):
+        std = mean_std(side)[1]
+        if std is not None:
+            total += std * std / len(side)
+    return math.sqrt(total)
+
+
+def pm(values: Iterable[float | None], digits: int = 3) -> str:
+    """'mean ± std (n=k)' of the finite values in `digits` significant digits ('mean (n=1)'
+    for one, '-' for none)."""
     v = finite(values)
     m, s = mean_std(v)
     if m is None:
@@ -43,17 +66,6 @@ def pm(values: Iterable[Any], digits: int = 3) -> str:
     if s is None:
         return f"{m:.{digits}g} (n=1)"
     return f"{m:.{digits}g} ± {s:.2g} (n={len(v)})"
-
-
-def stderr_diff(a: Iterable[Any], b: Iterable[Any]) -> float:
-    """The standard error of mean(a) - mean(b); a side with fewer than two finite values
-    adds nothing (its spread is unknown)."""
-    total = 0.0
-    for side in (finite(a), finite(b)):
-        s = mean_std(side)[1]
-        if s is not None:
-            total += s**2 / len(side)
-    return math.sqrt(total)
 
 
 def _ranks(values: list[float]) -> list[float]:

@@ -1,5 +1,11 @@
-"""The report's tables: which config keys vary (the axes), how runs group, and the rows of
-summary.csv and summary.md (mean ± std over seeds, diverged count, tokens/s)."""
+"""The summary table of `normbench compare`: which config keys are the report's axes, how
+runs are grouped and labelled, one row per configuration (seeds aggregated: normbench/
+analysis/stats.py), and the table as summary.csv and summary.md.
+
+summary.md shows labels and values as data (normbench/analysis/markdown.py); summary.csv
+puts a ' before a text that a spreadsheet would run as a formula (one beginning with = + -
+@, a tab or a CR).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from normbench.analysis import markdown
-from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, order, vocab_note
-from normbench.analysis.stats import mean_std
+from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, vocab_note
+from normbench.analysis.stats import mean, mean_std
 from normbench.run import vocab
-from normbench.run.axes import AXES, KEYS, NOT_AXES, short
+from normbench.run.axes import AXES, IGNORED, long, order, short
 
 
 @dataclass
 class Axes:
     """Which keys vary, and how the runs are arranged in the report."""
 
-    varying: list[str]  # dotted keys, axes first in AXES's order
+    varying: list[str]  # dotted keys, axes first in the order of normbench.run.axes.AXES
     x: str
     y: str
     group_by: list[str]
@@ -28,11 +34,11 @@ class Axes:
 
 
 def resolve_key(name: str, runs: list[Run]) -> str:
-    key = KEYS.get(name, name)
+    """The dotted key of `--x`/`--y`/`--group-by` name `name` (CompareError when no run
+    has it)."""
+    key = long(name)
     if not any(key in r.config for r in runs):
-        known = sorted(
-            {AXES.get(k, k) for r in runs for k in r.config if not k.startswith(NOT_AXES)}
-        )
+        known = sorted({short(k) for r in runs for k in r.config if not k.startswith(IGNORED)})
         raise CompareError(f"unknown key '{name}'; the runs have: {', '.join(known)}")
     return key
 
@@ -46,9 +52,9 @@ def varying_keys(runs: list[Run]) -> list[str]:
     A `norm.*` key whose value follows from the placement or the kind (a kind's eps, a
     placement's own option) is not an axis of its own.
     """
-    keys = sorted({k for r in runs for k in r.config if not k.startswith(NOT_AXES)})
-    order = {k: i for i, k in enumerate(AXES)}
-    keys.sort(key=lambda k: (order.get(k, len(order)), k))
+    keys = sorted({k for r in runs for k in r.config if not k.startswith(IGNORED)})
+    rank = {k: i for i, k in enumerate(AXES)}
+    keys.sort(key=lambda k: (rank.get(k, len(rank)), k))
     values = {k: [r.config.get(k) for r in runs] for k in keys}
     # A key that only some records have (one written by an older normbench) varies only if
     # the records that have it disagree.
@@ -80,22 +86,24 @@ def choose_axes(runs: list[Run], x: str | None, y: str | None, group_by: list[st
         groups = [k for k in varying if k not in ("norm.name", "seed")]
     else:
         groups = [resolve_key(k, runs) for k in group_by]
-    order = {k: i for i, k in enumerate(AXES)}
+    rank = {k: i for i, k in enumerate(AXES)}
     for key in (xk, yk, *groups):
         if key not in varying:  # an axis of the report even with one value
             varying.append(key)
-    varying.sort(key=lambda k: order.get(k, len(order)))
+    varying.sort(key=lambda k: rank.get(k, len(rank)))
     config_keys = [k for k in varying if k != "seed"]
     return Axes(varying, xk, yk, groups, config_keys, vocab_limit=one_vocab(runs))
 
 
 def fmt(value: Any) -> str:
+    """A config value as labels show it (floats in %g)."""
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
 
 
 def describe(run: Run, keys: list[str]) -> str:
+    """`norm=pre depth=2 ...`: the run's values of `keys`."""
     return " ".join(f"{short(k)}={fmt(run.config.get(k))}" for k in keys)
 
 
@@ -120,58 +128,60 @@ def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
         row["diverged"] = sum(r.diverged for r in members)
         row["failed"] = sum(r.status == "failed" for r in members)
         for key in ("val_loss", "best_val_loss"):
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r.summary.get(key) for r in done])
-        row["val_ppl_mean"] = mean_std([r.summary.get("val_ppl") for r in done])[0]
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std(r.summary.get(key) for r in done)
+        row["val_ppl_mean"] = mean(r.summary.get("val_ppl") for r in done)
         at = [r.summary.get("diverged_at_step") for r in members if r.diverged]
         row["diverged_at_steps"] = " ".join(str(s) for s in at)
         row["divergence_reasons"] = " ".join(
             sorted({str(r.summary.get("divergence_reason")) for r in members if r.diverged})
         )
-        row["tokens_per_s_mean"] = mean_std([r.summary.get("tokens_per_s") for r in members])[0]
-        row["steps_mean"] = mean_std([r.summary.get("steps") for r in members])[0]
+        row["tokens_per_s_mean"] = mean(r.summary.get("tokens_per_s") for r in members)
+        row["steps_mean"] = mean(r.summary.get("steps") for r in members)
         rows.append(row)
     return rows
 
 
-def number_cell(value: Any, digits: int = 4) -> str:
+def mean_text(value: float | None, std: float | None) -> str:
+    """'mean ± std' of a summary row in 4 decimals ('mean' without a std, '-' without a
+    mean)."""
     if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def mean_std_cell(mean: float | None, std: float | None) -> str:
-    if mean is None:
         return "-"
-    return f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+    return f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def speed_text(row: dict[str, Any]) -> str:
+    """A summary row's mean tokens/s, with thousands separators ('-' without one)."""
+    return f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-"
 
 
 def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
+    """summary.md's table, below the line that says which vocabulary the losses are over."""
     keys = [short(k) for k in axes.config_keys]
     head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "tokens/s"]
-    body = []
+    cells = []
     for row in rows:
         diverged = f"{row['diverged']}/{row['runs']}"
         if row["diverged"]:
             diverged += f" (step {row['diverged_at_steps']}: {row['divergence_reasons']})"
-        cells = [fmt(row[k]) for k in keys] + [
-            str(row["runs"]),
-            mean_std_cell(row["val_loss_mean"], row["val_loss_std"]),
-            mean_std_cell(row["best_val_loss_mean"], row["best_val_loss_std"]),
-            diverged,
-            f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-",
-        ]
-        body.append(cells)
-    return markdown.cell(vocab_note(axes.vocab_limit)) + "\n\n" + markdown.table(head, body) + "\n"
+        cells.append(
+            [fmt(row[k]) for k in keys]
+            + [
+                str(row["runs"]),
+                mean_text(row["val_loss_mean"], row["val_loss_std"]),
+                mean_text(row["best_val_loss_mean"], row["best_val_loss_std"]),
+                diverged,
+                speed_text(row),
+            ]
+        )
+    return markdown.cell(vocab_note(axes.vocab_limit)) + "\n\n" + markdown.table(head, cells)
 
 
 def skipped_markdown(skipped: list[Skipped]) -> str:
     """The records left out of the report, and why (nothing when none was)."""
     if not skipped:
         return ""
-    rows = [(s.dir, s.reason) for s in skipped]
-    return "## Not in the report\n\n" + markdown.table(["directory", "reason"], rows) + "\n"
+    rows = [[s.dir, s.reason] for s in skipped]
+    return "## Not in the report\n\n" + markdown.table(["directory", "reason"], rows)
 
 
 def csv_cell(value: Any) -> Any:
@@ -183,6 +193,7 @@ def csv_cell(value: Any) -> Any:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """summary.csv: one row per configuration, every key of any row a column."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -190,6 +201,3 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             cells = ["" if row.get(k) is None else row[k] for k in keys]
             writer.writerow([csv_cell(c) for c in cells])
-
-
-# --- the report ---------------------------------------------------------------------------------

@@ -1,18 +1,20 @@
-"""The experiment axes: the config keys a sweep varies, and their short names.
+"""The experiment's axes: the config keys that runs are compared over, under short names.
 
-One table, used wherever a run is described by its axes: the flat keys of the W&B config
-and the run's default name (run/logger.py), the columns and axes of `normbench compare`
-(analysis/table.py) and the selection of runs by the claims (analysis/claims.py). It lives
-in the run layer because the logger needs it; the analysis layer imports it.
+One table, `AXES` (dotted config key -> short name), serves every place that names an axis:
+the shallow keys of a W&B run's config (normbench/run/logger.py, `axes_of`), the columns and
+labels of `normbench compare` and its `--x`/`--y`/`--group-by` names
+(normbench/analysis/table.py), and the judges' selections of runs
+(normbench/analysis/judges_train.py). Its order is the order of the axes in a report. A key
+that is not in the table keeps its dotted path as its name.
+
+`IGNORED` are the prefixes of keys that are never axes even when they vary: where things
+were written, values derived from other keys, and other commands' keys.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from normbench.run.rundir import flat
-
-# Dotted config key -> short name, in the order tables show them.
 AXES: dict[str, str] = {
     "norm.name": "norm",
     "norm.kind": "norm_kind",
@@ -27,19 +29,33 @@ AXES: dict[str, str] = {
     "model.init": "init",
     "precision": "precision",
     "data.label": "data",
-    "data.vocab_limit": "vocab_limit",  # null: GPT-2's full vocabulary (run/vocab.py)
+    "data.vocab_limit": "vocab_limit",
 }
-KEYS: dict[str, str] = {short: key for key, short in AXES.items()}
-# Not axes: where things were written, values derived from other keys, other commands' keys.
-NOT_AXES = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim")
+LONG: dict[str, str] = {name: key for key, name in AXES.items()}
+IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim")
 
 
 def short(key: str) -> str:
-    """The short name of a dotted config key (other keys keep their dotted path)."""
+    """The name of dotted config key `key` (its short name when it is an axis)."""
     return AXES.get(key, key)
 
 
-def axis_values(config: dict[str, Any]) -> dict[str, Any]:
-    """{short name: value} of every axis, from a run's config as plain values (as_dict)."""
-    values = flat(config)
-    return {name: values.get(key) for key, name in AXES.items()}
+def long(name: str) -> str:
+    """The dotted config key of `name`, a short name or already a dotted key."""
+    return LONG.get(name, name)
+
+
+def axes_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The axes of a flattened config (normbench.run.rundir.flat) under their short names,
+    in the table's order; keys the config lacks are left out."""
+    return {name: config[key] for key, name in AXES.items() if key in config}
+
+
+def order(value: Any) -> tuple[int, Any]:
+    """The sort key of an axis value: null and booleans first, then numbers ascending, then
+    text."""
+    if isinstance(value, bool) or value is None:
+        return (0, str(value))
+    if isinstance(value, (int, float)):
+        return (1, value)
+    return (2, str(value))

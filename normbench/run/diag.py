@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from statistics import median
 from typing import Any
@@ -38,6 +38,28 @@ LAYER_PREFIXES = ("grad_norm/", "resid_rms/", "resid_max/", "update_ratio/", "at
 def block_names(depth: int) -> list[str]:
     width = max(2, len(str(depth)))
     return [f"block_{layer:0{width}d}" for layer in range(1, depth + 1)]
+
+
+def hook_streams(model: GPT, record: Callable[[int, str, torch.Tensor], None]) -> list[Any]:
+    """Forward hooks on the residual stream: `record(layer, suffix, x)` with each tensor of
+    the stream entering block `layer` (1 .. N) and leaving the last block (layer N + 1). A
+    placement with several streams (ResiDual's pair) gives each with its suffix (the block's
+    `streams`, '' for the main one). Returns the hooks' handles (`.remove()` them)."""
+    blocks = list(model.blocks)
+    streams = type(blocks[0]).streams
+
+    def split(layer: int, stream: Any) -> None:
+        tensors = stream if isinstance(stream, tuple) else (stream,)
+        for suffix, x in zip(streams, tensors, strict=True):
+            record(layer, suffix, x)
+
+    handles = [
+        block.register_forward_pre_hook(lambda m, args, layer=layer: split(layer, args[0]))
+        for layer, block in enumerate(blocks, start=1)
+    ]
+    last = len(blocks) + 1
+    handles.append(blocks[-1].register_forward_hook(lambda m, args, out: split(last, out)))
+    return handles
 
 
 def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -100,15 +122,12 @@ class Diagnostics:
             self.recording = False  # the hooks stay attached but record nothing
 
     def attach(self) -> None:
-        """Register the hooks once: on each block (the stream entering it), on the last
-        block's output and on each attention module. They record only inside `watch`, so
-        that a compiled model sees the same hooks at every step."""
-        streams = type(self.model.blocks[0]).streams
+        """Register the hooks once: on the residual stream (entering each block and leaving
+        the last: hook_streams) and on each attention module. They record only inside
+        `watch`, so that a compiled model sees the same hooks at every step."""
+        self.handles += hook_streams(self.model, self._record_stream)
         for name, block in zip(self.names, self.model.blocks, strict=True):
-            self.handles.append(block.register_forward_pre_hook(self._stream_hook(name, streams)))
             self.handles.append(block.attn.register_forward_pre_hook(self._entropy_hook(name)))
-        last = self.model.blocks[-1]
-        self.handles.append(last.register_forward_hook(self._output_hook("out", streams)))
 
     def close(self) -> None:
         """Remove the hooks from the model."""
@@ -116,27 +135,16 @@ class Diagnostics:
             handle.remove()
         self.handles = []
 
-    def _record_stream(self, where: str, stream: Any, streams: tuple[str, ...]) -> None:
-        tensors = stream if isinstance(stream, tuple) else (stream,)
-        for suffix, x in zip(streams, tensors, strict=True):
-            key = f"{where}/{suffix}" if suffix else where
-            x = x.detach().float()
-            self.current[f"resid_rms/{key}"] = x.square().mean().sqrt()
-            self.current[f"resid_max/{key}"] = x.abs().max()
-
-    def _stream_hook(self, name: str, streams: tuple[str, ...]) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if self.recording and self.light:
-                self._record_stream(name, args[0], streams)
-
-        return hook
-
-    def _output_hook(self, name: str, streams: tuple[str, ...]) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if self.recording and self.light:
-                self._record_stream(name, output, streams)
-
-        return hook
+    def _record_stream(self, layer: int, suffix: str, x: torch.Tensor) -> None:
+        """The RMS and max |value| of the stream entering block `layer` (`out`: leaving the
+        last block), on the steps that record."""
+        if not (self.recording and self.light):
+            return
+        where = self.names[layer - 1] if layer <= len(self.names) else "out"
+        key = f"{where}/{suffix}" if suffix else where
+        x = x.detach().float()
+        self.current[f"resid_rms/{key}"] = x.square().mean().sqrt()
+        self.current[f"resid_max/{key}"] = x.abs().max()
 
     def _entropy_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:

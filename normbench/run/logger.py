@@ -18,8 +18,9 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from normbench.run import vocab
-from normbench.run.axes import axis_values
+from normbench.run.axes import axes_of
 from normbench.run.config import NormbenchConfig, WandbConfig
+from normbench.run.rundir import flat
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,8 @@ def make_logger(
     config: dict[str, Any],
     resume_id: str | None = None,
 ) -> Any:
-    """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes.
+    """The logger chosen by `logger=...`, with the run's name, group, tags and flat axes
+    (`config`: the full resolved config, whose axes become shallow keys beside it).
 
     A run with `data.vocab_limit=K` has `-vocabK` at the end of its default name and the tag
     `vocab=K` (`vocab=full` otherwise); the mapping itself joins the config (`vocab`) once
@@ -201,7 +203,9 @@ def make_logger(
         return NullLogger()
     placement, kind = str(cfg.norm.name.value), str(cfg.norm.kind.value)
     limit = vocab.limit_of(cfg.data)
-    axes = axis_values(config)  # the flat axis keys (run/axes.py)
+    # The experiment's axes (normbench/run/axes.py) as shallow keys; vocab_limit null: GPT-2's
+    # full vocabulary (normbench/run/vocab.py).
+    axes = {**axes_of(flat(config)), "vocab_limit": limit}
     name = cfg.logger.name or f"{placement}-{kind}-d{cfg.depth}-lr{cfg.optim.lr:g}-s{cfg.seed}"
     if limit is not None:  # losses of another vocabulary are not comparable: say so everywhere
         name += f"-vocab{limit}"

@@ -31,12 +31,16 @@ IMPLIED = {"data.vocab_limit": None}
 SWEEP_FILE = ".normbench-sweep.json"
 
 
-def flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    """{"optim.lr": 0.001, ...} of a nested config (lists stay lists)."""
+def flat(node: Any, prefix: str = "", *, tuples: bool = False) -> dict[str, Any]:
+    """{"optim.lr": 0.001, ...} of a nested config: the one config flattener (run
+    directories, W&B axes, compare's records). Lists stay lists, or with `tuples` become
+    tuples (hashable, so that runs can be grouped by their values)."""
     out: dict[str, Any] = {}
     for key, value in (node or {}).items():
         if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
+            out.update(flat(value, f"{prefix}{key}.", tuples=tuples))
+        elif tuples and isinstance(value, list):
+            out[f"{prefix}{key}"] = tuple(value)
         else:
             out[f"{prefix}{key}"] = value
     return out

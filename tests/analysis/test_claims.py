@@ -1,6 +1,7 @@
-"""The literature's claims (normbench/analysis/claims.py): each judge on records built to agree, to
-disagree and to lack what it needs; the presets composing; and real probe presets at tiny
-size, judged by `normbench probe` and by `normbench compare` from the records."""
+"""The literature's claims (normbench/analysis/claims.py, judges_probe.py, judges_train.py,
+verdict.py): each judge on records built to agree, to disagree and to lack what it needs; the
+presets composing; and real probe presets at tiny size, judged by `normbench probe` and by
+`normbench compare` from the records."""
 
 from __future__ import annotations
 
@@ -11,18 +12,11 @@ from typing import Any
 
 import pytest
 
-from normbench.analysis.claims import (
-    CLAIMS,
-    INCONCLUSIVE,
-    NOT,
-    PARTLY,
-    REPRODUCED,
-    ProbeTable,
-    judge,
-    r_squared,
-    spearman,
-)
+from normbench.analysis.claims import CLAIMS, judge
+from normbench.analysis.judges_probe import ProbeTable
 from normbench.analysis.records import Run
+from normbench.analysis.stats import r_squared, spearman
+from normbench.analysis.verdict import INCONCLUSIVE, NOT, PARTLY, REPRODUCED
 
 from support import TINY, run_cli, text_data
 from support.wandb_records import offline_runs

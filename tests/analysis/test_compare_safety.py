@@ -171,7 +171,7 @@ def test_an_interrupted_build_keeps_the_old_report(mine, tmp_path, cli_env, monk
 
 
 def fake_report(folder: Path, text: str) -> Path:
-    from normbench.analysis.folder import write_marker
+    from normbench.analysis.reportdir import write_marker
 
     (folder / "sub").mkdir(parents=True)
     (folder / "index.html").write_text(text)
@@ -182,22 +182,22 @@ def fake_report(folder: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
 def test_install_swaps_and_removes_only_listed_files(exchange, tmp_path, monkeypatch):
-    from normbench.analysis import folder as cmp
+    from normbench.analysis import reportdir
 
     if not exchange:  # a system without renameat2
-        monkeypatch.setattr(cmp, "_renameat2", lambda *a: False)
+        monkeypatch.setattr(reportdir, "_renameat2", lambda *a: False)
     out = fake_report(tmp_path / "report", "old")
     built = fake_report(tmp_path / ".report.tmp-1-ab", "new")
-    old = cmp.install(built, out)
+    old = reportdir.install(built, out)
     assert (out / "index.html").read_text() == "new" and (out / "sub" / "figure.svg").is_file()
     assert (old == built) is exchange and (old / "index.html").read_text() == "old"
     (old / "sub" / "yours.txt").write_text("added since")
-    assert not cmp.remove_report(old)  # what the marker does not list stays
+    assert not reportdir.remove_report(old)  # what the marker does not list stays
     assert sorted(snapshot(old)) == ["sub", "sub/yours.txt"]
     shutil.rmtree(old)
     fresh = fake_report(tmp_path / ".report.tmp-2-cd", "newer")
-    assert cmp.install(fresh, tmp_path / "other") is None
-    assert cmp.remove_report(out) and not out.exists()
+    assert reportdir.install(fresh, tmp_path / "other") is None
+    assert reportdir.remove_report(out) and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
 
 
@@ -314,9 +314,8 @@ def test_labels_are_escaped_in_markdown_and_formula_safe_in_csv(mine, tmp_path, 
 
 
 def test_csv_cell_and_verdicts_markdown_escape_user_text(tmp_path):
-    from normbench.analysis.claims import Check, Verdict
     from normbench.analysis.table import csv_cell
-    from normbench.analysis.verdicts import write_verdicts
+    from normbench.analysis.verdict import Check, Verdict, write_verdicts
 
     cells = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "plain", "", -1.5, 3, True, None]
     assert [csv_cell(c) for c in cells] == [

@@ -1,6 +1,15 @@
-"""Where a report goes, and the safety of replacing one: every report folder holds a marker
-listing what compare wrote there; an earlier report is swapped for the new one at once and
-removed file by file, only what its marker lists (see analysis/compare.py)."""
+"""Where a report goes: never over anything `normbench compare` did not write.
+
+Every report folder holds `.normbench-report.json` (records.MARKER), the list of the files and
+folders compare wrote into it. The report folder may be a new folder (its parents are
+created) or compare's own earlier report, which is replaced: the new report is built in a
+hidden folder beside it (.DIR.tmp-*, records.TEMP_NAME) and swapped in at once (Linux
+renameat2 RENAME_EXCHANGE: a reader sees the old report or the new, never none; elsewhere the
+old one is renamed aside first), then the old one is deleted file by file, only what its
+marker lists. Refused before anything is touched (`check_out`): a folder that is a file or a
+symbolic link, an existing folder without the marker, a report holding anything its marker
+does not list, a folder that is one of the inputs or holds one.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normbench.analysis.records import MARKER, REPORT_FORMAT, CompareError, is_report
+from normbench.analysis.records import MARKER, CompareError, is_report
+
+REPORT_FORMAT = 1
 
 
 def default_out(paths: list[str]) -> Path:
@@ -26,9 +37,6 @@ def default_out(paths: list[str]) -> Path:
     if len(paths) == 1 and not glob.has_magic(paths[0]) and Path(paths[0]).is_dir():
         return Path(paths[0]) / "compare"
     return Path(f"compare-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-
-
-# --- where the report goes: never over anything compare did not write ---------------------------
 
 
 def _tree(root: Path) -> tuple[list[str], list[str]]:
@@ -167,8 +175,9 @@ def _renameat2(source: Path, target: Path, flags: int) -> bool:
     raise OSError(code, os.strerror(code), str(source), None, str(target))
 
 
-def temporary_beside(out: Path, kind: str) -> Path:
-    """A fresh hidden name beside `out` for a report being built (tmp) or removed (old)."""
+def beside(out: Path, kind: str) -> Path:
+    """A fresh hidden name beside `out` for a report being built (tmp) or removed (old);
+    records.TEMP_NAME matches it, so that such a folder is never read as records."""
     return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
@@ -182,7 +191,7 @@ def install(built: Path, out: Path) -> Path | None:
         return None
     if _renameat2(built, out, RENAME_EXCHANGE):
         return built
-    aside = temporary_beside(out, "old")
+    aside = beside(out, "old")
     os.rename(out, aside)
     try:
         os.rename(built, out)
