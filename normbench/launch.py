@@ -216,7 +216,7 @@ def _check_job(
     if str(cfg.train.resume) not in ("auto", "never"):
         state = load_checkpoint(Path(str(cfg.train.resume)).expanduser())
         check_same_config(state, config)
-    resolve_device(str(cfg.device.value))
+    resolve_device(str(cfg.device))
     check_global_batch(cfg.train.batch_size)
     data_key = json.dumps(config["data"], sort_keys=True)
     if data_key not in checked_data:

@@ -39,7 +39,7 @@ def probe_task(composed: DictConfig, jobs: list[NormbenchConfig]) -> None:
 
     p = cfg.probe
     seeds = list(p.seeds) if p.seeds else [cfg.seed]
-    device = resolve_device(str(cfg.device.value))
+    device = resolve_device(str(cfg.device))
     if device.type == "cpu":
         tune_cpu_allocator()
     table = run_probe(

@@ -153,7 +153,7 @@ def run_case(
 
     cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
     B, T = cfg.train.batch_size, cfg.model.context
-    device = resolve_device(str(cfg.device.value))
+    device = resolve_device(str(cfg.device))
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if case in BASELINES:
@@ -391,11 +391,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.head:
         from normbench.run.bench_head import main as head_main
 
-        head_main(args.head, str(compose(args.overrides).device.value), args.steps)
+        head_main(args.head, str(compose(args.overrides).device), args.steps)
         return
     from normbench.run import hardware
 
-    device = hardware.resolve_device(str(compose(args.overrides).device.value))
+    device = hardware.resolve_device(str(compose(args.overrides).device))
     peaks = {name: matmul_peak(name, device) for name in ("bf16", "fp32")}
     print(machine_line(device, peaks), flush=True)
     results = measure_cases(args)

@@ -39,7 +39,8 @@ def config_dir() -> Path:
 
 
 class Choice(str, Enum):
-    """An enum whose members print as their value (in interpolations, names and logs)."""
+    """An enum whose members print as their value (in interpolations, names and logs):
+    `str(member)` is the one way the code reads a choice."""
 
     def __str__(self) -> str:
         return str(self.value)

@@ -142,7 +142,7 @@ def _local_dir(path: str) -> Path | None:
 
 def source_identity(data: Any) -> dict[str, Any]:
     """What determines the token streams: the cache key is a hash of this."""
-    ident: dict[str, Any] = {"tokenizer": TOKENIZER, "documents": str(data.documents.value)}
+    ident: dict[str, Any] = {"tokenizer": TOKENIZER, "documents": str(data.documents)}
     if data.source == "text":
         for split, key in zip(SPLITS, ("train_path", "val_path"), strict=True):
             path = Path(getattr(data, key)).expanduser()
@@ -328,7 +328,7 @@ def cache_problem(directory: Path) -> str | None:
 def _build_cache(data: Any, ident: dict[str, Any], directory: Path) -> None:
     t0 = time.perf_counter()
     lines = _read_source(data)
-    mode = str(data.documents.value)
+    mode = str(data.documents)
     meta: dict[str, Any] = {
         "source": ident,
         "label": str(data.label),

@@ -201,7 +201,7 @@ def make_logger(
     the data is loaded (normbench/run/vocab.py: record_vocab)."""
     if cfg.logger.backend == "none":
         return NullLogger()
-    placement, kind = str(cfg.norm.name.value), str(cfg.norm.kind.value)
+    placement, kind = str(cfg.norm.name), str(cfg.norm.kind)
     limit = vocab.limit_of(cfg.data)
     # The experiment's axes (normbench/run/axes.py) as shallow keys; vocab_limit null: GPT-2's
     # full vocabulary (normbench/run/vocab.py).

@@ -63,7 +63,7 @@ def build_scheduler(
         min_lr=optim.min_lr,
         warmup=optim.warmup_steps,
         max_steps=max_steps,
-        schedule=str(optim.schedule.value),
+        schedule=str(optim.schedule),
     )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, **kwargs) / kwargs["lr"]

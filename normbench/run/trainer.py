@@ -45,7 +45,7 @@ def choose_precision(
     """The precision of this run (run/hardware.py). A resumed `auto` run keeps the precision
     it started in, so that one run is one experiment; under torchrun rank 0's choice holds
     for every rank."""
-    requested = str(cfg.precision.value)
+    requested = str(cfg.precision)
     choice = hardware.pick(requested, device.type, cfg.data.cache_dir)
     saved = (resume or {}).get("summary", {})
     if requested == "auto" and saved.get("precision") not in (None, choice.precision):
@@ -68,7 +68,7 @@ def startup_line(
     """The line printed before the first step: the model, where it runs, in what precision
     and why, and the data."""
     return (
-        f"model: {cfg.norm.name.value}-{cfg.norm.kind.value}, depth {cfg.depth}, "
+        f"model: {cfg.norm.name}-{cfg.norm.kind}, depth {cfg.depth}, "
         f"d_model {cfg.model.d_model}, {n_params:,} parameters on {device}, {choice.precision} "
         f"({choice.reason}); data {cfg.data.label}: {len(tokens.train):,} train / "
         f"{len(tokens.val):,} validation tokens"
@@ -126,7 +126,7 @@ class Trainer:
     def _build(self, tune_allocator: bool) -> None:
         """The device, the precision, and everything the steps need, seeded by `seed`."""
         cfg, t = self.cfg, self.cfg.train
-        self.device = resolve_device(str(cfg.device.value))
+        self.device = resolve_device(str(cfg.device))
         if self.device.type == "cpu" and tune_allocator:
             tune_cpu_allocator()
         self.choice = choose_precision(cfg, self.device, self.resume)
