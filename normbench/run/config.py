@@ -68,6 +68,11 @@ class Schedule(Choice):
     inverse_sqrt = "inverse_sqrt"
 
 
+class WeightDecayMode(Choice):
+    coupled = "coupled"  # torch's AdamW: each update decays by lr_t x weight_decay
+    independent = "independent"  # by weight_decay x lr_t / optim.lr: not scaled by the peak lr
+
+
 class Device(Choice):
     auto = "auto"
     cpu = "cpu"
@@ -132,6 +137,7 @@ class OptimConfig:
     schedule: Schedule = MISSING
     min_lr: float = MISSING
     weight_decay: float = MISSING
+    weight_decay_mode: WeightDecayMode = MISSING  # coupled | independent (run/optim.py)
     betas: list[float] = MISSING
     eps: float = MISSING
     grad_clip: float = MISSING  # max global grad norm; 0 disables clipping

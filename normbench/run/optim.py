@@ -33,8 +33,20 @@ def lr_at(
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
+def decay_coefficient(optim: Any) -> float:
+    """The weight decay handed to torch's AdamW, which multiplies the weights by
+    1 - lr_t x coefficient at each update (lr_t: the scheduled lr). `coupled`: weight_decay
+    itself, so the decay grows with the peak lr; `independent`: weight_decay / optim.lr, so
+    that each update decays by weight_decay x lr_t / optim.lr, the schedule's factor alone
+    (independent of the peak lr, as in Wortsman et al. 2309.14322)."""
+    if str(optim.weight_decay_mode) == "independent":
+        return optim.weight_decay / optim.lr
+    return optim.weight_decay
+
+
 def build_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (linear weights, embeddings), not on norms or biases.
+    """AdamW; weight decay on matrices (linear weights, embeddings), not on norms or biases,
+    coupled to the peak lr or independent of it (`optim.weight_decay_mode`).
 
     `optim.fused` (null: yes where torch has the kernel) picks the fused implementation,
     one pass over each weight instead of several (8x faster on a 2-core CPU for 21M weights).
@@ -43,7 +55,7 @@ def build_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": optim.weight_decay},
+        {"params": decay, "weight_decay": decay_coefficient(optim)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = getattr(optim, "fused", None)

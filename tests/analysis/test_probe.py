@@ -20,6 +20,7 @@ from support.models import gpt
 
 class Optim:
     weight_decay, betas, eps, lr = 0.1, (0.9, 0.95), 1e-8, 1e-3
+    weight_decay_mode = "coupled"
 
 
 def batches(n=2, B=3, T=16, vocab=128):

@@ -16,6 +16,7 @@ from support.models import gpt
 
 class Optim:
     lr, weight_decay, betas, eps = 1e-2, 0.1, (0.9, 0.95), 1e-8
+    weight_decay_mode = "coupled"
 
 
 def one_step(model, diag, x, y, clip=math.inf):

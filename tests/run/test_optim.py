@@ -52,6 +52,7 @@ def _optim_cfg(**kw):
         warmup_steps=2,
         schedule=Schedule.linear,
         weight_decay=0.1,
+        weight_decay_mode="coupled",
         betas=[0.9, 0.95],
         eps=1e-8,
         grad_clip=1.0,
@@ -84,3 +85,40 @@ def test_weight_decay_only_on_matrices():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"]) and len(decay["params"]) == 2
     assert all(p.dim() == 1 for p in no_decay["params"]) and len(no_decay["params"]) == 3
+
+
+@pytest.mark.parametrize("mode", ["coupled", "independent"])
+def test_weight_decay_coupled_to_the_peak_lr_or_independent_of_it(mode):
+    """With zero gradients AdamW's update is the decay alone: each step multiplies a matrix
+    by 1 - lr_t * wd (coupled) or 1 - wd * lr_t / lr (independent: the schedule's factor,
+    the same at every peak lr), lr_t following the warmup and the linear schedule."""
+    wd, steps, shrink = 0.1, 6, {}
+    for lr in (0.5, 0.05):
+        model = torch.nn.Linear(3, 3, bias=False)
+        torch.nn.init.ones_(model.weight)
+        cfg = _optim_cfg(lr=lr, weight_decay=wd, weight_decay_mode=mode)
+        opt = build_optimizer(model, cfg, torch.device("cpu"))
+        sched = build_scheduler(opt, cfg, max_steps=steps)
+        expected = 1.0
+        for s in range(steps):
+            model.weight.grad = torch.zeros_like(model.weight)
+            lr_t = lr_at(s, lr=lr, min_lr=0.0, warmup=2, max_steps=steps, schedule="linear")
+            expected *= 1 - (lr_t * wd if mode == "coupled" else wd * lr_t / lr)
+            opt.step()
+            sched.step()
+        torch.testing.assert_close(model.weight.detach(), torch.full((3, 3), expected))
+        shrink[lr] = expected
+    if mode == "independent":  # the decay does not depend on the peak lr
+        assert shrink[0.5] == pytest.approx(shrink[0.05])
+    else:  # ten times the lr, about ten times the decay
+        assert 1 - shrink[0.5] > 5 * (1 - shrink[0.05])
+
+
+def test_weight_decay_mode_is_a_choice():
+    from normbench.errors import ConfigError  # noqa: F401  (bad values fail at composition)
+
+    from support import compose_config
+
+    assert str(compose_config().optim.weight_decay_mode) == "coupled"
+    cfg = compose_config("optim.weight_decay_mode=independent", "optim.lr=0.01")
+    assert str(cfg.optim.weight_decay_mode) == "independent"
