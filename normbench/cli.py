@@ -108,6 +108,8 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc.full_key} is required; set {exc.full_key}=<value>"
     if isinstance(exc, ValidationError) and exc.full_key:
         message = str(exc).split("\n")[0]
+        if exc.full_key == "model.qk_norm" and ("'True'" in message or "'False'" in message):
+            message += " (it was true/false: true is now l2, false is none)"
         return f"{exc.full_key}: {one_line(message, 300)}"
     if isinstance(exc, OmegaConfBaseException) and getattr(exc, "full_key", None):
         return f"{exc.full_key}: {one_line(str(exc).split(chr(10))[0], 300)}"

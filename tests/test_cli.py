@@ -174,7 +174,7 @@ def test_multirun_with_wandb_offline(tmp_path, cli_env, text_files):
         assert {placement, "layernorm", "depth=2"} <= set(run.tags)
         assert run.config["norm"] == placement and run.config["norm_kind"] == "layernorm"
         assert run.config["depth"] == 2 and run.config["lr"] == 0.001
-        assert run.config["block"] == "sequential" and run.config["qk_norm"] is False
+        assert run.config["block"] == "sequential" and run.config["qk_norm"] == "none"
         assert run.config["cfg"]["norm"]["name"] == placement  # the full resolved config
         assert run.config["precision"] in ("bf16", "fp32") and run.config["precision_reason"]
         assert run.config["device"] == "cpu"

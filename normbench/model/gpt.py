@@ -53,8 +53,28 @@ class QKNorm(nn.Module):
         return qn.to(q.dtype), kn.to(k.dtype)
 
 
+class QKLayerNorm(nn.Module):
+    """qk-layernorm (Wortsman et al. 2309.14322; Dehghani et al. 2302.05442): q and k each
+    normalized over the head dimension by a norm of this kind (`layernorm` or `rmsnorm`, one
+    per q and k, shared by the heads), before the usual 1/sqrt(d_head) scaled dot product."""
+
+    def __init__(self, kind: str, head_dim: int):
+        super().__init__()
+        self.q_norm, self.k_norm = make_norm(kind, head_dim), make_norm(kind, head_dim)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q_norm(q), self.k_norm(k)
+
+
+QK_NORMS = ("none", "l2", "layernorm", "rmsnorm")  # model.qk_norm
+
+
 class CausalSelfAttention(nn.Module):
-    """A(x): multi-head causal self-attention with a fused qkv projection and W_o."""
+    """A(x): multi-head causal self-attention with a fused qkv projection and W_o.
+
+    `qk_norm`: none; l2 (QKNorm, 2010.04245: unit q and k, a learned scale, logit scale 1);
+    layernorm or rmsnorm (qk-layernorm: q and k normalized per head, scale 1/sqrt(d_head)).
+    """
 
     def __init__(
         self,
@@ -62,25 +82,34 @@ class CausalSelfAttention(nn.Module):
         n_heads: int,
         dropout: float,
         bias: bool = True,
-        qk_norm: bool = False,
+        qk_norm: str = "none",
         context: int = 2,
     ):
         super().__init__()
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"unknown qk_norm {qk_norm!r}; choose one of {', '.join(QK_NORMS)}")
         self.n_heads, self.dropout = n_heads, dropout
         self.qkv = FusedQKV(d_model, 3 * d_model, bias=bias)
-        self.qk_norm = QKNorm(context) if qk_norm else None
+        head_dim = d_model // n_heads
+        self.qk_norm: nn.Module | None = {
+            "none": lambda: None,
+            "l2": lambda: QKNorm(context),
+            "layernorm": lambda: QKLayerNorm("layernorm", head_dim),
+            "rmsnorm": lambda: QKLayerNorm("rmsnorm", head_dim),
+        }[qk_norm]()
         self.proj = ResidualProjection(d_model, d_model, bias=bias)  # W_o
         self.resid_dropout = nn.Dropout(dropout)
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """q, k, v as (B, heads, T, head_dim), and the logit scale (1 with QKNorm)."""
+        """q, k, v as (B, heads, T, head_dim), and the logit scale (1 with QKNorm's l2)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
         scale = 1 / math.sqrt(C // self.n_heads)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
-            scale = 1.0
+            if isinstance(self.qk_norm, QKNorm):
+                scale = 1.0
         return q, k, v, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +171,7 @@ class GPT(nn.Module):
         bias: bool = True,
         init: str = "gpt2",
         block: str = "sequential",
-        qk_norm: bool = False,
+        qk_norm: str = "none",
         fused_head: bool = True,
         head_chunk: int = 1024,
     ):
@@ -196,7 +225,7 @@ class GPT(nn.Module):
             bias=m.bias,
             init=str(m.init),
             block=str(m.block),
-            qk_norm=m.qk_norm,
+            qk_norm=str(m.qk_norm),
             fused_head=m.fused_head,
             head_chunk=m.head_chunk,
         )

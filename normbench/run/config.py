@@ -56,6 +56,13 @@ class BlockType(Choice):
     parallel = "parallel"  # x = x + A(Norm(x)) + M(Norm(x)) (GPT-J, PaLM); pre-norm style only
 
 
+class QKNormKind(Choice):
+    none = "none"
+    l2 = "l2"  # QKNorm (2010.04245): L2-normalized q and k, a learned scale, logit scale 1
+    layernorm = "layernorm"  # qk-layernorm (2309.14322): LayerNorm of q and k per head
+    rmsnorm = "rmsnorm"  # the same with RMSNorm
+
+
 class Init(Choice):
     gpt2 = "gpt2"  # N(0, 0.02); residual output projections N(0, 0.02/sqrt(2N))
     xavier = "xavier"  # Xavier-uniform linear weights (2002.04745's analysis)
@@ -121,7 +128,7 @@ class ModelConfig:
     dropout: float = MISSING
     init: Init = MISSING
     block: BlockType = MISSING
-    qk_norm: bool = MISSING  # QKNorm (2010.04245): L2-normalized q, k and a learned scale
+    qk_norm: QKNormKind = MISSING  # none | l2 | layernorm | rmsnorm (model/gpt.py)
     # null: the data's vocabulary rounded up to a multiple of 64 (faster matmuls): GPT-2's
     # 50,257 -> 50,304, or data.vocab_limit=4000 -> 4032; filled in by validate()
     vocab_size: Optional[int] = MISSING

@@ -46,10 +46,19 @@ def flat(node: Any, prefix: str = "", *, tuples: bool = False) -> dict[str, Any]
     return out
 
 
+# Values an older normbench wrote that name a choice of today: model.qk_norm was a boolean.
+RENAMED = {"model.qk_norm": {False: "none", True: "l2"}}
+
+
 def identity(config: dict[str, Any]) -> dict[str, Any]:
     """The flattened config without the keys a resume may change (a key added since an
-    older record was written has the value that record implies: IMPLIED)."""
-    return {k: v for k, v in {**IMPLIED, **flat(config)}.items() if not k.startswith(FREE)}
+    older record was written has the value that record implies: IMPLIED; an old value of
+    a choice reads as its new name: RENAMED)."""
+    values = {**IMPLIED, **flat(config)}
+    for key, names in RENAMED.items():
+        if isinstance(values.get(key), bool):
+            values[key] = names[values[key]]
+    return {k: v for k, v in values.items() if not k.startswith(FREE)}
 
 
 def differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -273,6 +273,6 @@ def validate_combination(cfg: NormbenchConfig) -> None:
         f"(got {cfg.train.batch_size})",
     )
     need(
-        not m.qk_norm or m.context >= 2,
-        "model.qk_norm=true needs model.context >= 2 (its scale starts at log2(T^2 - T))",
+        str(m.qk_norm) != "l2" or m.context >= 2,
+        "model.qk_norm=l2 needs model.context >= 2 (its scale starts at log2(T^2 - T))",
     )

@@ -182,7 +182,7 @@ def test_causal(placement, kind):
 @pytest.mark.parametrize("block", ["sequential", "parallel"])
 def test_causal_with_qk_norm(block):
     torch.manual_seed(0)
-    model = gpt("pre", qk_norm=True, block=block).eval()
+    model = gpt("pre", qk_norm="l2", block=block).eval()
     idx = torch.randint(0, 128, (2, 12))
     changed = idx.clone()
     changed[:, 6] = (changed[:, 6] + 7) % 128
@@ -200,7 +200,7 @@ def test_qk_norm_attention_is_g_times_cosine_similarity():
     """softmax(g * q_hat . k_hat) v per head, causal, no 1/sqrt(d_head); g0 = log2(T^2 - T)."""
     torch.manual_seed(0)
     context = 16
-    attn = CausalSelfAttention(D, H, dropout=0.0, qk_norm=True, context=context).eval()
+    attn = CausalSelfAttention(D, H, dropout=0.0, qk_norm="l2", context=context).eval()
     assert attn.qk_norm.g.item() == pytest.approx(math.log2(context**2 - context))
     randomize(attn)
     with torch.no_grad():
@@ -217,6 +217,41 @@ def test_qk_norm_attention_is_g_times_cosine_similarity():
     with torch.no_grad():
         torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in attn.qk_norm.parameters()) == 1  # one scalar per layer
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_qk_layernorm_normalizes_q_and_k_per_head_then_scales_by_sqrt_d_head(kind):
+    """qk-layernorm (2309.14322): softmax(N_q(q) . N_k(k) / sqrt(d_head)) v per head, N over
+    the head dimension with its own gain (and shift, for LayerNorm), shared by the heads."""
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(D, H, dropout=0.0, qk_norm=kind).eval()
+    randomize(attn)
+    hd = D // H
+    with torch.no_grad():  # gains and shifts away from their initial 1 and 0
+        for p in attn.qk_norm.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(B, T, D)
+    q, k, v = (
+        (x @ w.T + b).view(B, T, H, hd).transpose(1, 2)
+        for w, b in zip(attn.qkv.weight.chunk(3), attn.qkv.bias.chunk(3), strict=True)
+    )
+
+    def norm(t, module):
+        if kind == "layernorm":
+            mu, var = t.mean(-1, keepdim=True), t.var(-1, unbiased=False, keepdim=True)
+            return (t - mu) / torch.sqrt(var + 1e-5) * module.weight + module.bias
+        return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6) * module.weight
+
+    qn, kn = norm(q, attn.qk_norm.q_norm), norm(k, attn.qk_norm.k_norm)
+    scores = (qn @ kn.transpose(-1, -2) / math.sqrt(hd)).masked_fill(
+        torch.ones(T, T).triu(1).bool(), float("-inf")
+    )
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D)
+    expected = y @ attn.proj.weight.T + attn.proj.bias
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    per_norm = 2 * hd if kind == "layernorm" else hd  # gain (and shift) over d_head
+    assert sum(p.numel() for p in attn.qk_norm.parameters()) == 2 * per_norm
 
 
 # --- the rest of the model -----------------------------------------------------------------

@@ -158,9 +158,9 @@ def test_depth_constants_are_in_the_config():
 
 
 def test_options_of_the_model():
-    cfg = make("norm=peri", "model.block=parallel", "model.qk_norm=true", "norm.kind=dyt")
+    cfg = make("norm=peri", "model.block=parallel", "model.qk_norm=l2", "norm.kind=dyt")
     cfg = resolve(cfg)
-    assert cfg.model.block == "parallel" and cfg.model.qk_norm is True
+    assert cfg.model.block == "parallel" and cfg.model.qk_norm == "l2"
     cfg = make("norm.kind=dyt", "norm.alpha0=1.0", "norm.bias=false")
     cfg = resolve(cfg)
     assert (cfg.norm.alpha0, cfg.norm.bias) == (1.0, False)
@@ -229,7 +229,11 @@ def test_data_text_and_wikitext2_files():
         (["norm=resi_dual", "norm.dual_scale=0"], "norm.dual_scale must be > 0"),
         (["norm.mix_ratio=0.5"], "unknown key 'norm.mix_ratio'"),  # norm=pre has no split
         (["model.block=diagonal"], "model.block: Invalid value 'diagonal'"),
-        (["model.qk_norm=true", "model.context=1"], "model.qk_norm=true needs model.context"),
+        (["model.qk_norm=l2", "model.context=1"], "model.qk_norm=l2 needs model.context"),
+        (
+            ["model.qk_norm=true"],
+            "expected one of [none, l2, layernorm, rmsnorm] (it was true/false: true is now l2",
+        ),
         (["norm=deepnorm", "norm.constants={alpha:2.0}"], "remove the override"),
     ],
 )

@@ -151,7 +151,7 @@ def test_gradient_norms_are_taken_before_clipping():
 
 def test_attention_probs_are_what_sdpa_applies():
     torch.manual_seed(0)
-    for qk_norm in (False, True):
+    for qk_norm in ("none", "l2", "layernorm"):
         model = gpt("pre", depth=1, qk_norm=qk_norm)
         attn = model.blocks[0].attn
         x = torch.randn(2, 16, 32)

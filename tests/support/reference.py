@@ -48,6 +48,8 @@ def attention(attn: CausalSelfAttention, x: Tensor) -> Tensor:
         (x @ w.T + b).reshape(B, T, h, C // h).transpose(1, 2)
         for w, b in ((w_q, b_q), (w_k, b_k), (w_v, b_v))
     )
+    if attn.qk_norm is not None and not hasattr(attn.qk_norm, "g"):
+        raise NotImplementedError("qk-layernorm is tested on its own (tests/model/test_gpt.py)")
     if attn.qk_norm is not None:  # 2010.04245: g * (q/|q|) . (k/|k|)
         q = q / q.norm(dim=-1, keepdim=True) * attn.qk_norm.g
         k = k / k.norm(dim=-1, keepdim=True)
