@@ -29,6 +29,7 @@ from normbench.run.checkpoint import CheckpointWriteError
 from normbench.run.console import PROG, Terminated, is_user_error, one_line, say
 from normbench.run.job import Interrupted
 from normbench.run.record import RecordWriteError
+from normbench.run.rundir import RENAMED
 
 USAGE = f"""usage: {PROG} <command> [options] [overrides]
 
@@ -108,8 +109,11 @@ def describe_error(exc: BaseException) -> str:
         return f"{exc.full_key} is required; set {exc.full_key}=<value>"
     if isinstance(exc, ValidationError) and exc.full_key:
         message = str(exc).split("\n")[0]
-        if exc.full_key == "model.qk_norm" and ("'True'" in message or "'False'" in message):
-            message += " (it was true/false: true is now l2, false is none)"
+        old = RENAMED.get(exc.full_key, {})
+        if any(f"'{value}'" in message for value in old):  # a value of an older normbench
+            was = "/".join(str(v).lower() for v in old)
+            now = ", ".join(f"{str(v).lower()} is now {name}" for v, name in old.items())
+            message += f" (it was {was}: {now})"
         return f"{exc.full_key}: {one_line(message, 300)}"
     if isinstance(exc, OmegaConfBaseException) and getattr(exc, "full_key", None):
         return f"{exc.full_key}: {one_line(str(exc).split(chr(10))[0], 300)}"

@@ -66,7 +66,9 @@ class QKLayerNorm(nn.Module):
         return self.q_norm(q), self.k_norm(k)
 
 
-QK_NORMS = ("none", "l2", "layernorm", "rmsnorm")  # model.qk_norm
+# model.qk_norm (the config's choices are generated from this): none; l2: QKNorm; layernorm,
+# rmsnorm: qk-layernorm
+QK_NORMS = ("none", "l2", "layernorm", "rmsnorm")
 
 
 class CausalSelfAttention(nn.Module):
@@ -90,13 +92,11 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"unknown qk_norm {qk_norm!r}; choose one of {', '.join(QK_NORMS)}")
         self.n_heads, self.dropout = n_heads, dropout
         self.qkv = FusedQKV(d_model, 3 * d_model, bias=bias)
-        head_dim = d_model // n_heads
-        self.qk_norm: nn.Module | None = {
-            "none": lambda: None,
-            "l2": lambda: QKNorm(context),
-            "layernorm": lambda: QKLayerNorm("layernorm", head_dim),
-            "rmsnorm": lambda: QKLayerNorm("rmsnorm", head_dim),
-        }[qk_norm]()
+        self.qk_norm: nn.Module | None = None
+        if qk_norm == "l2":
+            self.qk_norm = QKNorm(context)
+        elif qk_norm != "none":
+            self.qk_norm = QKLayerNorm(qk_norm, d_model // n_heads)
         self.proj = ResidualProjection(d_model, d_model, bias=bias)  # W_o
         self.resid_dropout = nn.Dropout(dropout)
 

@@ -23,6 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from normbench.errors import ConfigError
 from normbench.model import KINDS, PLACEMENTS
+from normbench.model.gpt import QK_NORMS
 from normbench.run import vocab
 from normbench.run.validate import norm_options, validate
 
@@ -49,18 +50,12 @@ class Choice(str, Enum):
 # Generated from the registries, so a new kind or placement needs no edit here.
 NormKind = Choice("NormKind", {name: name for name in KINDS})
 Placement = Choice("Placement", {name: name for name in PLACEMENTS})
+QKNormKind = Choice("QKNormKind", {name: name for name in QK_NORMS})
 
 
 class BlockType(Choice):
     sequential = "sequential"  # x = x + A(.); x = x + M(.)
     parallel = "parallel"  # x = x + A(Norm(x)) + M(Norm(x)) (GPT-J, PaLM); pre-norm style only
-
-
-class QKNormKind(Choice):
-    none = "none"
-    l2 = "l2"  # QKNorm (2010.04245): L2-normalized q and k, a learned scale, logit scale 1
-    layernorm = "layernorm"  # qk-layernorm (2309.14322): LayerNorm of q and k per head
-    rmsnorm = "rmsnorm"  # the same with RMSNorm
 
 
 class Init(Choice):

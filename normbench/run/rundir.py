@@ -47,7 +47,7 @@ def flat(node: Any, prefix: str = "", *, tuples: bool = False) -> dict[str, Any]
 
 
 # Values an older normbench wrote that name a choice of today: model.qk_norm was a boolean.
-RENAMED = {"model.qk_norm": {False: "none", True: "l2"}}
+RENAMED = {"model.qk_norm": {True: "l2", False: "none"}}
 
 
 def identity(config: dict[str, Any]) -> dict[str, Any]:
