@@ -16,8 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.model.kinds import KIND_OPTIONS, make_norm, upcast
-from normbench.model.loss import linear_cross_entropy
+from normbench.model.loss import linear_cross_entropy, logit_stats
 from normbench.model.placements import PLACEMENTS
+
+
+class Tap(nn.Module):
+    """An identity on its arguments, where a forward hook reads an intermediate value: the
+    q and k that SDPA receives (with the logit scale), the output logits' statistics. The
+    model computes nothing for it; the diagnostics (run/diag.py) hook it."""
+
+    def forward(self, *values: Any) -> tuple[Any, ...]:
+        return values
 
 
 class ResidualProjection(nn.Linear):
@@ -99,6 +108,7 @@ class CausalSelfAttention(nn.Module):
             self.qk_norm = QKLayerNorm(qk_norm, d_model // n_heads)
         self.proj = ResidualProjection(d_model, d_model, bias=bias)  # W_o
         self.resid_dropout = nn.Dropout(dropout)
+        self.scores = Tap()  # sees (q, k, scale) as SDPA does: the attention logits' inputs
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """q, k, v as (B, heads, T, head_dim), and the logit scale (1 with QKNorm's l2)."""
@@ -115,6 +125,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v, scale = self.heads(x)
+        self.scores(q, k, scale)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -202,6 +213,9 @@ class GPT(nn.Module):
         self.norm_f = norm() if Block.final_norm else nn.Identity()
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        # Sees the output logits' statistics (loss.HEAD_STATS) of each forward with targets;
+        # the largest |logit| costs a pass over the logits, measured while `extremes` is set.
+        self.head_stats, self.extremes = Tap(), False
         self.init_weights(init, depth_scaled=Block.depth_scaled_init)
         for b in self.blocks:
             b.init_placement_()
@@ -273,19 +287,39 @@ class GPT(nn.Module):
         return self.blocks[-1].exit(stream, self.norm_f)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        reduction: str = "mean",
+        z_loss: float = 0.0,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Without targets: the logits (B, T, vocab), None. With targets: None, and the
-        cross-entropy (`reduction` mean or sum) in float32, from the fused LM head and loss
-        (normbench/model/loss.py), which never materializes the (B, T, vocab) logits."""
+        cross-entropy (`reduction` mean or sum) in float32, plus `z_loss` x log(Z)^2 per token
+        when z_loss > 0, from the fused LM head and loss (normbench/model/loss.py), which never
+        materializes the (B, T, vocab) logits."""
         h = self.hidden(idx)
         if targets is None:
             return self.lm_head(h), None
         if not self.fused_head:  # the unfused head (model.fused_head=false), for comparison
             logits = self.lm_head(h)
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), reduction=reduction
-            )
+            flat = logits.float().flatten(0, 1)
+            loss = F.cross_entropy(flat, targets.flatten(), reduction=reduction)
+            stats = logit_stats(flat)
+            if z_loss:
+                log_z = torch.logsumexp(flat, dim=-1)
+                total = log_z.square().mean() if reduction == "mean" else log_z.square().sum()
+                loss = loss + z_loss * total
+            self.head_stats(stats)
             return logits, loss
-        loss = linear_cross_entropy(h, self.lm_head.weight, targets, reduction, self.head_chunk)
+        loss, stats = linear_cross_entropy(
+            h,
+            self.lm_head.weight,
+            targets,
+            reduction,
+            self.head_chunk,
+            z_loss=z_loss,
+            stats=True,
+            extremes=self.extremes,
+        )
+        self.head_stats(stats)
         return None, loss

@@ -8,6 +8,13 @@ chunk also produces its gradients at once (the loss is the last operation, so dl
 softmax - onehot is known there): grad_h and grad_W are accumulated and the backward pass
 only scales them. Three matrix products per chunk, as unfused; memory O(chunk x V).
 
+The same pass also gives the output logits' normalizer log Z = logsumexp(logits) per token
+(from -log p[y] and the target's logit, no extra pass over the vocabulary): `stats=True`
+returns its mean, max and mean square (HEAD_STATS), and with `extremes=True` the largest
+|logit| (one more pass over each chunk's logits, so only when asked). `z_loss=z` adds
+z * log(Z)^2 per token to the loss (PaLM; Wortsman et al. 2309.14322), whose gradient with
+respect to the logits, 2 z log(Z) softmax, joins dlogits in the same pass.
+
 Precision: the products run in the dtype of the autocast region (bf16 under bf16 autocast,
 as the unfused head), the softmax in float32 (see `_nll_and_softmax`), grad_W accumulates in
 float32. Cost per token, the unfused head's: three products; the elementwise work is one
@@ -20,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 CHUNK = 1024  # tokens per chunk (model.head_chunk)
+# The statistics of `stats=True`, in this order (logit_max_abs is NaN without `extremes`).
+HEAD_STATS = ("logz_mean", "logz_max", "logz_sq_mean", "logit_max_abs")
 
 
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
@@ -28,8 +37,13 @@ def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     return h.dtype
 
 
-def _nll_and_softmax(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """-log softmax(logits)[y] per row (float32) and softmax(logits), in logits' dtype.
+def _nll_and_softmax(
+    logits: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-log softmax(logits)[y] per row (float32) and softmax(logits), in logits' dtype (or
+    `dtype`: float32 for the z-loss, whose gradient is a relative change of ~2z log Z to each
+    probability, below bf16's resolution; rounded once, after it is added, it survives on
+    average as in the unfused head).
 
     One softmax kernel (float32 inside; for bf16 logits bf16 out, bit-identical to rounding
     the float32 softmax) and -log p[y] from it: one pass over the (chunk x V) logits fewer
@@ -38,7 +52,7 @@ def _nll_and_softmax(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     Rows whose p[y] underflows (a loss above ~69 nats) are recomputed exactly.
     """
     rows = torch.arange(len(y), device=y.device)
-    p = torch.softmax(logits, dim=-1)
+    p = torch.softmax(logits, dim=-1, dtype=dtype)
     p_y = p[rows, y].float()
     nll = -p_y.log()
     tiny = p_y < 1e-30
@@ -59,7 +73,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         reduction: str,
         chunk: int,
         needs_grad: bool,
-    ) -> torch.Tensor:
+        z_loss: float,
+        extremes: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = h.shape[0]
         w = weight.to(dtype)
         wt = w.t().contiguous()  # (d, V): the forward product is fastest on this layout
@@ -67,14 +83,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = (
             torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if needs_grad else None
         )
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        # the sums of the loss, log Z and log Z^2; the max of log Z and of |logit|
+        sums = torch.zeros(3, dtype=torch.float32, device=h.device)
+        peaks = torch.full((2,), -torch.inf, dtype=torch.float32, device=h.device)
         for start in range(0, n, chunk):
             hc = h[start : start + chunk].to(dtype)
             yc = targets[start : start + chunk]
-            nll, p = _nll_and_softmax(hc @ wt, yc)
-            total += nll.sum()
-            if needs_grad:  # dlogits = softmax - onehot (the 1/n of a mean is applied below)
-                p[torch.arange(len(yc), device=h.device), yc] -= 1.0
+            rows = torch.arange(len(yc), device=h.device)
+            logits = hc @ wt
+            nll, p = _nll_and_softmax(logits, yc, torch.float32 if z_loss else None)
+            log_z = nll + logits[rows, yc].float()  # -log p[y] = log Z - logit[y]
+            sums += torch.stack(
+                [nll.sum() + z_loss * log_z.square().sum(), log_z.sum(), log_z.square().sum()]
+            )
+            peaks[0] = torch.maximum(peaks[0], log_z.max())
+            if extremes:
+                low, high = torch.aminmax(logits)
+                peaks[1] = torch.maximum(peaks[1], torch.maximum(-low, high).float())
+            if needs_grad:  # dlogits = softmax (1 + 2 z log Z) - onehot; 1/n of a mean below
+                if z_loss:
+                    p *= (1.0 + 2.0 * z_loss * log_z)[:, None]
+                p[rows, yc] -= 1.0
+                p = p.to(dtype)
                 grad_h[start : start + chunk] = p @ w
                 if p.dtype == torch.float32:  # accumulate in place: no (V x d) temporary
                     grad_w.addmm_(p.t(), hc)
@@ -86,14 +116,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_w *= scale
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
-        return total * scale
+        if not extremes:
+            peaks[1] = torch.nan
+        stats = torch.stack([sums[1] / n, peaks[0], sums[2] / n, peaks[1]])
+        ctx.mark_non_differentiable(stats)
+        return sums[0] * scale, stats
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor) -> tuple:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, _: torch.Tensor
+    ) -> tuple:
         grad_h, grad_w = ctx.saved_tensors
         gh = grad_h * grad_out if ctx.needs_input_grad[0] else None
         gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -102,21 +138,43 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     reduction: str = "mean",
     chunk: int = CHUNK,
-) -> torch.Tensor:
+    *,
+    z_loss: float = 0.0,
+    stats: bool = False,
+    extremes: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """cross_entropy(h @ weight.T, targets) over the last dimension of h, without the logits.
 
     h: (..., d); weight: (V, d); targets: (...) token ids. `reduction`: mean or sum. Equal
     to `F.cross_entropy(F.linear(h, weight).float().flatten(0, -2), targets.flatten())` up to
-    rounding, in value and in gradient.
+    rounding, in value and in gradient; plus `z_loss` x log(Z)^2 per token when z_loss > 0.
+    With `stats`, also the float32 vector of HEAD_STATS (no gradient); `extremes` adds the
+    largest |logit| to it (else NaN).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be mean or sum, not {reduction!r}")
     dtype = _compute_dtype(h)
     needs_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     with torch.autocast(h.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(
-            h.flatten(0, -2), weight, targets.flatten(), dtype, reduction, chunk, needs_grad
+        loss, values = _LinearCrossEntropy.apply(
+            h.flatten(0, -2),
+            weight,
+            targets.flatten(),
+            dtype,
+            reduction,
+            chunk,
+            needs_grad,
+            float(z_loss),
+            extremes,
         )
+    return (loss, values) if stats else loss
+
+
+def logit_stats(logits: torch.Tensor) -> torch.Tensor:
+    """HEAD_STATS of materialized logits (..., V): the unfused head's, and the tests'."""
+    flat = logits.detach().float().flatten(0, -2)
+    log_z = torch.logsumexp(flat, dim=-1)
+    return torch.stack([log_z.mean(), log_z.max(), log_z.square().mean(), flat.abs().max()])
 
 
 def reference_cross_entropy(
@@ -125,3 +183,12 @@ def reference_cross_entropy(
     """The unfused head and loss, as the model computed it before (for tests and benchmarks)."""
     logits = F.linear(h, weight)
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), reduction=reduction)
+
+
+def reference_z_loss(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, z_loss: float
+) -> torch.Tensor:
+    """Cross-entropy plus z_loss x mean log(Z)^2 on materialized logits (autograd's gradient)."""
+    logits = F.linear(h, weight).float().flatten(0, -2)
+    log_z = torch.logsumexp(logits, dim=-1)
+    return F.cross_entropy(logits, targets.flatten()) + z_loss * log_z.square().mean()

@@ -143,6 +143,7 @@ class OptimConfig:
     betas: list[float] = MISSING
     eps: float = MISSING
     grad_clip: float = MISSING  # max global grad norm; 0 disables clipping
+    z_loss: float = MISSING  # z x log(Z)^2 per token added to the loss (0: off; model/loss.py)
     fused: Optional[bool] = MISSING  # the fused AdamW kernel; null: where torch has one
 
 
@@ -260,6 +261,7 @@ class DivergenceConfig:
 class DiagConfig:
     every: int = MISSING
     per_param: bool = MISSING
+    from_init: bool = MISSING  # ||theta_t - theta_0|| / ||theta_0|| per block (a weight copy)
 
 
 @dataclass

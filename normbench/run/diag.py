@@ -6,13 +6,23 @@ Two tiers, both measured on the training step itself (no extra forward pass):
   of its sublayers (`grad_norm/block_07/attn`, `.../mlp`, `.../norm` for the block's norm and
   placement parameters), of the embeddings and the final norm; the RMS and max |value| of the
   residual stream entering each block and leaving the last one (`resid_rms/block_07`,
-  `resid_max/out`). They fill a ring buffer of the last `divergence.history` steps, written
-  with a divergence event, and are logged every `diag.every` steps;
+  `resid_max/out`); the largest and the mean attention logit q.k x scale of each layer, over
+  the causal pairs, from the q and k that SDPA receives (`attn_logit_max/block_07`,
+  `attn_logit_mean/...`; Wortsman et al. 2309.14322's attention-logit growth); the RMS of
+  every norm's input (`norm_in_rms/block_07/norm_a`; for a post-norm placement the sum
+  x + F(x), the quantity of Xiong et al.'s Lemma 2); the output logits' normalizer log Z,
+  its mean, max and mean square over the batch's tokens (`logits/logz_mean`, `..._max`,
+  `..._sq_mean`), from the fused head without materializing the logits. They fill a ring
+  buffer of the last `divergence.history` steps, written with a divergence event, and are
+  logged every `diag.every` steps;
 - every `diag.every` steps, also: the update-to-weight ratio ||dw|| / ||w|| of each block
   after the optimizer step (`update_ratio/block_07`), the attention entropy of each layer
   in nats, averaged over batch, heads and positions (`attn_entropy/block_07`; its collapse
-  precedes divergence, 2303.06296), and with `diag.per_param=true` the gradient norm of every
-  parameter tensor (`grad_norm/param/<name>`).
+  precedes divergence, 2303.06296), the largest |logit| of the output (`logits/max_abs`), the
+  mean gain of every norm (`norm_gain/block_07/norm_a`), with `diag.from_init` the
+  accumulated update ||theta_t - theta_0|| / ||theta_0|| of each block (`from_init/block_07`,
+  DeepNet 2203.00555's measure; it keeps a copy of the initial weights), and with
+  `diag.per_param=true` the gradient norm of every parameter tensor (`grad_norm/param/<name>`).
 
 Gradient norms are taken after the backward pass and before clipping. Blocks are numbered
 from 1, zero-padded (`block_01` ... `block_48`), as in the specification's `l`.
@@ -30,9 +40,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from normbench.model import GPT
+from normbench.model import GPT, Norm
+from normbench.model.loss import HEAD_STATS
 
-LAYER_PREFIXES = ("grad_norm/", "resid_rms/", "resid_max/", "update_ratio/", "attn_entropy/")
+LAYER_PREFIXES = (
+    "grad_norm/",
+    "resid_rms/",
+    "resid_max/",
+    "update_ratio/",
+    "attn_entropy/",
+    "attn_logit_max/",
+    "norm_in_rms/",
+    "from_init/",
+)
+# Measured on `diag.every` steps only (the rest is measured on every step that records).
+FULL_ONLY = ("attn_entropy/", "grad_norm/param/", "logits/max_abs")
+ATTENTION_CHUNK = 1 << 24  # logits per chunk when measuring attention (64 MB in float32)
 
 
 def block_names(depth: int) -> list[str]:
@@ -62,6 +85,48 @@ def hook_streams(model: GPT, record: Callable[[int, str, torch.Tensor], None]) -
     return handles
 
 
+def attention_logits(
+    q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = ATTENTION_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest and the mean of q_i . k_j x scale over the causal pairs j <= i, in float32,
+    for q and k of shape (B, heads, T, head_dim). The max takes the (T x T) products, a chunk
+    of batch rows at a time; the mean is sum_i q_i . (sum_{j<=i} k_j), without them."""
+    q, k = q.detach().float(), k.detach().float()
+    B, H, T, _ = q.shape
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    rows = max(1, chunk // (H * T * T))
+    peak = torch.full((), -math.inf, device=q.device)
+    for start in range(0, B, rows):
+        logits = q[start : start + rows] @ k[start : start + rows].transpose(-2, -1)
+        peak = torch.maximum(peak, logits.masked_fill_(~causal, -math.inf).amax())
+    total = (q * k.cumsum(dim=2)).sum()
+    pairs = B * H * T * (T + 1) // 2
+    return peak * scale, total * scale / pairs
+
+
+def norm_modules(model: GPT, names: list[str]) -> dict[str, Norm]:
+    """Every norm of the model by its place: `block_07/norm_a`, `block_07/attn.qk_norm.q_norm`,
+    `final` (the model's final norm), `embed/...` for a norm outside the blocks."""
+    found = {}
+    for path, module in model.named_modules():
+        if not isinstance(module, Norm) or not any(True for _ in module.parameters()):
+            continue  # the identity kind has nothing to measure
+        parts = path.split(".")
+        if parts[0] == "blocks":
+            key = f"{names[int(parts[1])]}/{'.'.join(parts[2:])}"
+        else:
+            key = "final" if path == "norm_f" else f"embed/{path}"
+        found[key] = module
+    return found
+
+
+def _gain(norm: Norm) -> torch.Tensor | None:
+    """The mean of a norm's gain (g of ScaleNorm, the weight of the others)."""
+    gain = getattr(norm, "weight", None)
+    gain = gain if isinstance(gain, torch.Tensor) else getattr(norm, "g", None)
+    return None if gain is None else gain.detach().float().mean()
+
+
 def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of each tensor, in float32, as one vector (one fused kernel where possible)."""
     if not tensors:
@@ -78,8 +143,12 @@ class Diagnostics:
     `diag.every` steps, else None).
     """
 
-    def __init__(self, model: GPT, *, every: int, per_param: bool, history: int) -> None:
+    def __init__(
+        self, model: GPT, *, every: int, per_param: bool, history: int, from_init: bool = False
+    ) -> None:
         self.model, self.every, self.per_param = model, every, per_param
+        self.from_init = from_init and every > 0
+        self.initial: dict[str, list[torch.Tensor]] | None = None  # theta_0, per block
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.names = block_names(len(model.blocks))
         # Parameter groups, by the modules' roles (a block's `attn` and `mlp` are its
@@ -97,6 +166,7 @@ class Diagnostics:
         if final:
             self.groups["final_norm"] = final
         self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.norms = norm_modules(model, self.names)
         self.step, self.light, self.full, self.recording = 0, False, False, False
         self.current: dict[str, torch.Tensor] = {}
         self.before: dict[str, list[torch.Tensor]] = {}
@@ -115,11 +185,14 @@ class Diagnostics:
         self.step, self.full = step, self.is_full(step)
         self.light = self.full or self.history.maxlen > 0
         self.current = {}
-        self.recording = True
+        if self.from_init and self.initial is None:  # theta_0: the weights before step 1
+            self.initial = {k: [p.detach().clone() for p in v] for k, v in self.blocks().items()}
+        self.recording, self.model.extremes = True, self.full
         try:
             yield
         finally:
             self.recording = False  # the hooks stay attached but record nothing
+            self.model.extremes = False
 
     def attach(self) -> None:
         """Register the hooks once: on the residual stream (entering each block and leaving
@@ -128,6 +201,10 @@ class Diagnostics:
         self.handles += hook_streams(self.model, self._record_stream)
         for name, block in zip(self.names, self.model.blocks, strict=True):
             self.handles.append(block.attn.register_forward_pre_hook(self._entropy_hook(name)))
+            self.handles.append(block.attn.scores.register_forward_hook(self._logit_hook(name)))
+        for key, norm in self.norms.items():
+            self.handles.append(norm.register_forward_pre_hook(self._norm_hook(key)))
+        self.handles.append(self.model.head_stats.register_forward_hook(self._head_hook))
 
     def close(self) -> None:
         """Remove the hooks from the model."""
@@ -145,6 +222,34 @@ class Diagnostics:
         x = x.detach().float()
         self.current[f"resid_rms/{key}"] = x.square().mean().sqrt()
         self.current[f"resid_max/{key}"] = x.abs().max()
+
+    def _logit_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if self.recording and self.light:
+                peak, mean = attention_logits(*args)
+                self.current[f"attn_logit_max/{name}"] = peak
+                self.current[f"attn_logit_mean/{name}"] = mean
+
+        return hook
+
+    def _norm_hook(self, key: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if self.recording and self.light:
+                x = args[0].detach()
+                rms = torch.linalg.vector_norm(x, dtype=torch.float32) / math.sqrt(x.numel())
+                self.current[f"norm_in_rms/{key}"] = rms
+
+        return hook
+
+    def _head_hook(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        """The output logits' statistics (model/loss.py HEAD_STATS) of the training forward."""
+        if not (self.recording and self.light):
+            return
+        for name, value in zip(HEAD_STATS, args[0], strict=True):
+            if name != "logit_max_abs":
+                self.current[f"logits/{name}"] = value
+            elif self.full:  # measured when the model's `extremes` is set: on full steps
+                self.current["logits/max_abs"] = value
 
     def _entropy_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -186,8 +291,7 @@ class Diagnostics:
         """This step's per-layer statistics as numbers (pushed to the ring buffer)."""
         if not self.light:
             return {}
-        light = {k: v for k, v in self.current.items() if not k.startswith("grad_norm/param/")}
-        light = {k: v for k, v in light.items() if not k.startswith("attn_entropy/")}
+        light = {k: v for k, v in self.current.items() if not k.startswith(FULL_ONLY)}
         values = torch.stack(list(light.values())).tolist() if light else []
         row = {"step": self.step, "loss": loss, "grad_norm": grad_norm}
         row |= dict(zip(light, values, strict=True))
@@ -196,11 +300,13 @@ class Diagnostics:
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        return {"history": list(self.history), "initial": self.initial}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.clear()
         self.history.extend(state["history"])
+        if self.from_init:  # a checkpoint from before diag.from_init: measured from here on
+            self.initial = state.get("initial")
 
     def recent(self) -> list[dict[str, Any]]:
         """The ring buffer: per-layer statistics of the last `divergence.history` steps."""
@@ -214,13 +320,20 @@ class Diagnostics:
             for name, params in self.update_groups().items():
                 self.before[name] = [p.detach().clone() for p in params]
 
-    def update_groups(self) -> dict[str, list[nn.Parameter]]:
-        groups = {
+    def blocks(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters of each block, by its name."""
+        return {
             name: list(block.parameters())
             for name, block in zip(self.names, self.model.blocks, strict=True)
         }
-        groups["embed"] = self.groups["embed"]
-        return groups
+
+    def update_groups(self) -> dict[str, list[nn.Parameter]]:
+        return self.blocks() | {"embed": self.groups["embed"]}
+
+    def _relative(self, now: list[torch.Tensor], then: list[torch.Tensor]) -> torch.Tensor:
+        """||now - then|| / ||then|| over a group of tensors."""
+        delta = _norms([p.detach() - o for p, o in zip(now, then, strict=True)])
+        return delta.square().sum().sqrt() / _norms(then).square().sum().sqrt()
 
     @torch.no_grad()
     def after_update(self, stats: dict[str, Any]) -> dict[str, Any] | None:
@@ -230,17 +343,14 @@ class Diagnostics:
             return None
         extra: dict[str, torch.Tensor] = {}
         for name, params in self.update_groups().items():
-            old = self.before[name]
-            delta = _norms([p.detach() - o for p, o in zip(params, old, strict=True)])
-            weight = _norms(old)
-            extra[f"update_ratio/{name}"] = (
-                delta.square().sum().sqrt() / weight.square().sum().sqrt()
-            )
-        extra |= {
-            k: v
-            for k, v in self.current.items()
-            if k.startswith(("attn_entropy/", "grad_norm/param/"))
-        }
+            extra[f"update_ratio/{name}"] = self._relative(params, self.before[name])
+        if self.initial is not None:
+            for name, params in self.blocks().items():
+                extra[f"from_init/{name}"] = self._relative(params, self.initial[name])
+        for key, norm in self.norms.items():
+            if (gain := _gain(norm)) is not None:
+                extra[f"norm_gain/{key}"] = gain
+        extra |= {k: v for k, v in self.current.items() if k.startswith(FULL_ONLY)}
         values = torch.stack(list(extra.values())).tolist()
         self.before = {}
         row = {k: v for k, v in stats.items() if k not in ("loss", "grad_norm")}

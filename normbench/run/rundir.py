@@ -27,7 +27,12 @@ from normbench.run.record import record_files
 FREE = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
 # Keys added after records were written, with the value such a record ran with: a run of
 # an older normbench had the full vocabulary (data.vocab_limit=null) and coupled weight decay.
-IMPLIED = {"data.vocab_limit": None, "optim.weight_decay_mode": "coupled"}
+IMPLIED = {
+    "data.vocab_limit": None,
+    "optim.weight_decay_mode": "coupled",
+    "optim.z_loss": 0.0,
+    "diag.from_init": False,
+}
 SWEEP_FILE = ".normbench-sweep.json"
 
 

@@ -61,16 +61,17 @@ def forward_backward(
     precision: str,
     clip: float,
     on_grads: Callable[[], None] | None = None,
+    z_loss: float = 0.0,
 ) -> tuple[float, float]:
     """Loss of one batch and, when it is finite, the gradients (clipped to `clip`).
 
     Returns the loss and the global gradient norm before clipping (NaN when the loss was
     not finite and no backward pass ran). `on_grads` runs between the backward pass and the
     clipping (the diagnostics read the raw gradients there). The caller decides whether to
-    take the step.
+    take the step. `z_loss`: the coefficient of log(Z)^2 added to the loss (optim.z_loss).
     """
     with autocast(x.device, precision):
-        _, loss = model(x, y)
+        _, loss = model(x, y, z_loss=z_loss) if z_loss else model(x, y)
     # Under torchrun the mean over ranks, so that every rank takes the same decision.
     loss_value, grad_norm = dist.mean(loss.detach()).item(), math.nan
     if math.isfinite(loss_value):

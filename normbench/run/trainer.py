@@ -153,6 +153,7 @@ class Trainer:
             every=cfg.diag.every,
             per_param=cfg.diag.per_param,
             history=cfg.divergence.history,
+            from_init=cfg.diag.from_init,
         )
         self.loop: dict[str, Any] = {
             "train_time": 0.0,
@@ -181,7 +182,13 @@ class Trainer:
         x, y = x[dist.rows()], y[dist.rows()]  # this rank's share of the global batch
         with self.diag.watch(step):
             loss, grad_norm = forward_backward(
-                self.run, x, y, self.precision, self.clip, on_grads=self.diag.on_grads
+                self.run,
+                x,
+                y,
+                self.precision,
+                self.clip,
+                on_grads=self.diag.on_grads,
+                z_loss=self.cfg.optim.z_loss,
             )
         stats = self.diag.step_stats(loss, grad_norm)
         events = self.monitor.check(step, loss, grad_norm)

@@ -79,6 +79,10 @@ def validate_optim(cfg: NormbenchConfig) -> None:
     )
     need(o.eps > 0, f"optim.eps must be > 0 (got {o.eps})")
     need(o.grad_clip >= 0, f"optim.grad_clip must be >= 0, 0 disables it (got {o.grad_clip})")
+    need(
+        math.isfinite(o.z_loss) and o.z_loss >= 0,
+        f"optim.z_loss must be >= 0, 0 disables it (got {o.z_loss})",
+    )
 
 
 def validate_loop(cfg: NormbenchConfig) -> None:

@@ -91,3 +91,52 @@ def test_targets_with_underflowing_probability_keep_their_exact_loss(bf16):
     tol = {"rtol": 1e-2, "atol": 1e-2} if bf16 else {"rtol": 1e-5, "atol": 1e-5}
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_z_loss_value_and_gradient_equal_autograd_on_materialized_logits(chunk):
+    from normbench.model.loss import reference_z_loss
+
+    h, w, y = inputs()
+    z = 0.05  # large enough that its gradient is far above float32 rounding
+    ref = value_and_grads(reference_z_loss, h, w, y, z_loss=z)
+    got = value_and_grads(linear_cross_entropy, h, w, y, chunk=chunk, z_loss=z)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    plain = value_and_grads(linear_cross_entropy, h, w, y, chunk=chunk)
+    assert (got[1] - plain[1]).abs().max() > 1e-3  # the z-loss term is really there
+
+
+def test_z_loss_gradient_survives_bf16():
+    """At z = 1e-4 the z-loss changes each probability by ~2e-3 relative, below bf16's
+    resolution: rounded after it is added (as the unfused head does), its gradient still
+    arrives on average; added to probabilities already rounded to bf16, it would vanish."""
+    from normbench.model.loss import reference_z_loss
+
+    h, w, y = inputs(vocab=2000)
+    z = 1e-4
+
+    def z_part(fn, bf16, **kw):  # the z-loss's part of grad_W
+        with_z = value_and_grads(fn, h, w, y, bf16=bf16, z_loss=z, **kw)[2]
+        return with_z - value_and_grads(fn, h, w, y, bf16=bf16, z_loss=0.0, **kw)[2]
+
+    exact = z_part(reference_z_loss, False)
+    for got in (z_part(linear_cross_entropy, True, chunk=32), z_part(reference_z_loss, True)):
+        # the projection on the exact direction: 1 when it arrives unbiased (bf16 noise
+        # around it is larger than the term itself, in the unfused head as well)
+        coefficient = float((got * exact).sum() / exact.square().sum())
+        assert 0.7 < coefficient < 1.3, coefficient
+
+
+def test_head_statistics_equal_those_of_the_materialized_logits():
+    from normbench.model.loss import HEAD_STATS, logit_stats
+
+    h, w, y = inputs()
+    with torch.no_grad():
+        _, got = linear_cross_entropy(h, w, y, chunk=16, stats=True, extremes=True)
+        _, light = linear_cross_entropy(h, w, y, chunk=16, stats=True)
+        want = logit_stats(torch.nn.functional.linear(h, w))
+    assert len(got) == len(HEAD_STATS)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(light[:3], want[:3], rtol=1e-5, atol=1e-5)
+    assert torch.isnan(light[3])  # the largest |logit| costs a pass: only with extremes

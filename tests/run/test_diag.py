@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from normbench.run.diag import Diagnostics, blame, block_names
+from normbench.run.diag import Diagnostics, attention_logits, blame, block_names
 from normbench.run.optim import build_optimizer
 from normbench.run.steps import forward_backward
 
-from support.models import gpt
+from support.models import gpt, randomize
 
 
 class Optim:
@@ -258,3 +258,87 @@ def test_entropy_is_uniform_attention_when_queries_are_zero():
     _, row = one_step(model, diag, *batch(T=8))
     expected = sum(math.log(t + 1) for t in range(8)) / 8
     assert row["attn_entropy/block_01"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_attention_logits_are_those_of_the_materialized_products():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(5, 2, 7, 4, generator=g), torch.randn(5, 2, 7, 4, generator=g)
+    k[3, 1, 6] *= 40  # a large logit, but in a non-causal pair for every query before 6
+    logits = (q @ k.transpose(-2, -1)) * 0.5
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    want_max = logits.masked_fill(~causal, -math.inf).amax()
+    want_mean = logits[..., causal].mean()
+    for chunk in (1, 2 * 7 * 7 * 2, 1 << 24):  # one batch row at a time, two, all
+        peak, mean = attention_logits(q, k, 0.5, chunk=chunk)
+        assert peak.item() == pytest.approx(want_max.item(), rel=1e-6)
+        assert mean.item() == pytest.approx(want_mean.item(), rel=1e-5, abs=1e-6)
+    upper = logits.masked_fill(causal, -math.inf).amax()
+    assert upper > want_max  # the masked pairs hold larger logits: the mask matters
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_new_statistics_match_a_direct_computation(placement):
+    """The attention logits from the q and k that SDPA gets, the norm inputs (Post-LN: the
+    sum x + A(x) before its norm, Lemma 2's quantity), log Z and the largest |logit|."""
+    from normbench.model.loss import logit_stats
+
+    torch.manual_seed(0)
+    model = gpt(placement, depth=2)
+    randomize(model)
+    x, y = batch()
+    diag = Diagnostics(model, every=1, per_param=False, history=4)
+    entering, _ = stream_tensors(model, x)
+    with torch.no_grad():
+        block = model.blocks[1]
+        attn_in = block.norm_a(entering[1]) if placement == "pre" else entering[1]
+        q, k, _, scale = block.attn.heads(attn_in)
+        logits = (q @ k.transpose(-2, -1)) * scale
+        causal = torch.ones(16, 16, dtype=torch.bool).tril()
+        norm_in = entering[1] if placement == "pre" else entering[1] + block.attn(entering[1])
+        head = logit_stats(model(x)[0])
+    stats, row = one_step(model, diag, x, y)
+    assert stats["attn_logit_max/block_02"] == pytest.approx(
+        logits.masked_fill(~causal, -math.inf).amax().item(), rel=1e-5
+    )
+    assert stats["attn_logit_mean/block_02"] == pytest.approx(
+        logits[..., causal].mean().item(), rel=1e-4, abs=1e-5
+    )
+    assert stats["norm_in_rms/block_02/norm_a"] == pytest.approx(rms(norm_in), rel=1e-5)
+    for i, name in enumerate(("logz_mean", "logz_max", "logz_sq_mean")):
+        assert stats[f"logits/{name}"] == pytest.approx(head[i].item(), rel=1e-5)
+    assert "logits/max_abs" not in stats  # a pass over the logits: on full steps only
+    assert row["logits/max_abs"] == pytest.approx(head[3].item(), rel=1e-5)
+    gain = model.blocks[1].norm_m.weight.mean().item()
+    assert row["norm_gain/block_02/norm_m"] == pytest.approx(gain, rel=1e-6)
+    assert "norm_in_rms/final" in stats if placement == "pre" else "norm_in_rms/final" not in stats
+
+
+def test_accumulated_update_is_measured_from_the_initial_weights_across_a_resume():
+    torch.manual_seed(0)
+    model = gpt("pre", depth=2)
+    theta_0 = [p.detach().clone() for p in model.blocks[0].parameters()]
+    diag = Diagnostics(model, every=1, per_param=False, history=0, from_init=True)
+    optimizer = build_optimizer(model, Optim, torch.device("cpu"))
+    rows = []
+    for step in (1, 2, 3):
+        if step == 3:  # a resume: a new Diagnostics from the saved state
+            saved = diag.state_dict()
+            diag.close()
+            diag = Diagnostics(model, every=1, per_param=False, history=0, from_init=True)
+            diag.load_state_dict(saved)
+        with diag.watch(step):
+            loss, gn = forward_backward(
+                model, *batch(seed=step), "fp32", math.inf, on_grads=diag.on_grads
+            )
+        stats = diag.step_stats(loss, gn)
+        diag.before_update()
+        optimizer.step()
+        rows.append(diag.after_update(stats))
+    now = list(model.blocks[0].parameters())
+    pairs = zip(now, theta_0, strict=True)
+    delta = math.sqrt(sum((a.detach() - b).double().square().sum() for a, b in pairs))
+    size = math.sqrt(sum(b.double().square().sum() for b in theta_0))
+    assert rows[-1]["from_init/block_01"] == pytest.approx(delta / size, rel=1e-5)
+    assert 0 < rows[0]["from_init/block_01"] < rows[-1]["from_init/block_01"]
+    off = Diagnostics(model, every=1, per_param=False, history=0)
+    assert off.initial is None  # diag.from_init=false keeps no copy
