@@ -20,11 +20,14 @@ def measure_diag(trainer: Any, steps: int, warmup: int) -> dict[str, Any]:
     diag.every steps). The fastest step of each: on a shared machine the slow steps measure
     the neighbours, the fastest what the step itself costs."""
     cfg, model = trainer.cfg, trainer.model
+    d, history = cfg.diag, cfg.divergence.history
     modes = {
         "off": Diagnostics(model, every=0, per_param=False, history=0),
-        "per-layer": Diagnostics(model, every=0, per_param=False, history=16),
-        "full": Diagnostics(model, every=1, per_param=cfg.diag.per_param, history=16),
-    }
+        "per-layer": Diagnostics(model, every=0, per_param=False, history=history,
+                                 attn_rows=d.attn_rows),
+        "full": Diagnostics(model, every=1, per_param=d.per_param, history=history,
+                            from_init=d.from_init, attn_rows=d.attn_rows),
+    }  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in modes}
     for i in range(warmup + steps):
         order = list(modes) if i % 2 == 0 else list(reversed(modes))

@@ -262,6 +262,7 @@ class DiagConfig:
     every: int = MISSING
     per_param: bool = MISSING
     from_init: bool = MISSING  # ||theta_t - theta_0|| / ||theta_0|| per block (a weight copy)
+    attn_rows: int = MISSING  # sequences of each batch whose attention logits are measured
 
 
 @dataclass

@@ -91,15 +91,16 @@ def attention_logits(
     """The largest and the mean of q_i . k_j x scale over the causal pairs j <= i, in float32,
     for q and k of shape (B, heads, T, head_dim). The max takes the (T x T) products, a chunk
     of batch rows at a time; the mean is sum_i q_i . (sum_{j<=i} k_j), without them."""
-    q, k = q.detach().float(), k.detach().float()
-    B, H, T, _ = q.shape
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    rows = max(1, chunk // (H * T * T))
+    B, H, T, D = q.shape
+    q = q.detach().float().reshape(B * H, T, D)
+    k = k.detach().float().reshape(B * H, T, D)
+    mask = torch.full((T, T), -math.inf, device=q.device).triu_(diagonal=1)  # j > i: -inf
+    rows = max(1, chunk // (T * T))
     peak = torch.full((), -math.inf, device=q.device)
-    for start in range(0, B, rows):
-        logits = q[start : start + rows] @ k[start : start + rows].transpose(-2, -1)
-        peak = torch.maximum(peak, logits.masked_fill_(~causal, -math.inf).amax())
-    total = (q * k.cumsum(dim=2)).sum()
+    for start in range(0, B * H, rows):
+        logits = torch.bmm(q[start : start + rows], k[start : start + rows].transpose(1, 2))
+        peak = torch.maximum(peak, logits.add_(mask).amax())
+    total = torch.linalg.vecdot(q, k.cumsum(dim=1)).sum()
     pairs = B * H * T * (T + 1) // 2
     return peak * scale, total * scale / pairs
 
@@ -144,9 +145,17 @@ class Diagnostics:
     """
 
     def __init__(
-        self, model: GPT, *, every: int, per_param: bool, history: int, from_init: bool = False
+        self,
+        model: GPT,
+        *,
+        every: int,
+        per_param: bool,
+        history: int,
+        from_init: bool = False,
+        attn_rows: int = 0,
     ) -> None:
         self.model, self.every, self.per_param = model, every, per_param
+        self.attn_rows = attn_rows or None  # 0: every sequence of the batch
         self.from_init = from_init and every > 0
         self.initial: dict[str, list[torch.Tensor]] | None = None  # theta_0, per block
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
@@ -226,7 +235,8 @@ class Diagnostics:
     def _logit_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
             if self.recording and self.light:
-                peak, mean = attention_logits(*args)
+                q, k, scale = args
+                peak, mean = attention_logits(q[: self.attn_rows], k[: self.attn_rows], scale)
                 self.current[f"attn_logit_max/{name}"] = peak
                 self.current[f"attn_logit_mean/{name}"] = mean
 

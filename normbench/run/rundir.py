@@ -24,7 +24,15 @@ from normbench.run.files import write_atomic
 from normbench.run.record import record_files
 
 # Keys that may differ between a run and its resume (prefixes of dotted keys).
-FREE = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
+FREE = (
+    "train.resume",
+    "train.ckpt_",
+    "logger.",
+    "data.cache_dir",
+    "threads",
+    "device",
+    "diag.attn_rows",  # how precisely a diagnostic is measured, not what is trained
+)
 # Keys added after records were written, with the value such a record ran with: a run of
 # an older normbench had the full vocabulary (data.vocab_limit=null) and coupled weight decay.
 IMPLIED = {

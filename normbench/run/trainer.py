@@ -154,6 +154,7 @@ class Trainer:
             per_param=cfg.diag.per_param,
             history=cfg.divergence.history,
             from_init=cfg.diag.from_init,
+            attn_rows=cfg.diag.attn_rows,
         )
         self.loop: dict[str, Any] = {
             "train_time": 0.0,

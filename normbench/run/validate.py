@@ -43,6 +43,10 @@ def validate(cfg: NormbenchConfig) -> None:
     validate_norm(cfg)
     validate_divergence(cfg)
     need(cfg.diag.every >= 0, f"diag.every must be >= 0, 0 turns it off (got {cfg.diag.every})")
+    need(
+        cfg.diag.attn_rows >= 0,
+        f"diag.attn_rows must be >= 0, 0: every sequence (got {cfg.diag.attn_rows})",
+    )
     if cfg.logger.backend == "wandb" and cfg.logger.mode is not None:
         modes = ("online", "offline", "disabled")
         need(cfg.logger.mode in modes, f"logger.mode must be one of {', '.join(modes)} or null")

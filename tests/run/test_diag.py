@@ -342,3 +342,18 @@ def test_accumulated_update_is_measured_from_the_initial_weights_across_a_resume
     assert 0 < rows[0]["from_init/block_01"] < rows[-1]["from_init/block_01"]
     off = Diagnostics(model, every=1, per_param=False, history=0)
     assert off.initial is None  # diag.from_init=false keeps no copy
+
+
+def test_attention_logits_of_the_first_rows_only_with_attn_rows():
+    torch.manual_seed(0)
+    model = gpt("post", depth=1)
+    randomize(model)
+    x, y = batch(B=3)
+    with torch.no_grad():  # Post-LN: attention reads the stream itself
+        q, k, _, scale = model.blocks[0].attn.heads(stream_tensors(model, x)[0][0])
+    causal = torch.ones(16, 16, dtype=torch.bool).tril()
+    per_row = ((q @ k.transpose(-2, -1)) * scale).masked_fill(~causal, -math.inf).amax((1, 2, 3))
+    assert per_row[0] < per_row.max()  # the batch's largest logit is not in its first row
+    diag = Diagnostics(model, every=0, per_param=False, history=1, attn_rows=1)
+    stats, _ = one_step(model, diag, x, y)
+    assert stats["attn_logit_max/block_01"] == pytest.approx(per_row[0].item(), rel=1e-5)
