@@ -248,6 +248,13 @@ class StagnationConfig:
 
 
 @dataclass
+class ThresholdConfig:
+    enabled: bool = MISSING
+    threshold: float = MISSING
+    patience: int = MISSING
+
+
+@dataclass
 class DivergenceConfig:
     action: Action = MISSING
     history: int = MISSING
@@ -255,6 +262,8 @@ class DivergenceConfig:
     spike: SpikeConfig = field(default_factory=SpikeConfig)
     grad_explosion: GradExplosionConfig = field(default_factory=GradExplosionConfig)
     stagnation: StagnationConfig = field(default_factory=StagnationConfig)
+    attention_logit_growth: ThresholdConfig = field(default_factory=ThresholdConfig)
+    output_logit_drift: ThresholdConfig = field(default_factory=ThresholdConfig)
 
 
 @dataclass

@@ -13,6 +13,15 @@ value and the threshold it crossed:
 - `stagnation`: from step max(`after` x train.max_steps, `min_steps`) on, the mean loss of
   the last `window` steps is still within `rel` of ln(vocab), the loss of a uniform guess:
   the model has not started to learn (fires once).
+- `attention_logit_growth`: the largest attention logit of any layer (run/diag.py's
+  `attn_logit_max/...`) stays above `threshold` for `patience` consecutive measured steps:
+  the instability of Wortsman et al. 2309.14322 (Sec. 3.1), which qk-layernorm prevents.
+- `output_logit_drift`: the mean log Z of the output logits (`logits/logz_mean`) stays more
+  than `threshold` nats from its value at the first measured step for `patience` measured
+  steps: their output-logit divergence (Sec. 3.2), which the z-loss prevents.
+
+The last two read the per-layer statistics, measured on every step while
+`divergence.history` > 0 (else every `diag.every` steps).
 
 `divergence.action=stop` ends the run at the first event (status `diverged`);
 `continue` records every event and trains on. A detector that fired re-arms once its signal
@@ -33,7 +42,14 @@ from normbench.run.config import DivergenceConfig
 from normbench.run.diag import blame
 from normbench.run.summary import Summary
 
-DETECTORS = ("nonfinite", "spike", "grad_explosion", "stagnation")
+DETECTORS = (
+    "nonfinite",
+    "spike",
+    "grad_explosion",
+    "stagnation",
+    "attention_logit_growth",
+    "output_logit_drift",
+)
 
 
 @dataclass
@@ -213,6 +229,53 @@ class StagnationDetector(_Stateful):
         )
 
 
+class ThresholdDetector(_Stateful):
+    """A statistic of the measured steps above `threshold` for `patience` consecutive of them
+    (once per episode). `attention_logit_growth`: the largest `attn_logit_max/<layer>`;
+    `output_logit_drift`: |logits/logz_mean - its value at the first measured step|."""
+
+    STATE = ("count", "reference")
+
+    def __init__(self, kind: str, threshold: float, patience: int):
+        self.kind, self.limit, self.patience = kind, threshold, patience
+        self.count, self.reference = 0, None
+
+    def measure(self, stats: dict[str, Any]) -> tuple[float, dict[str, Any]] | None:
+        """The watched value of a step's statistics and its evidence (None: not measured)."""
+        if self.kind == "attention_logit_growth":
+            layers = {k: v for k, v in stats.items() if k.startswith("attn_logit_max/")}
+            if not layers:
+                return None
+            key = max(layers, key=lambda k: layers[k])
+            return layers[key], {"layer": key.split("/", 1)[1]}
+        if (log_z := stats.get("logits/logz_mean")) is None:
+            return None
+        if self.reference is None:
+            self.reference = log_z
+        return abs(log_z - self.reference), {"logz_mean": log_z, "reference": self.reference}
+
+    def update(self, step: int, stats: dict[str, Any]) -> Event | None:
+        measured = self.measure(stats)
+        if measured is None:
+            return None
+        value, evidence = measured
+        if not value > self.limit:  # NaN: the `nonfinite` detector's
+            self.count = 0
+            return None
+        self.count += 1
+        if self.count != self.patience:
+            return None
+        if self.kind == "attention_logit_growth":
+            what = f"largest attention logit {value:.4g} ({evidence['layer']})"
+        else:
+            what = (
+                f"mean log Z {evidence['logz_mean']:.4g} is {value:.4g} nats from its first "
+                f"value {evidence['reference']:.4g}"
+            )
+        message = f"{what} > {self.limit:g} for {self.patience} measured steps"
+        return Event(step, self.kind, value, self.limit, message, evidence)
+
+
 class DivergenceMonitor:
     """All detectors of `divergence.*`; `check` returns the events of one training step."""
 
@@ -232,9 +295,20 @@ class DivergenceMonitor:
             if st.enabled
             else None
         )
+        self.thresholds = {
+            name: ThresholdDetector(name, c.threshold, c.patience)
+            for name, c in (
+                ("attention_logit_growth", cfg.attention_logit_growth),
+                ("output_logit_drift", cfg.output_logit_drift),
+            )
+            if c.enabled
+        }
 
-    def check(self, step: int, loss: float, grad_norm: float) -> list[Event]:
-        """The events fired by this step's loss and gradient norm (before the update).
+    def check(
+        self, step: int, loss: float, grad_norm: float, stats: dict[str, Any] | None = None
+    ) -> list[Event]:
+        """The events fired by this step's loss, gradient norm and per-layer statistics
+        (`stats`, run/diag.py's; empty on steps that measure none), before the update.
 
         A non-finite loss or gradient norm is always an event (`nonfinite`, not
         configurable): no update can be taken from it. The other detectors skip that step.
@@ -250,11 +324,14 @@ class DivergenceMonitor:
             events.append(event)
         if self.stagnation is not None and (event := self.stagnation.update(step, loss)):
             events.append(event)
+        for detector in self.thresholds.values():
+            if event := detector.update(step, stats or {}):
+                events.append(event)
         return events
 
     def detectors(self) -> dict[str, _Stateful]:
         found = {"spike": self.spike, "grad_explosion": self.grad, "stagnation": self.stagnation}
-        return {name: d for name, d in found.items() if d is not None}
+        return {name: d for name, d in found.items() if d is not None} | self.thresholds
 
     def state_dict(self) -> dict[str, Any]:
         return {name: d.state_dict() for name, d in self.detectors().items()}

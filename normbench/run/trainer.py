@@ -192,7 +192,7 @@ class Trainer:
                 z_loss=self.cfg.optim.z_loss,
             )
         stats = self.diag.step_stats(loss, grad_norm)
-        events = self.monitor.check(step, loss, grad_norm)
+        events = self.monitor.check(step, loss, grad_norm, stats)
         if self.monitor.stops(events):  # before the update: the weights stay as they were
             return StepResult(step, loss, grad_norm, None, stats, events, stopped=True)
         lr = self.scheduler.get_last_lr()[0]

@@ -195,6 +195,12 @@ def validate_divergence(cfg: NormbenchConfig) -> None:
         (st.min_steps >= 1, f"divergence.stagnation.min_steps must be >= 1 (got {st.min_steps})"),
         (st.window >= 1, f"divergence.stagnation.window must be >= 1 (got {st.window})"),
     ]
+    for name in ("attention_logit_growth", "output_logit_drift"):
+        c = getattr(d, name)
+        checks += [
+            (c.threshold > 0, f"divergence.{name}.threshold must be > 0 (got {c.threshold})"),
+            (c.patience >= 1, f"divergence.{name}.patience must be >= 1 (got {c.patience})"),
+        ]
     for ok, message in checks:
         need(ok, message)
 

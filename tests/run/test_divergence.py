@@ -109,6 +109,59 @@ def test_stagnation_fires_once_after_the_fraction_and_min_steps():
     assert all(short.update(s, 10.8) is None for s in range(1, 21))  # not judged before step 50
 
 
+def test_attention_logit_growth_fires_on_the_largest_layer_after_patience():
+    m = monitor(**{"attention_logit_growth.threshold": 100, "attention_logit_growth.patience": 2})
+    low = {"attn_logit_max/block_01": 20.0, "attn_logit_max/block_02": 30.0}
+    high = {"attn_logit_max/block_01": 20.0, "attn_logit_max/block_02": 150.0}
+    kinds = lambda step, stats: [e.kind for e in m.check(step, 5.0, 1.0, stats)]  # noqa: E731
+    assert kinds(1, low) == [] and kinds(2, high) == []  # one step above: patience 2
+    assert kinds(3, {}) == []  # a step that measured nothing neither counts nor resets
+    event = m.check(4, 5.0, 1.0, high)[0]
+    assert event.kind == "attention_logit_growth" and event.value == 150.0
+    assert event.threshold == 100 and event.detail == {"layer": "block_02"}
+    assert "block_02" in event.message
+    assert kinds(5, high) == []  # one event per episode ...
+    assert kinds(6, low) == [] and kinds(7, high) == [] and kinds(8, high)  # ... re-armed
+
+
+def test_output_logit_drift_is_measured_from_the_first_value_in_both_directions():
+    m = monitor(**{"output_logit_drift.threshold": 5, "output_logit_drift.patience": 1})
+    assert m.check(1, 5.0, 1.0, {"logits/logz_mean": 10.8}) == []  # the reference
+    assert m.check(2, 5.0, 1.0, {"logits/logz_mean": 6.0}) == []  # 4.8 nats: within
+    (event,) = m.check(3, 5.0, 1.0, {"logits/logz_mean": 5.5})
+    assert event.kind == "output_logit_drift" and event.value == pytest.approx(5.3)
+    assert event.detail == {"logz_mean": 5.5, "reference": 10.8}
+    assert m.check(4, 5.0, 1.0, {"logits/logz_mean": 10.0}) == []
+    saved = m.state_dict()  # the reference survives a checkpoint
+    resumed = monitor(**{"output_logit_drift.threshold": 5, "output_logit_drift.patience": 1})
+    resumed.load_state_dict(saved)
+    assert [e.kind for e in resumed.check(5, 5.0, 1.0, {"logits/logz_mean": 16.0})] == [
+        "output_logit_drift"
+    ]
+    off = monitor(**{"output_logit_drift.enabled": False})
+    assert off.check(1, 5.0, 1.0, {"logits/logz_mean": 1.0}) == []
+    assert off.check(2, 5.0, 1.0, {"logits/logz_mean": 99.0}) == []
+
+
+def test_logit_detectors_fire_in_a_real_run_with_their_evidence(tiny_training):
+    """Thresholds far below a tiny run's values: both fire from the measured statistics,
+    with the ring buffer holding the attention logits and log Z of the steps before."""
+    rows, summary = tiny_training(
+        "divergence.attention_logit_growth.threshold=1e-3",
+        "divergence.output_logit_drift.threshold=1e-4",
+        "divergence.action=continue",
+        "norm=pre",
+    )
+    events = read_jsonl(tiny_training.last_dir / "events.jsonl")
+    by_kind = {e["kind"]: e for e in events}
+    growth, drift = by_kind["attention_logit_growth"], by_kind["output_logit_drift"]
+    assert growth["step"] == 3 and growth["layer"].startswith("block_")  # patience 3
+    assert growth["value"] == growth["layers"][f"attn_logit_max/{growth['layer']}"]
+    assert drift["value"] > 1e-4 and drift["reference"] == drift["history"][0]["logits/logz_mean"]
+    assert all("logits/logz_mean" in r for r in growth["history"])
+    assert summary["status"] == "completed" and summary["events"] == len(events)
+
+
 def test_nonfinite_is_always_an_event_and_always_stops():
     m = monitor(action="continue")
     (event,) = m.check(3, math.nan, math.nan)
@@ -189,11 +242,15 @@ def test_high_lr_post_ln_ends_diverged_with_an_event(tmp_path, cli_env, text_fil
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged"] is True
     step, reason = summary["diverged_at_step"], summary["divergence_reason"]
-    assert reason in ("nonfinite", "spike", "grad_explosion") and summary["events"] == 1
+    # at lr 10 the attention logits and log Z blow up within a few steps, often before the
+    # loss does: the detectors that fire at the stopping step are all recorded
+    assert reason in ("nonfinite", "spike", "grad_explosion", "attention_logit_growth")
     assert summary["steps"] == step - 1 and summary["tokens"] == (step - 1) * 4 * 32
     assert f"divergence event {reason}" in done.stderr and f"diverged at step {step}" in done.stderr
 
-    (event,) = read_jsonl(run_dir / "events.jsonl")
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert summary["events"] == len(events) and {e["step"] for e in events} == {step}
+    event = events[0]
     assert event["kind"] == reason and event["step"] == step and event["tokens"] == step * 128
     assert event["action"] == "stop" and event["message"] == summary["divergence_detail"]
     if reason != "nonfinite":
@@ -288,6 +345,8 @@ def test_bad_detector_settings_are_one_line_errors(tmp_path, cli_env, text_files
         ("divergence.grad_explosion.factor=0.5", "factor must be > 1"),
         ("divergence.stagnation.after=2", "divergence.stagnation.after must be in [0, 1]"),
         ("diag.every=-1", "diag.every must be >= 0"),
+        ("divergence.output_logit_drift.threshold=0", "output_logit_drift.threshold must be > 0"),
+        ("optim.z_loss=-1", "optim.z_loss must be >= 0"),
     ]:
         args = ["train", *TINY, *text_data(*text_files), "logger=none", override]
         done = run_cli(args, cwd=tmp_path, env=cli_env)
