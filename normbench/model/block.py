@@ -8,7 +8,7 @@ model, the config and the checks read from a placement.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -69,6 +69,15 @@ class Block(nn.Module):
 
     def init_placement_(self) -> None:
         """Placement-specific initialization, applied after the model's `model.init`."""
+
+    @classmethod
+    def profile(cls, blocks: Sequence[Block], x: torch.Tensor) -> dict[str, Any] | None:
+        """An initialization measured on data: called once before training (at a fresh start,
+        never on resume) with the model's blocks and the embedding output `x` of a batch of
+        training tokens; sets the parameters it measures (Admin's profiled omega) and returns
+        what it measured, for the run record, with a one-line `summary` for the log. None: this
+        placement's initialization is fixed."""
+        return None
 
     # The residual stream is one tensor, except for ResiDual's pair of streams.
     def enter(self, x: torch.Tensor) -> Any:

@@ -10,6 +10,7 @@ first blocks only). Every class here has `normalizes_stream = True`; the registr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -78,33 +79,112 @@ class DeepNorm(Block):
         return x
 
 
+# norm.admin_init: how Admin's omega starts (Admin.constants, Admin.profile).
+ADMIN_INITS = ("analytic", "profiled")
+
+
 class Admin(Block):
     """x = Norm(omega ⊙ x + F(x)) for F = A, then M; omega a learnable d-vector per sublayer
 
-    Analytic initialization omega = sqrt((L+1)/ln(L+1) - 1) with L = 2N sublayers.
+    norm.admin_init=analytic: every omega starts at sqrt((L+1)/ln(L+1) - 1), L = 2N sublayers
+    (the O(log N) closed form of the authors' admin-torch). profiled: the paper's profiling
+    (2004.08249; Transformer-Clinic), one forward pass on a batch of training tokens before
+    training, sublayer by sublayer i = 1 .. 2N: omega_1 = 1, omega_{i+1} =
+    sqrt(Var[omega_i x_{i-1}] + Var[F_i(x_{i-1})]), each variance a scalar over every element
+    of the batch; every channel of omega_i gets the one value.
     """
 
     name, paper, final_norm = "admin", "2004.08249", False
     summary = "Admin: post-norm with a learned per-channel residual weight omega"
     normalizes_stream = True
+    options = {"admin_init": str}  # analytic | profiled (ADMIN_INITS)
 
     def __init__(
-        self, attn: nn.Module, mlp: nn.Module, norm: NormFactory, *, omega: float, **kw: Any
+        self,
+        attn: nn.Module,
+        mlp: nn.Module,
+        norm: NormFactory,
+        *,
+        omega: float | None,
+        **kw: Any,
     ) -> None:
         super().__init__(attn, mlp, norm, **kw)
-        self.omega_a = nn.Parameter(torch.full((self.d_model,), omega))
-        self.omega_m = nn.Parameter(torch.full((self.d_model,), omega))
+        # omega None: profiled at start (`profile`); until then 1, as Transformer-Clinic's
+        # profiling run starts (omega_1 = 1 is also the profile's first value)
+        self.profiled = omega is None
+        start = 1.0 if omega is None else omega
+        self.omega_a = nn.Parameter(torch.full((self.d_model,), start))
+        self.omega_m = nn.Parameter(torch.full((self.d_model,), start))
         self.norm_a, self.norm_m = norm(), norm()
 
     @classmethod
-    def constants(cls, depth: int, **options: Any) -> dict[str, Any]:
+    def constants(cls, depth: int, *, admin_init: str, **options: Any) -> dict[str, Any]:
+        """omega's closed form at this depth; None when it is profiled (init_profile.json)."""
+        if admin_init == "profiled":
+            return {"omega": None}
         L = 2 * depth
         return {"omega": math.sqrt((L + 1) / math.log(L + 1) - 1)}
+
+    @classmethod
+    def check_options(cls, *, admin_init: str, **options: Any) -> None:
+        if admin_init not in ADMIN_INITS:
+            raise ConfigError(
+                f"norm.admin_init must be one of {', '.join(ADMIN_INITS)} (got {admin_init!r})"
+            )
+
+    def sublayers(self) -> list[tuple[str, nn.Module, nn.Parameter, nn.Module]]:
+        """(name, F, its omega, its norm) of the block's two sublayers, in order."""
+        return [
+            ("attn", self.attn, self.omega_a, self.norm_a),
+            ("mlp", self.mlp, self.omega_m, self.norm_m),
+        ]
+
+    @classmethod
+    @torch.no_grad()
+    def profile(cls, blocks: Sequence[Block], x: torch.Tensor) -> dict[str, Any] | None:
+        """norm.admin_init=profiled: each omega_i set in turn, in the forward pass that uses
+        it, from the variances of the sublayers before it (see the class); None: analytic."""
+        admins = [b for b in blocks if isinstance(b, Admin) and b.profiled]
+        if not admins or len(admins) != len(blocks):
+            return None
+        omega, rows = 1.0, []
+        for block in admins:
+            for name, F, weight, norm in block.sublayers():
+                f = F(x)
+                weight.fill_(omega)
+                shortcut = weight * x
+                var_shortcut, var_branch = _variance(shortcut), _variance(f)
+                rows.append(
+                    {
+                        "block": block.layer,
+                        "sublayer": name,
+                        "omega": omega,
+                        "var_shortcut": var_shortcut,
+                        "var_branch": var_branch,
+                    }
+                )
+                omega = math.sqrt(var_shortcut + var_branch)
+                x = norm(shortcut + f)
+        omegas = [r["omega"] for r in rows]
+        return {
+            "option": "norm.admin_init=profiled",
+            "rule": "omega_1 = 1; omega_(i+1) = sqrt(var_shortcut_i + var_branch_i), "
+            "var_shortcut_i = Var[omega_i x_(i-1)], var_branch_i = Var[F_i(x_(i-1))], "
+            "each over every element of the batch (2004.08249; Transformer-Clinic)",
+            "sublayers": rows,
+            "summary": f"omega {min(omegas):.4g} .. {max(omegas):.4g} over {len(rows)} sublayers",
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm_a(self.omega_a * x + self.attn(x))
         x = self.norm_m(self.omega_m * x + self.mlp(x))
         return x
+
+
+def _variance(t: torch.Tensor) -> float:
+    """The population variance of every element of `t` (numpy's var, as Transformer-Clinic
+    takes it), in float64."""
+    return float(t.double().var(correction=0))
 
 
 class ResiDual(Block):

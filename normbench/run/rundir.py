@@ -26,8 +26,13 @@ from normbench.run.record import record_files
 # Keys that may differ between a run and its resume (prefixes of dotted keys).
 FREE = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
 # Keys added after records were written, with the value such a record ran with: a run of
-# an older normbench had the full vocabulary (data.vocab_limit=null) and coupled weight decay.
-IMPLIED = {"data.vocab_limit": None, "optim.weight_decay_mode": "coupled"}
+# an older normbench had the full vocabulary (data.vocab_limit=null), coupled weight decay
+# and Admin's analytic omega.
+IMPLIED = {
+    "data.vocab_limit": None,
+    "optim.weight_decay_mode": "coupled",
+    "norm.admin_init": "analytic",
+}
 SWEEP_FILE = ".normbench-sweep.json"
 
 

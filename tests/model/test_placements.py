@@ -96,7 +96,7 @@ def test_deepnorm_constants(depth):
 @pytest.mark.parametrize("depth", [1, 6, 48])
 def test_admin_omega(depth):
     L = 2 * depth
-    omega = PLACEMENTS["admin"].constants(depth)["omega"]
+    omega = PLACEMENTS["admin"].constants(depth, admin_init="analytic")["omega"]
     assert omega == pytest.approx(math.sqrt((L + 1) / math.log(L + 1) - 1), rel=1e-12)
     assert omega == pytest.approx(ADMIN_OMEGA[depth], rel=1e-9)
     model = gpt("admin", depth=depth, d_model=8, n_heads=2, vocab_size=16)
@@ -104,6 +104,49 @@ def test_admin_omega(depth):
         for w in (blk.omega_a, blk.omega_m):
             assert isinstance(w, nn.Parameter) and w.shape == (8,)
             torch.testing.assert_close(w.detach(), torch.full((8,), omega))
+    # analytic: nothing to measure; the profile leaves the model as it was
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert model.profile_init(torch.randint(0, 16, (2, 8))) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert PLACEMENTS["admin"].constants(depth, admin_init="profiled") == {"omega": None}
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_admin_profiled_omega_is_the_papers_profile(kind):
+    """norm.admin_init=profiled: omega_1 = 1, omega_(i+1) = sqrt(Var[omega_i x] + Var[F_i(x)]),
+    against a restatement from hooks and numpy (support/reference.py); nothing else moves."""
+    torch.manual_seed(0)
+    model = gpt("admin", kind, depth=3, placement_options={"admin_init": "profiled"}).double()
+    randomize(model)  # random weights and norm gains (the omegas are measured over them)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    idx = torch.randint(0, 128, (B, T))
+    profile = model.profile_init(idx)
+    assert profile["placement"] == "admin" and profile["batch"] == [B, T]
+    want = ref.admin_profile(model, idx)
+    got = profile["sublayers"]
+    assert [(r["block"], r["sublayer"]) for r in got] == [
+        (layer, sub) for layer in (1, 2, 3) for sub in ("attn", "mlp")
+    ]
+    weights = [w for blk in model.blocks for w in (blk.omega_a, blk.omega_m)]
+    for row, weight, (omega, var_shortcut, var_branch) in zip(got, weights, want, strict=True):
+        assert isinstance(weight, nn.Parameter) and weight.requires_grad
+        torch.testing.assert_close(weight.detach(), torch.full_like(weight, omega))
+        assert row["omega"] == pytest.approx(omega, rel=1e-12)
+        assert row["var_shortcut"] == pytest.approx(var_shortcut, rel=1e-12)
+        assert row["var_branch"] == pytest.approx(var_branch, rel=1e-12)
+    assert want[0][0] == 1.0 and len({round(w[0], 6) for w in want}) == 6  # not vacuous
+    for n, p in model.named_parameters():  # only the omegas are set
+        assert ("omega" in n) or torch.equal(p, before[n]), n
+
+
+def test_admin_profile_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    options = {"admin_init": "profiled"}
+    model = gpt("admin", "batchnorm", depth=2, placement_options=options)
+    before = [b.clone() for b in model.buffers()]
+    assert before and model.training
+    assert model.profile_init(torch.randint(0, 128, (B, T))) is not None
+    assert all(torch.equal(b, s) for b, s in zip(model.buffers(), before, strict=True))
 
 
 @pytest.mark.parametrize("depth", [1, 6, 48])

@@ -25,3 +25,17 @@ def test_an_older_record_reads_with_todays_names():
     assert differences(then, independent) == [
         "optim.weight_decay_mode: 'coupled' there, 'independent' here"
     ]
+
+
+def test_an_older_admin_record_ran_the_analytic_omega():
+    """norm.admin_init came with the profiled omega; before it, Admin's omega was analytic."""
+    omega = {"omega": 2.0170092187}
+    then = {"norm": {"name": "admin", "constants": omega}}
+    now = {"norm": {"name": "admin", "admin_init": "analytic", "constants": omega}}
+    assert differences(then, now) == []
+    profiled = {"norm": {"name": "admin", "admin_init": "profiled", "constants": {"omega": None}}}
+    assert differences(then, profiled) == [
+        "norm.admin_init: 'analytic' there, 'profiled' here",
+        "norm.constants.omega: 2.0170092187 there, None here",
+    ]
+    assert differences({"norm": {"name": "pre"}}, {"norm": {"name": "pre"}}) == []
