@@ -24,6 +24,9 @@ class Block(nn.Module):
     paper: ClassVar[str]
     summary: ClassVar[str]
     final_norm: ClassVar[bool]  # whether the model normalizes the stream before the LM head
+    # Whether the model normalizes the embedding output before the first block (Norm_e, a
+    # model-level norm like the final one: Peri-LN's).
+    embed_norm: ClassVar[bool] = False
     # Whether the residual stream itself passes through Norm (post-norm family). With
     # norm.kind=identity such a placement has nothing bounding its stream.
     normalizes_stream: ClassVar[bool] = False

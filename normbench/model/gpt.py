@@ -1,7 +1,8 @@
 """A small GPT whose blocks are normalization placements (docs/variants.md).
 
-token + learned position embeddings -> `depth` blocks -> final norm (if the placement has
-one) -> LM head tied to the token embedding. With `norm=pre`, `norm.kind=layernorm` and
+token + learned position embeddings -> embedding norm (if the placement has one: Peri-LN) ->
+`depth` blocks -> final norm (if the placement has one) -> LM head tied to the token
+embedding. With `norm=pre`, `norm.kind=layernorm` and
 `model.init=gpt2` this is GPT-2's architecture exactly (as in nanoGPT's model.py).
 """
 
@@ -149,7 +150,8 @@ class MLP(nn.Module):
 
 
 class GPT(nn.Module):
-    """Embeddings, `depth` blocks of the chosen placement, the final norm, the tied LM head.
+    """Embeddings, the embedding norm `norm_e` and the final norm `norm_f` where the placement
+    has them, `depth` blocks of the chosen placement, the tied LM head.
 
     `norm_options` holds the kind's eps / bias / alpha0 (absent or None: the kind's default);
     `placement_options` the placement's own options (norm.mix_ratio, norm.dual_scale,
@@ -186,6 +188,7 @@ class GPT(nn.Module):
         norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
         self.wte = nn.Embedding(vocab_size, d_model)
         self.wpe = nn.Embedding(context, d_model)
+        self.norm_e = norm() if Block.embed_norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(
@@ -263,12 +266,12 @@ class GPT(nn.Module):
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """The embedding output entering the blocks, (B, T, d): token + position embeddings,
-        then dropout."""
+        the embedding norm where the placement has one (Peri-LN's Norm_e), then dropout."""
         T = idx.shape[1]
         if T > self.context:
             raise ValueError(f"sequence of length {T} exceeds the context {self.context}")
         pos = torch.arange(T, device=idx.device)
-        return self.drop(self.wte(idx) + self.wpe(pos))
+        return self.drop(self.norm_e(self.wte(idx) + self.wpe(pos)))
 
     @torch.no_grad()
     def profile_init(self, idx: torch.Tensor) -> dict[str, Any] | None:

@@ -78,13 +78,16 @@ class SandwichLN(Block):
 
 
 class PeriLN(SandwichLN):
-    """x = x + Norm_out(A(Norm_in(x))); the same for M
+    """x = Norm_e(e); x = x + Norm_out(A(Norm_in(x))); the same for M
 
-    The same block as Sandwich-LN; a separate name so that runs carry the citation chosen.
+    Sandwich-LN's block (Output-LN gains learnable, initialised to 1) with the embedding
+    output e normalized before the first block (Norm_e, the model's `norm_e`) and the final
+    norm before the head, as Kim et al. 2502.02732 define Peri-LN. Parallel form: Sandwich-LN's.
     """
 
     name, paper = "peri", "2502.02732"
-    summary = "Peri-LN: Sandwich-LN's equation under the name of its 2025 analysis"
+    summary = "Peri-LN: Sandwich-LN's block, with the embedding output normalized too"
+    embed_norm = True
 
 
 class ReorderedLN(Block):

@@ -4,9 +4,9 @@ Two tiers, both measured on the training step itself (no extra forward pass):
 
 - per-layer statistics, cheap enough for every step: the gradient norm of every block and
   of its sublayers (`grad_norm/block_07/attn`, `.../mlp`, `.../norm` for the block's norm and
-  placement parameters), of the embeddings and the final norm; the RMS and max |value| of the
-  residual stream entering each block and leaving the last one (`resid_rms/block_07`,
-  `resid_max/out`). They fill a ring buffer of the last `divergence.history` steps, written
+  placement parameters), of the embeddings, of the embedding norm (`embed_norm`, Peri-LN's)
+  and of the final norm; the RMS and max |value| of the residual stream entering each block
+  and leaving the last one (`resid_rms/block_07`, `resid_max/out`). They fill a ring buffer of the last `divergence.history` steps, written
   with a divergence event, and are logged every `diag.every` steps;
 - every `diag.every` steps, also: the update-to-weight ratio ||dw|| / ||w|| of each block
   after the optimizer step (`update_ratio/block_07`), the attention entropy of each layer
@@ -93,6 +93,9 @@ class Diagnostics:
             if rest:
                 self.groups[f"{name}/norm"] = rest
         self.groups["embed"] = [model.wte.weight, model.wpe.weight]  # wte is also the LM head
+        embed_norm = list(model.norm_e.parameters())  # Peri-LN's norm of the embedding output
+        if embed_norm:
+            self.groups["embed_norm"] = embed_norm
         final = list(model.norm_f.parameters())
         if final:
             self.groups["final_norm"] = final

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from normbench.model import GPT
-from normbench.run import dist, hardware
+from normbench.run import checkpoint, dist, hardware
 from normbench.run.config import NormbenchConfig
 from normbench.run.data import RandomWindows, TokenSplits
 from normbench.run.diag import Diagnostics
@@ -410,7 +410,7 @@ class Trainer:
     def load_state_dict(self, saved: dict[str, Any]) -> int:
         """Continue from a `state_dict`; returns its step. The device and the precision stay
         those chosen for this process."""
-        self.model.load_state_dict(saved["model"])
+        checkpoint.load_model(self.model, saved["model"], str(self.cfg.norm.name))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"]["torch"])

@@ -71,6 +71,30 @@ def test_model_is_embeddings_blocks_final_norm_head(placement):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     has_final = not isinstance(model.norm_f, nn.Identity)
     assert has_final == ref.FINAL_NORM[placement]
+    has_embed_norm = not isinstance(model.norm_e, nn.Identity)
+    assert has_embed_norm == (placement in ref.EMBED_NORM)
+
+
+@pytest.mark.parametrize("block", ["sequential", "parallel"])
+def test_peri_ln_is_sandwich_ln_with_the_embedding_normalized(block):
+    """2502.02732: the same blocks as Sandwich-LN, and x_0 = Norm_e(e) before the first; with
+    the same weights, Peri-LN's logits are Sandwich-LN's run on Norm_e(e)."""
+    torch.manual_seed(0)
+    peri = gpt("peri", depth=2, block=block).double()
+    randomize(peri)
+    sandwich = gpt("sandwich", depth=2, block=block).double()
+    sandwich.load_state_dict({k: v for k, v in peri.state_dict().items() if "norm_e" not in k})
+    idx = torch.randint(0, 128, (B, T))
+    e = peri.wte(idx) + peri.wpe(torch.arange(T))
+    x = ref.norm(peri.norm_e, e)
+    with torch.no_grad():
+        for blk in sandwich.blocks:
+            x = blk(x)
+        want = ref.norm(sandwich.norm_f, x) @ sandwich.wte.weight.T
+        torch.testing.assert_close(peri(idx)[0], want, rtol=1e-10, atol=1e-10)
+        assert not torch.allclose(sandwich(idx)[0], want, atol=1e-3)  # Norm_e matters
+    fresh = gpt("peri", "rmsnorm")  # Norm_e is of the selected kind, its gain starts at 1
+    assert fresh.norm_e.name == "rmsnorm" and bool((fresh.norm_e.weight == 1).all())
 
 
 # --- constants at several depths (values computed by hand from the formulas) ------------

@@ -32,6 +32,9 @@ FINAL_NORM = {
     "rezero": False,
     "none": False,
 }
+# The placements that normalize the embedding output before the first block: Peri-LN
+# (2502.02732; variants.md groups it with Sandwich-LN, which has no such norm).
+EMBED_NORM = {"peri"}
 
 
 def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
@@ -169,6 +172,8 @@ def gpt_logits(model: torch.nn.Module, idx: Tensor) -> Tensor:
     T = idx.shape[1]
     x = model.wte.weight[idx] + model.wpe.weight[:T]
     name = model.blocks[0].name
+    if name in EMBED_NORM:
+        x = norm(model.norm_e, x)
     stream = (x, model.blocks[0].s * x) if name == "resi_dual" else x
     for blk in model.blocks:
         stream = block(blk, stream)
