@@ -188,17 +188,23 @@ def _variance(t: torch.Tensor) -> float:
 
 
 class ResiDual(Block):
-    """x_a = Norm(x_a + F(x_a)); x_d = x_d + s*F(x_a); output x_a + Norm_f(x_d)
+    """x_a, x_d = e, s*e; x_a = Norm(x_a + F(x_a)); x_d = x_d + s*F(x_a); output x_a + Norm_f(x_d)
 
-    Two streams: the post-norm stream x_a and the dual stream x_d, which starts from the
-    embedding (times s), accumulates every sublayer's output unnormalized, and is kept in
-    float32 because it grows with depth. Norm_f (the model's final norm) reads x_d only.
+    Two streams from the embedding output e: the post-norm stream x_a and the dual stream
+    x_d, which accumulates every sublayer's output unnormalized (the Pre-LN-like path) and is
+    kept in float32 because it grows with depth. Norm_f (the model's final norm) reads x_d
+    only. s = norm.dual_scale is the paper's down-scaling of x_d for FP16 (2304.14802,
+    Appendix G.3), as its code has it (resi_dual.py: `res = x * dec_res_input_norm_scale`,
+    resi_dual_layers.py: `res = res + x * dec_res_input_norm_scale`; 1.0 in its IWSLT and
+    WMT configs, 0.05 in OPUS): x_d is s times the paper's, s = 1 is the paper's equation,
+    and any s gives the output of s = 1 with Norm_f's eps divided by s^2 (layernorm, rmsnorm,
+    batchnorm) or by s (scalenorm); a DyT Norm_f computes tanh(alpha * s * x_d) instead.
     """
 
     name, paper, final_norm = "resi_dual", "2304.14802", True
     summary = "ResiDual: a post-norm stream plus a pre-norm-like dual stream, summed at the top"
     normalizes_stream = True
-    options = {"dual_scale": float}  # the dual stream accumulates dual_scale * F(x_a)
+    options = {"dual_scale": float}  # s: x_d starts at s*e and accumulates s*F(x_a)
     streams = ("", "dual")  # (x_a, x_d)
 
     def __init__(

@@ -97,6 +97,35 @@ def test_peri_ln_is_sandwich_ln_with_the_embedding_normalized(block):
     assert fresh.norm_e.name == "rmsnorm" and bool((fresh.norm_e.weight == 1).all())
 
 
+@pytest.mark.parametrize(
+    "kind, power, eps",
+    # scalenorm's eps only bounds ||x_d|| from below: here ||x_d|| is ~45, s*||x_d|| ~2.3
+    [("layernorm", 2, 1e-2), ("rmsnorm", 2, 1e-2), ("scalenorm", 1, 3.0)],
+)
+def test_resi_dual_scale_divides_the_final_norms_eps(kind, power, eps):
+    """2304.14802 (App. G.3) and its code: x_d starts at s*e and adds s*F, so x_d is s times
+    the paper's, and Norm_f(s*y) with eps is Norm_f(y) with eps/s^2 (eps/s for scalenorm):
+    the logits at s are those at s = 1 with that eps, and not those at s = 1 as they are."""
+    torch.manual_seed(0)
+    s = 0.05
+    scaled = gpt("resi_dual", kind, depth=3, placement_options={"dual_scale": s},
+                 norm_options={"eps": eps}).double()  # fmt: skip
+    randomize(scaled)
+    paper = gpt("resi_dual", kind, depth=3, placement_options={"dual_scale": 1.0},
+                norm_options={"eps": eps}).double()  # fmt: skip
+    paper.load_state_dict(scaled.state_dict())
+    idx = torch.randint(0, 128, (B, T))
+    e = scaled.wte(idx) + scaled.wpe(torch.arange(T))
+    x_a, x_d = scaled.blocks[0].enter(e)
+    assert torch.equal(x_a, e) and torch.equal(x_d, s * e)  # both streams start from e
+    with torch.no_grad():
+        got = scaled(idx)[0]
+        assert (got - paper(idx)[0]).abs().max() > 1e-3  # s is not an invariance
+        paper.norm_f.eps = eps / s**power
+        torch.testing.assert_close(got, paper(idx)[0], rtol=1e-9, atol=1e-9)
+        assert [blk.norm_a.eps for blk in paper.blocks] == [eps] * 3  # only Norm_f's
+
+
 # --- constants at several depths (values computed by hand from the formulas) ------------
 
 DEEPNORM = {
