@@ -15,6 +15,9 @@ For every placement in `probe.norms` and depth in `probe.depths` (each composed 
   that hidden state before the step (`output_rms`): two unrelated outputs of equal RMS r
   differ by sqrt(2) r, so a change near that means the step was too large to compare.
 
+A placement that measures its initialization on data (`norm.admin_init=profiled`) does so on
+the first of those batches, as training does on the batch of its first step.
+
 Numbers are means over seeds, with the standard deviation over seeds beside them. The run
 directory gets `probe.json` (settings, `layers` with one row per placement, depth and layer,
 `models` with one row per placement and depth, and `per_seed` with the same rows for each
@@ -186,6 +189,7 @@ def run_probe(
             model = GPT.from_config(cfg).to(device)
             windows = RandomWindows(train, cfg.model.context, batch_size, seed=seed)
             data = [windows.next(device) for _ in range(batches)]
+            model.profile_init(data[0][0])  # as training starts (norm.admin_init=profiled)
             per_seed.append(probe_model(model, data, cfg.optim, step_lr))
         who = {"norm": str(cfg.norm.name), "kind": str(cfg.norm.kind), "depth": cfg.depth}
         for seed, result in zip(seeds, per_seed, strict=True):

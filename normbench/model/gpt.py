@@ -1,7 +1,8 @@
 """A small GPT whose blocks are normalization placements (docs/variants.md).
 
-token + learned position embeddings -> `depth` blocks -> final norm (if the placement has
-one) -> LM head tied to the token embedding. With `norm=pre`, `norm.kind=layernorm` and
+token + learned position embeddings -> embedding norm (if the placement has one: Peri-LN) ->
+`depth` blocks -> final norm (if the placement has one) -> LM head tied to the token
+embedding. With `norm=pre`, `norm.kind=layernorm` and
 `model.init=gpt2` this is GPT-2's architecture exactly (as in nanoGPT's model.py).
 """
 
@@ -160,10 +161,12 @@ class MLP(nn.Module):
 
 
 class GPT(nn.Module):
-    """Embeddings, `depth` blocks of the chosen placement, the final norm, the tied LM head.
+    """Embeddings, the embedding norm `norm_e` and the final norm `norm_f` where the placement
+    has them, `depth` blocks of the chosen placement, the tied LM head.
 
     `norm_options` holds the kind's eps / bias / alpha0 (absent or None: the kind's default);
-    `placement_options` the placement's own options (norm.mix_ratio, norm.dual_scale).
+    `placement_options` the placement's own options (norm.mix_ratio, norm.dual_scale,
+    norm.admin_init).
     """
 
     def __init__(
@@ -196,6 +199,7 @@ class GPT(nn.Module):
         norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
         self.wte = nn.Embedding(vocab_size, d_model)
         self.wpe = nn.Embedding(context, d_model)
+        self.norm_e = norm() if Block.embed_norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(
@@ -274,14 +278,34 @@ class GPT(nn.Module):
         """Number of parameters, the tied LM head counted once."""
         return sum(p.numel() for p in self.parameters())
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """The hidden state entering the LM head, (B, T, d)."""
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The embedding output entering the blocks, (B, T, d): token + position embeddings,
+        the embedding norm where the placement has one (Peri-LN's Norm_e), then dropout."""
         T = idx.shape[1]
         if T > self.context:
             raise ValueError(f"sequence of length {T} exceeds the context {self.context}")
         pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        stream = self.blocks[0].enter(x)  # ResiDual: a pair of streams
+        return self.drop(self.norm_e(self.wte(idx) + self.wpe(pos)))
+
+    @torch.no_grad()
+    def profile_init(self, idx: torch.Tensor) -> dict[str, Any] | None:
+        """Measure a placement's initialization on a batch of tokens `idx`, before training
+        (Admin's profiled omega: `Block.profile`): what it measured, for the run record, or
+        None where the placement's initialization is fixed. It runs in the model's current
+        mode and changes only the parameters it measures: buffers (BatchNorm's running
+        statistics) are put back as they were."""
+        Block = type(self.blocks[0])
+        buffers = [(b, b.clone()) for b in self.buffers()]
+        profile = Block.profile(list(self.blocks), self.embed(idx))
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+        if profile is None:
+            return None
+        return {"placement": Block.name, "batch": list(idx.shape), **profile}
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The hidden state entering the LM head, (B, T, d)."""
+        stream = self.blocks[0].enter(self.embed(idx))  # ResiDual: a pair of streams
         for block in self.blocks:
             stream = block(stream)
         return self.blocks[-1].exit(stream, self.norm_f)

@@ -186,6 +186,21 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} cannot be read: {type(e).__name__}") from e
 
 
+def load_model(model: torch.nn.Module, weights: dict[str, Any], placement: str) -> None:
+    """A checkpoint's model weights into `model`. Weights that are not this model's parameters
+    (a checkpoint written while the placement was defined otherwise, such as norm=peri before
+    it normalized the embedding) are a one-line CheckpointError, not a partial load."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        names = [*(f"{n} missing" for n in missing), *(f"{n} unexpected" for n in unexpected)]
+        more = f", and {len(names) - 2} more" if len(names) > 2 else ""
+        raise CheckpointError(
+            f"the checkpoint's model is not this normbench's norm={placement} "
+            f"({', '.join(names[:2])}{more}): it was written under an older definition of the "
+            "placement; start a new run (another hydra.run.dir, or train.resume=never)"
+        )
+
+
 def latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that verifies, skipping (with a warning) any that do not."""
     for _, path in reversed(checkpoints(run_dir)):

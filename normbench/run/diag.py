@@ -4,6 +4,7 @@ Two tiers, both measured on the training step itself (no extra forward pass):
 
 - per-layer statistics, cheap enough for every step: the gradient norm of every block and
   of its sublayers (`grad_norm/block_07/attn`, `.../mlp`, `.../norm` for the block's norm and
+<<<<<<< HEAD
   placement parameters), of the embeddings and the final norm; the RMS and max |value| of the
   residual stream entering each block and leaving the last one (`resid_rms/block_07`,
   `resid_max/out`); the largest and the mean attention logit q.k x scale of each layer, over
@@ -15,6 +16,12 @@ Two tiers, both measured on the training step itself (no extra forward pass):
   `..._sq_mean`), from the fused head without materializing the logits. They fill a ring
   buffer of the last `divergence.history` steps, written with a divergence event, and are
   logged every `diag.every` steps;
+=======
+  placement parameters), of the embeddings, of the embedding norm (`embed_norm`, Peri-LN's)
+  and of the final norm; the RMS and max |value| of the residual stream entering each block
+  and leaving the last one (`resid_rms/block_07`, `resid_max/out`). They fill a ring buffer of the last `divergence.history` steps, written
+  with a divergence event, and are logged every `diag.every` steps;
+>>>>>>> i18-placements
 - every `diag.every` steps, also: the update-to-weight ratio ||dw|| / ||w|| of each block
   after the optimizer step (`update_ratio/block_07`), the attention entropy of each layer
   in nats, averaged over batch, heads and positions (`attn_entropy/block_07`; its collapse
@@ -171,6 +178,9 @@ class Diagnostics:
             if rest:
                 self.groups[f"{name}/norm"] = rest
         self.groups["embed"] = [model.wte.weight, model.wpe.weight]  # wte is also the LM head
+        embed_norm = list(model.norm_e.parameters())  # Peri-LN's norm of the embedding output
+        if embed_norm:
+            self.groups["embed_norm"] = embed_norm
         final = list(model.norm_f.parameters())
         if final:
             self.groups["final_norm"] = final

@@ -1,5 +1,6 @@
 """The local run record: config.yaml, metrics.jsonl, events.jsonl and summary.json (and
-vocab.json, the vocabulary mapping of a run with `data.vocab_limit`).
+vocab.json, the vocabulary mapping of a run with `data.vocab_limit`; init_profile.json, the
+initialization a placement measured on data before training, such as Admin's profiled omega).
 
 The record is written independently of W&B, so a tracking failure never loses it. A run
 keeps disk space for its summary (`.summary-reserve`, 1 MiB, removed when the run ends), so a
@@ -29,7 +30,8 @@ RESERVE = ".summary-reserve"
 RESERVE_BYTES = 1 << 20
 # A temporary file of write_atomic (`.<name>.tmp-<pid>`) left by a kill.
 _PARTIAL = re.compile(
-    r"\.(config\.yaml|summary\.json|metrics\.jsonl|events\.jsonl|vocab\.json)\.tmp-\d+"
+    r"\.(config\.yaml|summary\.json|metrics\.jsonl|events\.jsonl|vocab\.json|init_profile\.json)"
+    r"\.tmp-\d+"
 )
 
 
@@ -69,6 +71,7 @@ def record_files(run_dir: Path) -> list[str]:
         "events.jsonl",
         "summary.json",
         "vocab.json",
+        "init_profile.json",
         "checkpoints",
     )
     return [n for n in names if (Path(run_dir) / n).exists()]
@@ -79,6 +82,7 @@ class Record(Protocol):
 
     def write_config(self, config: dict[str, Any]) -> None: ...
     def write_vocab(self, mapping: dict[str, Any]) -> None: ...
+    def write_init_profile(self, profile: dict[str, Any]) -> None: ...
     def log(self, row: dict[str, Any]) -> None: ...
     def event(self, event: dict[str, Any]) -> None: ...
     def write_summary(self, summary: Summary) -> None: ...
@@ -93,6 +97,9 @@ class NullRecord:
         pass
 
     def write_vocab(self, mapping: dict[str, Any]) -> None:
+        pass
+
+    def write_init_profile(self, profile: dict[str, Any]) -> None:
         pass
 
     def log(self, row: dict[str, Any]) -> None:
@@ -177,6 +184,13 @@ class RunRecord:
     def write_vocab(self, mapping: dict[str, Any]) -> None:
         """vocab.json: the vocabulary mapping of `data.vocab_limit` (normbench/run/vocab.py)."""
         path, text = self.dir / "vocab.json", json.dumps(mapping, indent=1) + "\n"
+        self._guard(path, lambda: write_atomic(path, text))
+
+    def write_init_profile(self, profile: dict[str, Any]) -> None:
+        """init_profile.json: what the placement measured on data before training
+        (`GPT.profile_init`: Admin's profiled omega, per sublayer, and the variances behind it)."""
+        path = self.dir / "init_profile.json"
+        text = json.dumps(_jsonable(profile), indent=1) + "\n"
         self._guard(path, lambda: write_atomic(path, text))
 
     def _append(self, f: Any, path: Path, row: dict[str, Any]) -> None:

@@ -34,11 +34,14 @@ FREE = (
     "diag.attn_rows",  # how precisely a diagnostic is measured, not what is trained
 )
 # Keys added after records were written, with the value such a record ran with: a run of
-# an older normbench had the full vocabulary (data.vocab_limit=null) and coupled weight decay.
+# an older normbench had the full vocabulary (data.vocab_limit=null), coupled weight decay,
+# no z-loss, Admin's analytic omega, and neither the accumulated-update diagnostic nor the
+# logit detectors.
 IMPLIED = {
     "data.vocab_limit": None,
     "optim.weight_decay_mode": "coupled",
     "optim.z_loss": 0.0,
+    "norm.admin_init": "analytic",
     "diag.from_init": False,
     # detectors added since: an older run was not watched by them
     "divergence.attention_logit_growth.enabled": False,

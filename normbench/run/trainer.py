@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from normbench.model import GPT
-from normbench.run import dist, hardware
+from normbench.run import checkpoint, dist, hardware
 from normbench.run.config import NormbenchConfig
 from normbench.run.data import RandomWindows, TokenSplits
 from normbench.run.diag import Diagnostics
@@ -136,6 +136,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         dist.check_global_batch(t.batch_size)
         self.model = GPT.from_config(cfg).to(self.device)
+        self.init_profile = self._profile_init()  # before DDP, which starts every rank alike
         # The module that runs the steps: DDP under torchrun, compiled with train.compile;
         # the diagnostics' hooks and the optimizer see `model` itself.
         run = dist.wrap(self.model)
@@ -163,6 +164,21 @@ class Trainer:
             "wall_s": 0.0,
         }
 
+    def _profile_init(self) -> dict[str, Any] | None:
+        """The initialization the placement measures on data (`GPT.profile_init`; None for
+        most): at a fresh start on the batch step 1 trains on (the global batch, on every
+        rank), drawn from a copy of the training stream so the stream itself is untouched; on
+        resume the profile the run started with, never measured again (the measured
+        parameters are in the checkpoint's model)."""
+        if self.resume is not None:
+            return self.resume.get("init_profile")
+        t = self.cfg.train
+        first = RandomWindows(
+            self.tokens.train, self.cfg.model.context, t.batch_size, self.cfg.seed
+        )
+        x, _ = first.next(self.device)
+        return self.model.profile_init(x)
+
     def _announce(self) -> None:
         """The summary's first values, the W&B config's device and precision, the start-up
         line."""
@@ -171,6 +187,10 @@ class Trainer:
         s.update(self.choice.record())
         self.logger.config_update({"device": device, **self.choice.record()})
         record_vocab(self.tokens.vocab, self.record, self.logger, s)  # data.vocab_limit's
+        if self.init_profile is not None:  # e.g. norm.admin_init=profiled
+            self.record.write_init_profile(self.init_profile)
+            self.logger.config_update({"init_profile": self.init_profile})
+            log.info("initialization profiled: %s", self.init_profile["summary"])
         log.info(startup_line(self.cfg, s.n_params, self.device, self.choice, self.tokens))
 
     # --- one step -------------------------------------------------------------------------
@@ -392,12 +412,13 @@ class Trainer:
                 "wall_s": self.loop["wall_s"] + time.perf_counter() - self.t_start,
             },
             "summary": self.summary.to_dict(),
+            "init_profile": self.init_profile,
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> int:
         """Continue from a `state_dict`; returns its step. The device and the precision stay
         those chosen for this process."""
-        self.model.load_state_dict(saved["model"])
+        checkpoint.load_model(self.model, saved["model"], str(self.cfg.norm.name))
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"]["torch"])

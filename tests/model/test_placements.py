@@ -71,6 +71,59 @@ def test_model_is_embeddings_blocks_final_norm_head(placement):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     has_final = not isinstance(model.norm_f, nn.Identity)
     assert has_final == ref.FINAL_NORM[placement]
+    has_embed_norm = not isinstance(model.norm_e, nn.Identity)
+    assert has_embed_norm == (placement in ref.EMBED_NORM)
+
+
+@pytest.mark.parametrize("block", ["sequential", "parallel"])
+def test_peri_ln_is_sandwich_ln_with_the_embedding_normalized(block):
+    """2502.02732: the same blocks as Sandwich-LN, and x_0 = Norm_e(e) before the first; with
+    the same weights, Peri-LN's logits are Sandwich-LN's run on Norm_e(e)."""
+    torch.manual_seed(0)
+    peri = gpt("peri", depth=2, block=block).double()
+    randomize(peri)
+    sandwich = gpt("sandwich", depth=2, block=block).double()
+    sandwich.load_state_dict({k: v for k, v in peri.state_dict().items() if "norm_e" not in k})
+    idx = torch.randint(0, 128, (B, T))
+    e = peri.wte(idx) + peri.wpe(torch.arange(T))
+    x = ref.norm(peri.norm_e, e)
+    with torch.no_grad():
+        for blk in sandwich.blocks:
+            x = blk(x)
+        want = ref.norm(sandwich.norm_f, x) @ sandwich.wte.weight.T
+        torch.testing.assert_close(peri(idx)[0], want, rtol=1e-10, atol=1e-10)
+        assert not torch.allclose(sandwich(idx)[0], want, atol=1e-3)  # Norm_e matters
+    fresh = gpt("peri", "rmsnorm")  # Norm_e is of the selected kind, its gain starts at 1
+    assert fresh.norm_e.name == "rmsnorm" and bool((fresh.norm_e.weight == 1).all())
+
+
+@pytest.mark.parametrize(
+    "kind, power, eps",
+    # scalenorm's eps only bounds ||x_d|| from below: here ||x_d|| is ~45, s*||x_d|| ~2.3
+    [("layernorm", 2, 1e-2), ("rmsnorm", 2, 1e-2), ("scalenorm", 1, 3.0)],
+)
+def test_resi_dual_scale_divides_the_final_norms_eps(kind, power, eps):
+    """2304.14802 (App. G.3) and its code: x_d starts at s*e and adds s*F, so x_d is s times
+    the paper's, and Norm_f(s*y) with eps is Norm_f(y) with eps/s^2 (eps/s for scalenorm):
+    the logits at s are those at s = 1 with that eps, and not those at s = 1 as they are."""
+    torch.manual_seed(0)
+    s = 0.05
+    scaled = gpt("resi_dual", kind, depth=3, placement_options={"dual_scale": s},
+                 norm_options={"eps": eps}).double()  # fmt: skip
+    randomize(scaled)
+    paper = gpt("resi_dual", kind, depth=3, placement_options={"dual_scale": 1.0},
+                norm_options={"eps": eps}).double()  # fmt: skip
+    paper.load_state_dict(scaled.state_dict())
+    idx = torch.randint(0, 128, (B, T))
+    e = scaled.wte(idx) + scaled.wpe(torch.arange(T))
+    x_a, x_d = scaled.blocks[0].enter(e)
+    assert torch.equal(x_a, e) and torch.equal(x_d, s * e)  # both streams start from e
+    with torch.no_grad():
+        got = scaled(idx)[0]
+        assert (got - paper(idx)[0]).abs().max() > 1e-3  # s is not an invariance
+        paper.norm_f.eps = eps / s**power
+        torch.testing.assert_close(got, paper(idx)[0], rtol=1e-9, atol=1e-9)
+        assert [blk.norm_a.eps for blk in paper.blocks] == [eps] * 3  # only Norm_f's
 
 
 # --- constants at several depths (values computed by hand from the formulas) ------------
@@ -96,7 +149,7 @@ def test_deepnorm_constants(depth):
 @pytest.mark.parametrize("depth", [1, 6, 48])
 def test_admin_omega(depth):
     L = 2 * depth
-    omega = PLACEMENTS["admin"].constants(depth)["omega"]
+    omega = PLACEMENTS["admin"].constants(depth, admin_init="analytic")["omega"]
     assert omega == pytest.approx(math.sqrt((L + 1) / math.log(L + 1) - 1), rel=1e-12)
     assert omega == pytest.approx(ADMIN_OMEGA[depth], rel=1e-9)
     model = gpt("admin", depth=depth, d_model=8, n_heads=2, vocab_size=16)
@@ -104,6 +157,49 @@ def test_admin_omega(depth):
         for w in (blk.omega_a, blk.omega_m):
             assert isinstance(w, nn.Parameter) and w.shape == (8,)
             torch.testing.assert_close(w.detach(), torch.full((8,), omega))
+    # analytic: nothing to measure; the profile leaves the model as it was
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert model.profile_init(torch.randint(0, 16, (2, 8))) is None
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert PLACEMENTS["admin"].constants(depth, admin_init="profiled") == {"omega": None}
+
+
+@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
+def test_admin_profiled_omega_is_the_papers_profile(kind):
+    """norm.admin_init=profiled: omega_1 = 1, omega_(i+1) = sqrt(Var[omega_i x] + Var[F_i(x)]),
+    against a restatement from hooks and numpy (support/reference.py); nothing else moves."""
+    torch.manual_seed(0)
+    model = gpt("admin", kind, depth=3, placement_options={"admin_init": "profiled"}).double()
+    randomize(model)  # random weights and norm gains (the omegas are measured over them)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    idx = torch.randint(0, 128, (B, T))
+    profile = model.profile_init(idx)
+    assert profile["placement"] == "admin" and profile["batch"] == [B, T]
+    want = ref.admin_profile(model, idx)
+    got = profile["sublayers"]
+    assert [(r["block"], r["sublayer"]) for r in got] == [
+        (layer, sub) for layer in (1, 2, 3) for sub in ("attn", "mlp")
+    ]
+    weights = [w for blk in model.blocks for w in (blk.omega_a, blk.omega_m)]
+    for row, weight, (omega, var_shortcut, var_branch) in zip(got, weights, want, strict=True):
+        assert isinstance(weight, nn.Parameter) and weight.requires_grad
+        torch.testing.assert_close(weight.detach(), torch.full_like(weight, omega))
+        assert row["omega"] == pytest.approx(omega, rel=1e-12)
+        assert row["var_shortcut"] == pytest.approx(var_shortcut, rel=1e-12)
+        assert row["var_branch"] == pytest.approx(var_branch, rel=1e-12)
+    assert want[0][0] == 1.0 and len({round(w[0], 6) for w in want}) == 6  # not vacuous
+    for n, p in model.named_parameters():  # only the omegas are set
+        assert ("omega" in n) or torch.equal(p, before[n]), n
+
+
+def test_admin_profile_leaves_batchnorm_statistics_alone():
+    torch.manual_seed(0)
+    options = {"admin_init": "profiled"}
+    model = gpt("admin", "batchnorm", depth=2, placement_options=options)
+    before = [b.clone() for b in model.buffers()]
+    assert before and model.training
+    assert model.profile_init(torch.randint(0, 128, (B, T))) is not None
+    assert all(torch.equal(b, s) for b, s in zip(model.buffers(), before, strict=True))
 
 
 @pytest.mark.parametrize("depth", [1, 6, 48])

@@ -147,7 +147,11 @@ def test_depth_constants_are_in_the_config():
     assert cfg.norm.constants == pytest.approx({"alpha": 96**0.25, "beta": 384**-0.25})
     cfg = make("norm=admin", "depth=6")
     cfg = resolve(cfg)
+    assert cfg.norm.admin_init == "analytic"  # configs/norm/admin.yaml's default
     assert cfg.norm.constants["omega"] == pytest.approx(2.0170092187)
+    cfg = resolve(make("norm=admin", "depth=6", "norm.admin_init=profiled"))
+    assert cfg.norm.constants == {"omega": None}  # measured at start: init_profile.json
+    assert as_dict(cfg)["norm"]["admin_init"] == "profiled"
     cfg = make("norm=mix", "depth=12", "norm.mix_ratio=0.5")
     cfg = resolve(cfg)
     assert cfg.norm.constants == {"post_blocks": 6}
@@ -227,6 +231,11 @@ def test_data_text_and_wikitext2_files():
         (["norm.kind=batchnorm", "train.batch_size=1"], "train.batch_size must be >= 2 (got 1)"),
         (["norm=mix", "norm.mix_ratio=1.5"], "norm.mix_ratio must be in [0, 1] (got 1.5)"),
         (["norm=resi_dual", "norm.dual_scale=0"], "norm.dual_scale must be > 0"),
+        (
+            ["norm=admin", "norm.admin_init=measured"],
+            "norm.admin_init must be one of analytic, profiled (got 'measured')",
+        ),
+        (["norm.admin_init=profiled"], "unknown key 'norm.admin_init'"),  # norm=pre has no omega
         (["norm.mix_ratio=0.5"], "unknown key 'norm.mix_ratio'"),  # norm=pre has no split
         (["model.block=diagonal"], "model.block: Invalid value 'diagonal'"),
         (["model.qk_norm=l2", "model.context=1"], "model.qk_norm=l2 needs model.context"),

@@ -39,7 +39,8 @@ def batch(vocab=128, B=3, T=16, seed=0):
 def stream_tensors(model, x):
     """The residual stream entering each block and leaving the last, by a manual forward."""
     T = x.shape[1]
-    stream = model.blocks[0].enter(model.wte(x) + model.wpe(torch.arange(T)))
+    embedded = model.norm_e(model.wte(x) + model.wpe(torch.arange(T)))  # Peri-LN's Norm_e
+    stream = model.blocks[0].enter(embedded)
     entering = []
     for block in model.blocks:
         entering.append(stream)
@@ -51,7 +52,7 @@ def rms(t):
     return t.double().square().mean().sqrt().item()
 
 
-@pytest.mark.parametrize("placement", ["pre", "post", "deepnorm", "resi_dual", "rezero"])
+@pytest.mark.parametrize("placement", ["pre", "post", "deepnorm", "resi_dual", "rezero", "peri"])
 def test_values_match_a_direct_computation(placement):
     torch.manual_seed(0)
     kind = "identity" if placement == "rezero" else "layernorm"
@@ -86,6 +87,11 @@ def test_values_match_a_direct_computation(placement):
         + model.wpe.weight.grad.double().square().sum()
     )
     assert row["grad_norm/embed"] == pytest.approx(embed, rel=1e-5)
+    if placement == "peri":  # Norm_e: a group of its own, in no block
+        direct = math.sqrt(sum(p.grad.double().square().sum() for p in model.norm_e.parameters()))
+        assert row["grad_norm/embed_norm"] == pytest.approx(direct, rel=1e-5)
+    else:
+        assert "grad_norm/embed_norm" not in row
     for n, p in model.named_parameters():
         assert row[f"grad_norm/param/{n}"] == pytest.approx(p.grad.norm().item(), rel=1e-5)
 

@@ -11,7 +11,11 @@ from normbench.model import GPT
 
 D, H = 32, 4
 # The placements with options of their own need them (the YAML defaults of configs/norm).
-OPTIONS: dict[str, dict[str, Any]] = {"mix": {"mix_ratio": 0.25}, "resi_dual": {"dual_scale": 1.0}}
+OPTIONS: dict[str, dict[str, Any]] = {
+    "mix": {"mix_ratio": 0.25},
+    "resi_dual": {"dual_scale": 1.0},
+    "admin": {"admin_init": "analytic"},
+}
 
 
 def gpt(placement: str = "pre", kind: str = "layernorm", depth: int = 2, **kw: Any) -> GPT:

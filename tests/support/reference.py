@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,6 +32,9 @@ FINAL_NORM = {
     "rezero": False,
     "none": False,
 }
+# The placements that normalize the embedding output before the first block: Peri-LN
+# (2502.02732; variants.md groups it with Sandwich-LN, which has no such norm).
+EMBED_NORM = {"peri"}
 
 
 def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
@@ -168,6 +172,8 @@ def gpt_logits(model: torch.nn.Module, idx: Tensor) -> Tensor:
     T = idx.shape[1]
     x = model.wte.weight[idx] + model.wpe.weight[:T]
     name = model.blocks[0].name
+    if name in EMBED_NORM:
+        x = norm(model.norm_e, x)
     stream = (x, model.blocks[0].s * x) if name == "resi_dual" else x
     for blk in model.blocks:
         stream = block(blk, stream)
@@ -177,3 +183,30 @@ def gpt_logits(model: torch.nn.Module, idx: Tensor) -> Tensor:
     else:
         h = norm(model.norm_f, stream) if FINAL_NORM[name] else stream
     return h @ model.wte.weight.T
+
+
+def admin_profile(model: torch.nn.Module, idx: Tensor) -> list[tuple[float, float, float]]:
+    """Admin's profiled omega (2004.08249; Transformer-Clinic's transformer_layer.py), restated
+    from a forward pass of `model` on `idx`: (omega_i, Var[omega_i x_(i-1)], Var[F_i(x_(i-1))])
+    for every sublayer i in order, where omega_1 = 1, omega_(i+1) is the square root of the
+    two variances of sublayer i, and each variance is numpy's over every element of the batch,
+    as Transformer-Clinic takes them. The sublayers' inputs and outputs are captured with
+    hooks: a model whose omegas were profiled sees, in this pass, the very inputs the
+    profile saw, so the omegas it holds must be the ones computed here."""
+    seen: list[tuple[Tensor, Tensor]] = []
+    hooks = [
+        sub.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+        for blk in model.blocks
+        for sub in (blk.attn, blk.mlp)
+    ]
+    with torch.no_grad():
+        model(idx)
+    for hook in hooks:
+        hook.remove()
+    rows, omega = [], 1.0
+    for x, f in seen:
+        var_shortcut = float(np.var((omega * x).double().numpy()))
+        var_branch = float(np.var(f.double().numpy()))
+        rows.append((omega, var_shortcut, var_branch))
+        omega = math.sqrt(var_shortcut + var_branch)
+    return rows
