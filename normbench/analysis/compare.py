@@ -109,6 +109,7 @@ def write_report(
 ) -> tuple[list[dict[str, Any]], dict[str, list[Path]]]:
     """Every file of the report, into the new folder `tmp`; its marker last."""
     from normbench.analysis import figures as fig
+    from normbench.analysis.mechanisms import mechanism_curves
 
     runs, probes, skipped = records.runs, records.probes, records.skipped
     rows: list[dict[str, Any]] = []
@@ -117,6 +118,7 @@ def write_report(
         rows = summary_rows(runs, axes)
         write_csv(tmp / "summary.csv", rows)
         figures = fig.report_figures(tmp, runs, axes)
+        figures["mechanisms"] = mechanism_curves(tmp, runs, axes, fig.placement_colors(runs))
     if rows or skipped:
         text = table_markdown(rows, axes) if rows and axes is not None else ""
         text += ("\n" if text and skipped else "") + skipped_markdown(skipped)

@@ -122,6 +122,7 @@ FIGURE_TITLES = {
     "curves": "Loss curves (train: solid, validation: dashed; x: divergence event)",
     "layers": "Per-layer diagnostics (last values; for diverged runs, at the failure)",
     "divergence": "Diverged runs: the last steps before the event, layer by layer",
+    "mechanisms": "Attention logits and log Z over training (x: divergence event)",
 }
 
 

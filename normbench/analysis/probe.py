@@ -7,7 +7,11 @@ For every placement in `probe.norms` and depth in `probe.depths` (each composed 
 - per block l: the gradient norm of the attention weights and of the MLP weights (the
   weight matrices), and of the MLP's output projection W2 alone (`grad_mlp_out`, the
   quantity of Xiong et al. 2020, 2002.04745, Theorem 1 and Fig. 3), averaged over the batches; and the hidden-state norm entering the block, the mean over tokens of ||x_l||_2
-  (their Lemma 2), also at the output of the last block (`layer` = N + 1);
+  (their Lemma 2), also at the output of the last block (`layer` = N + 1); and for the
+  post-norm placements the mean over tokens of the squared norm of each residual sum before
+  its norm, x + A(x) and x + M(x) (`presum_sq_attn`, `presum_sq_mlp`: Lemma 2's Post-LN
+  quantity, 3d/2 at every layer under its assumptions, where Pre-LN's ||x_l||^2 grows
+  with l);
 - per model: the change of the output after one AdamW step of learning rate `probe.lr`
   (default optim.lr) on the mean gradient of those batches (Liu et al. 2020, 2004.08249;
   Wang et al. 2022, 2203.00555): the RMS change of the hidden state entering the LM head
@@ -60,6 +64,16 @@ def _norm(tensors: list[torch.Tensor]) -> float:
     return math.sqrt(sum(float(t.double().square().sum()) for t in tensors))
 
 
+def _presum_hook(hidden: dict[str, list[float]], layer: int, sublayer: str) -> Any:
+    """Records the mean over tokens of ||s||^2 for the residual sum s entering a norm."""
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        value = args[0].detach().double().square().sum(dim=-1).mean()
+        hidden.setdefault(f"{layer}/presum_sq_{sublayer}", []).append(float(value))
+
+    return hook
+
+
 def _gradients(
     model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[
@@ -76,6 +90,9 @@ def _gradients(
         hidden.setdefault(key, []).append(float(x.detach().double().norm(dim=-1).mean()))
 
     handles = hook_streams(model, record)
+    for layer, block in enumerate(blocks, start=1):
+        for sublayer, norm in block.residual_norms().items():
+            handles.append(norm.register_forward_pre_hook(_presum_hook(hidden, layer, sublayer)))
     grads: dict[str, list[list[float]]] = {"attn": [], "mlp": [], "mlp_out": []}
     total = {id(p): torch.zeros_like(p) for p in model.parameters()}
     losses = []
@@ -150,6 +167,9 @@ def probe_model(
             row["grad_attn"] = sum(g[i] for g in grads["attn"]) / n
             row["grad_mlp"] = sum(g[i] for g in grads["mlp"]) / n
             row["grad_mlp_out"] = sum(g[i] for g in grads["mlp_out"]) / n
+            for sublayer in ("attn", "mlp"):
+                if values := hidden.get(f"{i + 1}/presum_sq_{sublayer}"):
+                    row[f"presum_sq_{sublayer}"] = sum(values) / n
         for suffix in streams:
             key = f"{i + 1}/{suffix}" if suffix else str(i + 1)
             name = f"hidden_norm_{suffix}" if suffix else "hidden_norm"

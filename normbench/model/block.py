@@ -82,6 +82,12 @@ class Block(nn.Module):
         placement's initialization is fixed."""
         return None
 
+    def residual_norms(self) -> dict[str, nn.Module]:
+        """The norms whose input is a residual sum such as x + F(x), by sublayer (`attn`,
+        `mlp`): the post-norm family's; none for a placement that normalizes a sublayer's
+        input or output instead. (Xiong et al.'s Lemma 2 is about those sums' norms.)"""
+        return {}
+
     # The residual stream is one tensor, except for ResiDual's pair of streams.
     def enter(self, x: torch.Tensor) -> Any:
         """The stream entering the first block, from the embedding."""

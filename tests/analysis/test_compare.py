@@ -85,11 +85,16 @@ def test_compare_writes_every_file_and_the_numbers_of_the_records(sweep, tmp_pat
     for norm in ("pre", "post"):
         svg = (report / f"stability_{norm}.svg").read_text()
         assert "✕ 1/1 diverged" in svg and "1/2 runs diverged" in svg
+    from normbench.run.divergence import DETECTORS
+
     curves = (report / "curves_lr=10.svg").read_text()
-    assert (
-        curves.count(">spike<") + curves.count(">nonfinite<") + curves.count(">grad_explosion<")
-        >= 2
-    )  # an event label per diverged run
+    assert sum(curves.count(f">{kind}<") for kind in DETECTORS) >= 2  # one per diverged run
+    # the mechanisms: the largest attention logit and log Z over training, events marked
+    for lr in ("0.001", "10"):
+        svg = (report / f"mechanisms_lr={lr}.svg").read_text()
+        assert "largest attention logit (any layer)" in svg and "mean log Z" in svg
+    mechanisms = (report / "mechanisms_lr=10.svg").read_text()
+    assert sum(mechanisms.count(f">{kind}<") for kind in DETECTORS) >= 4  # in both panels
 
     # index.html: self-contained, every figure embedded as a PNG that decodes
     page = (report / "index.html").read_text()

@@ -45,6 +45,7 @@ def test_probe_matches_a_direct_computation(placement):
     # hidden-state norms (mean over tokens of ||x||) and weight-gradient norms, per batch
     grads = {(i, sub): [] for i in range(3) for sub in ("attn", "mlp")}
     hidden = {i: [] for i in range(4)}
+    presum = {i: [] for i in range(3)}  # Post-LN: ||x + A(x)||^2 before the block's first norm
     for x, y in data:
         reference.zero_grad()
         T = x.shape[1]
@@ -52,6 +53,9 @@ def test_probe_matches_a_direct_computation(placement):
         for i, block in enumerate(reference.blocks):
             main = stream[0] if isinstance(stream, tuple) else stream
             hidden[i].append(main.detach().norm(dim=-1).mean().item())
+            with torch.no_grad():
+                total = main + block.attn(main)
+            presum[i].append(total.double().square().sum(-1).mean().item())
             stream = block(stream)
         main = stream[0] if isinstance(stream, tuple) else stream
         hidden[3].append(main.detach().norm(dim=-1).mean().item())
@@ -69,6 +73,12 @@ def test_probe_matches_a_direct_computation(placement):
     assert "grad_mlp" not in layers[3]
     if placement == "resi_dual":
         assert all(r["hidden_norm_dual"] > 0 for r in layers)
+    for i in range(3):  # Lemma 2's quantity, for the post-norm placements only
+        if placement == "pre":
+            assert "presum_sq_attn" not in layers[i] and "presum_sq_mlp" not in layers[i]
+        else:
+            assert layers[i]["presum_sq_attn"] == pytest.approx(sum(presum[i]) / 2, rel=1e-5)
+            assert layers[i]["presum_sq_mlp"] > 0
 
     # the output change after one AdamW step on the mean gradient of the batches
     fresh = copy.deepcopy(reference)
