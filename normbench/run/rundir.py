@@ -45,7 +45,7 @@ IMPLIED = {
     "diag.from_init": False,
     # detectors added since: an older run was not watched by them
     "divergence.attention_logit_growth.enabled": False,
-    "divergence.attention_logit_growth.threshold": 1000.0,
+    "divergence.attention_logit_growth.threshold": 10000.0,
     "divergence.attention_logit_growth.patience": 3,
     "divergence.output_logit_drift.enabled": False,
     "divergence.output_logit_drift.threshold": 20.0,
