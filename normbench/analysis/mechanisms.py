@@ -5,9 +5,11 @@ Left, the largest attention logit of any layer (diag's `attn_logit_max/<layer>`,
 its growth is the attention-logit instability that qk-layernorm prevents. Right, the mean
 log Z of the output logits (`logits/logz_mean`): its drift is the output-logit divergence that
 the z-loss prevents. Colour is placement, as in every figure; an x marks each divergence event
-on the curve of the run it belongs to, labelled with its detector; a diverged run's last steps
+on the curve of the run it belongs to, labelled with its detector at its first event; a diverged run's last steps
 come from its events' ring buffer. A panel whose metric no run
-of the group measured is left out, and a group without either gets no figure.
+of the group measured is left out, and a group without either gets no figure. Runs of one
+placement that differ in a key the figures are not grouped by (`--group-by lr` with qk_norm
+varying) get their own line style and legend entry.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 
 from normbench.analysis.figures import _plt, _title, save, slug, vocab_suffix
 from normbench.analysis.records import Run
-from normbench.analysis.table import Axes, group_runs
+from normbench.analysis.table import Axes, fmt, group_runs
+from normbench.run.axes import IGNORED, short
 
 ATTENTION, LOG_Z = "attn_logit_max/", "logits/logz_mean"
 PANELS = (
@@ -53,25 +56,54 @@ def series(run: Run, prefix: str) -> tuple[list[float], list[float]]:
     return xs, [points[x] for x in xs]
 
 
+STYLES = ("-", "--", ":", "-.")
+
+
+def labels(members: list[Run]) -> list[str]:
+    """Each run's legend label: its placement, and the values of the other keys that vary
+    within the group (e.g. `pre qk_norm=layernorm`), the seed left out."""
+    keys = sorted(
+        k
+        for k in {k for r in members for k in r.config}
+        if k not in ("norm.name", "seed")
+        and not k.startswith(IGNORED)
+        and len({str(r.config.get(k)) for r in members}) > 1
+    )
+    return [
+        " ".join(
+            [str(r.config.get("norm.name"))] + [f"{short(k)}={fmt(r.config.get(k))}" for k in keys]
+        )  # fmt: skip
+        for r in members
+    ]
+
+
 def _panel(ax: Any, members: list[Run], prefix: str, colors: dict[str, Any]) -> None:
+    """Colour is placement; within a placement, a line style per configuration."""
+    names = labels(members)
+    styles: dict[str, str] = {}
     labelled: set[str] = set()
-    for run in members:
+    for run, name in zip(members, names, strict=True):
         norm = str(run.config.get("norm.name"))
         xs, ys = series(run, prefix)
         if not xs:
             continue
-        ax.plot(xs, ys, color=colors[norm], lw=1.2, alpha=0.85,
-                label=None if norm in labelled else norm)  # fmt: skip
-        labelled.add(norm)
+        same = sum(1 for n in styles if n.split(" ")[0] == norm)
+        style = styles.setdefault(name, STYLES[same % len(STYLES)])
+        ax.plot(xs, ys, color=colors[norm], lw=1.2, alpha=0.85, ls=style,
+                label=None if name in labelled else name)  # fmt: skip
+        labelled.add(name)
         kinds: dict[float, list[str]] = {}  # the events of one step share one mark
         for event in run.events:
             kinds.setdefault(event["tokens"], []).append(event["kind"])
+        named: set[str] = set()  # each detector named at its first event of the run only
         for tokens, names in kinds.items():
             before = [y for x, y in zip(xs, ys, strict=True) if x <= tokens]
             at = (tokens, before[-1] if before else ys[0])
             ax.plot(*at, "x", color=colors[norm], ms=8, mew=2)
-            ax.annotate("\n".join(names), at, textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=colors[norm], ha="right", va="bottom")  # fmt: skip
+            if new := [n for n in dict.fromkeys(names) if n not in named]:
+                named.update(new)
+                ax.annotate("\n".join(new), at, textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=colors[norm], ha="right", va="bottom")  # fmt: skip
     ax.set_xlabel("tokens seen")
     ax.grid(alpha=0.3)
 
@@ -90,7 +122,7 @@ def mechanism_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, A
             _panel(ax, members, prefix, colors)
             ax.set_yscale(scale)
             ax.set_ylabel(label)
-            ax.legend(title="norm", loc="best")
+            ax.legend(title="run", loc="best")
         title = _title(axes.group_by, values)
         fig.suptitle(f"{title}: attention logits and log Z{vocab_suffix(axes)}", fontsize=9)
         paths.append(save(fig, out, f"mechanisms_{slug(title)}"))

@@ -8,7 +8,8 @@ labels of `normbench compare` and its `--x`/`--y`/`--group-by` names
 that is not in the table keeps its dotted path as its name.
 
 `IGNORED` are the prefixes of keys that are never axes even when they vary: where things
-were written, values derived from other keys, and other commands' keys.
+were written, values derived from other keys, other commands' keys, and the CPU threads
+(how a run was executed, not what it trained).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ AXES: dict[str, str] = {
     "data.vocab_limit": "vocab_limit",
 }
 LONG: dict[str, str] = {name: key for key, name in AXES.items()}
-IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim")
+IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim", "threads")
 
 
 def short(key: str) -> str:
