@@ -247,6 +247,15 @@ class StagnationConfig:
 
 
 @dataclass
+class CollapseConfig:
+    enabled: bool = MISSING
+    margin: float = MISSING
+    after: float = MISSING
+    min_steps: int = MISSING
+    window: int = MISSING
+
+
+@dataclass
 class DivergenceConfig:
     action: Action = MISSING
     history: int = MISSING
@@ -254,6 +263,7 @@ class DivergenceConfig:
     spike: SpikeConfig = field(default_factory=SpikeConfig)
     grad_explosion: GradExplosionConfig = field(default_factory=GradExplosionConfig)
     stagnation: StagnationConfig = field(default_factory=StagnationConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
 
 
 @dataclass

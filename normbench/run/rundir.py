@@ -27,7 +27,19 @@ from normbench.run.record import record_files
 FREE = ("train.resume", "train.ckpt_", "logger.", "data.cache_dir", "threads", "device")
 # Keys added after records were written, with the value such a record ran with: a run of
 # an older normbench had the full vocabulary (data.vocab_limit=null) and coupled weight decay.
-IMPLIED = {"data.vocab_limit": None, "optim.weight_decay_mode": "coupled"}
+# It had no collapse detector (run/collapse.py); that detector changes no step of training
+# (it never stops a run, only names the outcome), so such a record reads as trained under
+# today's defaults of configs/divergence/default.yaml (a test holds them equal), and resumes
+# under them.
+IMPLIED = {
+    "data.vocab_limit": None,
+    "optim.weight_decay_mode": "coupled",
+    "divergence.collapse.enabled": True,
+    "divergence.collapse.margin": 0.1,
+    "divergence.collapse.after": 0.5,
+    "divergence.collapse.min_steps": 50,
+    "divergence.collapse.window": 20,
+}
 SWEEP_FILE = ".normbench-sweep.json"
 
 
