@@ -110,6 +110,8 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
             for event in run.events:
                 before = [r["train/loss"] for r in train if r["step"] <= event["step"]]
                 at = (event["tokens"], before[-1] if before else uniform)
+                if event["kind"] == "collapse":  # judged on the validation loss: mark it there
+                    at = (event["tokens"], event["value"])
                 ax.plot(*at, "x", color=c, ms=9, mew=2)
                 ax.annotate(event["kind"], at, textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=c)  # fmt: skip
@@ -234,14 +236,14 @@ def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
         image = None
         for ax, (values, members) in zip(grid.flat, facets.items(), strict=False):
             image = _stability_panel(ax, members, axes, xs, ys, vrange)
-            title = f"{_title(facet_keys, values)}: {_failures(members)}"
-            ax.set_title(textwrap.fill(title, 36 + 8 * len(xs)))
+            title = textwrap.fill(f"{_title(facet_keys, values)}:", 36 + 8 * len(xs))
+            ax.set_title(f"{title}\n{_failures(members)}")
         for ax in list(grid.flat)[n:]:
             ax.axis("off")
         if image is not None:
             fig.colorbar(image, ax=grid, label="final val/loss (nats), mean over seeds")
         fig.suptitle(
-            f"stability map: norm={fmt(norm[0])} ({_failures(by_norm, 'runs ')})"
+            f"stability map: norm={fmt(norm[0])}\n({_failures(by_norm, 'runs ')})"
             f"{vocab_suffix(axes)}"
         )
         paths.append(save(fig, out, f"stability_{slug(str(norm[0]))}"))
