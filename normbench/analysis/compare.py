@@ -5,10 +5,12 @@
 
 PATH is a run directory, a sweep directory (every run below it) or a glob. The report holds
 `index.html` (one self-contained page, the figures embedded), `summary.csv` and `summary.md`
-(one row per configuration: mean ± std over seeds, diverged count, tokens/s), and figures as
-PNG and SVG: loss curves per group coloured by placement with divergence events marked, a
-stability map per placement (final validation loss over two axes, diverged cells marked and
-counted), per-layer diagnostics, and for each diverged run its last steps layer by layer.
+(one row per configuration: mean ± std over seeds, diverged and collapsed counts, tokens/s),
+and figures as PNG and SVG: loss curves per group coloured by placement with divergence
+events marked, a stability map per placement (final validation loss over two axes, diverged
+and collapsed cells marked and counted), per-layer diagnostics, and for each diverged run its
+last steps layer by layer. A collapsed run (status `collapsed`: it ended at the loss of the
+unigram predictor of its training counts) is not counted as completed.
 
 One report holds one vocabulary (`data.vocab_limit`, normbench/run/vocab.py): losses of runs
 with different vocabularies are not comparable (a reduced vocabulary's shared id is an easy

@@ -110,6 +110,8 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
             for event in run.events:
                 before = [r["train/loss"] for r in train if r["step"] <= event["step"]]
                 at = (event["tokens"], before[-1] if before else uniform)
+                if event["kind"] == "collapse":  # judged on the validation loss: mark it there
+                    at = (event["tokens"], event["value"])
                 ax.plot(*at, "x", color=c, ms=9, mew=2)
                 ax.annotate(event["kind"], at, textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=c)  # fmt: skip
@@ -120,6 +122,12 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
         ax.axhline(uniform, color="#999", lw=0.8, ls=":")
         ax.annotate("ln(vocab)", (0, uniform), xycoords=("axes fraction", "data"), fontsize=7,
                     color="#777", xytext=(2, 2), textcoords="offset points")  # fmt: skip
+        unigram = mean_or_nan(r.unigram_val_ce for r in members)
+        if math.isfinite(unigram):  # where a collapsed run ends (normbench/run/collapse.py)
+            ax.axhline(unigram, color="#e08000", lw=0.8, ls=":")
+            ax.annotate("unigram (val)", (1, unigram), xycoords=("axes fraction", "data"),
+                        fontsize=7, color="#e08000", xytext=(-2, 2), textcoords="offset points",
+                        ha="right")  # fmt: skip
         seeds = sorted({fmt(r.config.get("seed")) for r in members})
         ax.set(xlabel="tokens seen", ylabel="loss (nats per token)")
         ax.set_title(
@@ -140,27 +148,34 @@ def _loss_range(runs: list[Run]) -> tuple[float, float]:
 
 def _stability_cell(ax: Any, i: int, j: int, cell: list[Run], vrange: tuple[float, float]) -> float:
     """Cell (i, j) of a stability map: its runs' mean final validation loss (returned: NaN
-    when none completed), the count of diverged runs (a red frame, hatched when none
-    completed) or of failed ones."""
+    when none completed), the count of diverged runs (a red frame, hatched x when none
+    completed), of collapsed ones (an orange dashed frame, hatched / when none completed;
+    inside the red one when both) or of failed ones."""
     plt = _plt()
     ok = [
         r.summary["val_loss"]
         for r in cell
         if r.status == "completed" and r.summary.get("val_loss") is not None
     ]
-    div = sum(r.diverged for r in cell)
+    div, col = sum(r.diverged for r in cell), sum(r.collapsed for r in cell)
     value = mean_or_nan(ok)
     text = f"{value:.3f}" if ok else ""
-    if div:
+    for count, edge, hatch, inset, style, mark in (
+        (div, "#c00000", "xx", 0.0, "solid", f"✕ {div}/{len(cell)} diverged"),
+        (col, "#e08000", "//", 0.06 if div else 0.0, "dashed", f"≈ {col}/{len(cell)} collapsed"),
+    ):
+        if not count:
+            continue
         ax.add_patch(
-            plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=not ok, facecolor="#d9d9d9",
-                          edgecolor="#c00000", lw=2, hatch="xx" if not ok else None)
+            plt.Rectangle((j - 0.5 + inset, i - 0.5 + inset), 1 - 2 * inset, 1 - 2 * inset,
+                          fill=not ok and not inset, facecolor="#d9d9d9", edgecolor=edge, lw=2,
+                          ls=style, hatch=hatch if not ok else None)
         )  # fmt: skip
-        text = (text + "\n" if text else "") + f"✕ {div}/{len(cell)} diverged"
-    elif not ok:
+        text = (text + "\n" if text else "") + mark
+    if not (ok or div or col):
         text = f"{len(cell)} failed"
     dark = ok and value < sum(vrange) / 2
-    color = "#c00000" if div else "white" if dark else "black"
+    color = "#c00000" if div else "#a05000" if col else "white" if dark else "black"
     ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
     return value
 
@@ -189,9 +204,17 @@ def _stability_panel(
     return image
 
 
+def _failures(runs: list[Run], noun: str = "") -> str:
+    """`k/n diverged`, and `, c/n collapsed` when any run collapsed."""
+    text = f"{sum(r.diverged for r in runs)}/{len(runs)} {noun}diverged"
+    if collapsed := sum(r.collapsed for r in runs):
+        text += f", {collapsed}/{len(runs)} collapsed"
+    return text
+
+
 def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
     """Per placement: final validation loss over x and y (one panel per value of the other
-    varying keys), diverged runs marked and counted in their cells."""
+    varying keys), diverged and collapsed runs marked and counted in their cells."""
     plt = _plt()
     xs = sorted({r.config.get(axes.x) for r in runs}, key=order)
     ys = sorted({r.config.get(axes.y) for r in runs}, key=order)
@@ -213,16 +236,14 @@ def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
         image = None
         for ax, (values, members) in zip(grid.flat, facets.items(), strict=False):
             image = _stability_panel(ax, members, axes, xs, ys, vrange)
-            count = sum(r.diverged for r in members)
-            title = f"{_title(facet_keys, values)}: {count}/{len(members)} diverged"
-            ax.set_title(textwrap.fill(title, 36 + 8 * len(xs)))
+            title = textwrap.fill(f"{_title(facet_keys, values)}:", 36 + 8 * len(xs))
+            ax.set_title(f"{title}\n{_failures(members)}")
         for ax in list(grid.flat)[n:]:
             ax.axis("off")
         if image is not None:
             fig.colorbar(image, ax=grid, label="final val/loss (nats), mean over seeds")
-        total = sum(r.diverged for r in by_norm)
         fig.suptitle(
-            f"stability map: norm={fmt(norm[0])} ({total}/{len(by_norm)} runs diverged)"
+            f"stability map: norm={fmt(norm[0])}\n({_failures(by_norm, 'runs ')})"
             f"{vocab_suffix(axes)}"
         )
         paths.append(save(fig, out, f"stability_{slug(str(norm[0]))}"))

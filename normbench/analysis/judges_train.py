@@ -4,6 +4,12 @@ fills a Verdict in (normbench/analysis/verdict.py: the thresholds) or raises Mis
 
 Runs are selected by the axes' short names (normbench/run/axes.py: `norm`, `norm_kind`,
 `depth`, `warmup`, `lr`, ...).
+
+A run that failed to train counts as a failure wherever a claim says "diverges": one that
+diverged, and one that collapsed onto the unigram predictor (status `collapsed`,
+normbench/run/collapse.py: it trained to the end but learned nothing beyond the token
+frequencies). Neither run's loss enters a mean: the losses compared are those of the runs
+that trained (`_final_losses`); the texts show the collapsed runs' losses apart.
 """
 
 from __future__ import annotations
@@ -21,13 +27,27 @@ def _cfg(run: Any, key: str) -> Any:
 
 
 def _final_losses(runs: list[Any]) -> tuple[list[float], int]:
-    """Final validation losses of the runs that did not diverge, and how many diverged."""
+    """Final validation losses of the runs that neither diverged nor collapsed, and how many
+    did either (the runs that failed to train)."""
     losses = [
         float(r.summary["val_loss"])
         for r in runs
-        if not r.diverged and r.summary.get("val_loss") is not None
+        if not (r.diverged or r.collapsed) and r.summary.get("val_loss") is not None
     ]
-    return losses, sum(r.diverged for r in runs)
+    return losses, sum(r.diverged or r.collapsed for r in runs)
+
+
+def _failed_text(runs: list[Any]) -> str:
+    """`diverged k/n`, and `, collapsed c/n (val/loss x; unigram u)` when any collapsed."""
+    n = len(runs)
+    text = f"diverged {sum(r.diverged for r in runs)}/{n}"
+    collapsed = [r for r in runs if r.collapsed]
+    if collapsed:
+        losses = [float(r.summary["val_loss"]) for r in collapsed if r.summary.get("val_loss")]
+        unigram = [r.unigram_val_ce for r in collapsed if r.unigram_val_ce is not None]
+        text += f", collapsed {len(collapsed)}/{n} (val/loss {pm(losses, 4)}"
+        text += f"; unigram {pm(unigram, 4)})" if unigram else ")"
+    return text
 
 
 def _select(runs: list[Any], **where: Any) -> list[Any]:
@@ -36,8 +56,8 @@ def _select(runs: list[Any], **where: Any) -> list[Any]:
 
 
 def _loss_text(runs: list[Any]) -> str:
-    losses, diverged = _final_losses(runs)
-    return f"{pm(losses, 4)}, diverged {diverged}/{len(runs)}"
+    losses, _ = _final_losses(runs)
+    return f"{pm(losses, 4)}, {_failed_text(runs)}"
 
 
 def _differs(a: list[float], b: list[float]) -> tuple[float, float, bool]:
@@ -70,12 +90,15 @@ def judge_warmup(v: Verdict, runs: list[Any]) -> None:
             a, n_div = _final_losses(without)
             b, _ = _final_losses(with_w)
             d, se, counts = _differs(a, b) if a and b else (math.nan, math.nan, False)
-            diff = f"{d:+.3g} ± {se:.2g} nats; diverged without warmup {n_div}/{len(without)}"
+            diff = (
+                f"{d:+.3g} ± {se:.2g} nats; diverged or collapsed without warmup "
+                f"{n_div}/{len(without)}"
+            )
             if norm == "post":
                 v.checks.append(
                     Check(
-                        f"Post-LN without warmup diverges, or ends at least {DELTA} nats (and "
-                        f"2 SE) worse than with it{at}",
+                        f"Post-LN without warmup diverges or collapses, or ends at least "
+                        f"{DELTA} nats (and 2 SE) worse than with it{at}",
                         diff,
                         n_div > 0 or counts,
                     )
@@ -83,7 +106,8 @@ def judge_warmup(v: Verdict, runs: list[Any]) -> None:
             else:
                 v.checks.append(
                     Check(
-                        f"Pre-LN without warmup neither diverges nor ends {DELTA} nats worse{at}",
+                        f"Pre-LN without warmup neither diverges, collapses nor ends {DELTA} "
+                        f"nats worse{at}",
                         diff,
                         n_div == 0 and bool(a) and not (d >= DELTA),
                     )
@@ -92,7 +116,8 @@ def judge_warmup(v: Verdict, runs: list[Any]) -> None:
 
 def _depth_penalties(v: Verdict, runs: list[Any], lo: int, hi: int) -> dict[str, Any]:
     """Per placement with runs at both depths: loss(depth hi) - loss(depth lo), its standard
-    error, and how many runs diverged at depth hi; the losses go into the verdict."""
+    error, and how many runs diverged or collapsed at depth hi; the losses go into the
+    verdict."""
     penalty: dict[str, tuple[float, float, int]] = {}
     norms = sorted({_cfg(r, "norm.name") for r in runs})
     if "post" not in norms:
@@ -119,8 +144,8 @@ def _depth_penalties(v: Verdict, runs: list[Any], lo: int, hi: int) -> dict[str,
 
 def _need_shallow_post(runs: list[Any], lo: int) -> None:
     """The claim presupposes a Post-LN that trains when shallow: one that already fails at
-    the shallow depth (diverges, or ends DELTA nats and 2 SE behind Pre-LN) cannot break
-    down (Missing)."""
+    the shallow depth (diverges or collapses, or ends DELTA nats and 2 SE behind Pre-LN)
+    cannot break down (Missing)."""
     post_lo, post_lo_div = _final_losses(_select(runs, norm="post", depth=lo))
     pre_lo, _ = _final_losses(_select(runs, norm="pre", depth=lo))
     if post_lo_div or (pre_lo and post_lo and _differs(post_lo, pre_lo)[2]):
@@ -136,19 +161,19 @@ def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
     if len(depths) < 2:
         raise Missing("the claim compares depths; sweep at least two")
     lo, hi = depths[0], depths[-1]
-    penalty = _depth_penalties(v, runs, lo, hi)  # loss(hi) - loss(lo), its SE, diverged
+    penalty = _depth_penalties(v, runs, lo, hi)  # loss(hi) - loss(lo), its SE, failed
     _need_shallow_post(runs, lo)
     ref, ref_se, _ = penalty.get("pre", (0.0, 0.0, 0))
     ref_name = f"Pre-LN's ({ref:+.3g})" if "pre" in penalty else "0"
 
     def text(norm: str) -> str:
         d, se, n = penalty[norm]
-        return f"{d:+.3g} ± {se:.2g} nats; diverged at depth {hi}: {n}"
+        return f"{d:+.3g} ± {se:.2g} nats; diverged or collapsed at depth {hi}: {n}"
 
     d, se, n = penalty["post"]
     v.checks.append(
         Check(
-            f"Post-LN breaks down at depth {hi}: it diverges, or its loss(depth {hi}) - "
+            f"Post-LN breaks down at depth {hi}: it diverges or collapses, or its loss(depth {hi}) - "
             f"loss(depth {lo}) exceeds {ref_name} by >= {DELTA} nats and 2 SE",
             text("post"),
             n > 0 or (d - ref >= max(DELTA, 2 * math.hypot(se, ref_se))),
@@ -159,7 +184,7 @@ def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
             d, se, n = penalty[norm]
             v.checks.append(
                 Check(
-                    f"{norm} stays trainable at depth {hi}: no divergence, and its depth "
+                    f"{norm} stays trainable at depth {hi}: no divergence or collapse, and its depth "
                     f"penalty exceeds {ref_name} by < {DELTA} nats",
                     text(norm),
                     n == 0 and not math.isnan(d) and d - ref < DELTA,
@@ -217,8 +242,8 @@ def judge_rmsnorm(v: Verdict, runs: list[Any]) -> None:
     v.checks.append(
         Check(
             f"RMSNorm's final val loss matches LayerNorm's: the absolute difference <= max({MATCH} nats, "
-            "2 SE), neither diverging",
-            f"{d:+.3g} ± {se:.2g} nats (tolerance {tol:.2g}); diverged {div_a + div_b}",
+            "2 SE), neither diverging nor collapsing",
+            f"{d:+.3g} ± {se:.2g} nats (tolerance {tol:.2g}); diverged or collapsed {div_a + div_b}",
             div_a + div_b == 0 and abs(d) <= tol,
         )
     )

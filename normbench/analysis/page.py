@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from normbench.analysis.records import Probe, Run, Skipped, vocab_note
-from normbench.analysis.table import Axes, describe, fmt, mean_text, speed_text
+from normbench.analysis.table import (
+    Axes,
+    collapsed_text,
+    describe,
+    fmt,
+    mean_text,
+    speed_text,
+)
 from normbench.run import vocab
 from normbench.run.axes import short
 
@@ -92,11 +99,13 @@ def _summary_html(axes: Axes, rows: list[dict[str, Any]]) -> str:
             mean_text(row["best_val_loss_mean"], row["best_val_loss_std"]),
             f"{row['diverged']}/{row['runs']}",
             row["diverged_at_steps"],
+            collapsed_text(row),
             speed_text(row),
         ]
         for row in rows
     ]
-    head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "at step", "tokens/s"]
+    head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "at step"]
+    head += ["collapsed", "tokens/s"]
     return _html_table(table_rows, head)
 
 
@@ -107,18 +116,18 @@ def _run_list_html(runs: list[Run], axes: Axes) -> str:
             r.status,
             describe(r, axes.varying),
             _cell(r.summary.get("val_loss")),
-            str(r.summary.get("diverged_at_step") or ""),
-            str(r.summary.get("divergence_reason") or ""),
+            str(r.summary.get("diverged_at_step") or r.summary.get("collapsed_at_step") or ""),
+            str(r.summary.get("divergence_reason") or ("collapse" if r.collapsed else "")),
             str(r.dir),
         ]
         for r in runs
     ]
-    head = ["run", "status", "config", "val/loss", "diverged at", "reason", "directory"]
+    head = ["run", "status", "config", "val/loss", "event at", "reason", "directory"]
     return _html_table(run_rows, head)
 
 
 FIGURE_TITLES = {
-    "stability": "Stability maps: final validation loss, diverged runs marked",
+    "stability": "Stability maps: final validation loss, diverged and collapsed runs marked",
     "curves": "Loss curves (train: solid, validation: dashed; x: divergence event)",
     "layers": "Per-layer diagnostics (last values; for diverged runs, at the failure)",
     "divergence": "Diverged runs: the last steps before the event, layer by layer",
@@ -142,7 +151,8 @@ def _runs_html(
     return f"""<p class="note">Varying: {html.escape(axes_text)}.
 Stability map axes: x = {html.escape(short(axes.x) if axes.x else "-")}, y =
 {html.escape(short(axes.y) if axes.y else "-")}. Means and standard deviations are over seeds;
-validation losses of diverged runs are left out of them.
+validation losses of diverged and collapsed runs are left out of them (a collapsed run's is
+beside its count, with the loss of the unigram predictor of the training counts).
 Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a>.</p>
 <h2>Summary</h2><p class="vocab">{html.escape(vocab_note(axes.vocab_limit))}</p>{_summary_html(axes, rows)}
 {_figures_html(figures)}
@@ -176,6 +186,8 @@ def _probes_html(probes: list[Probe], figures: list[Path], vocab_limit: Any) -> 
 def _title(runs: list[Run], probes: list[Probe], skipped: list[Skipped], vocab_limit: Any) -> str:
     n_div = sum(r.diverged for r in runs)
     title = f"{len(runs)} runs, {n_div} diverged" if runs else ""
+    if n_col := sum(r.collapsed for r in runs):
+        title += f", {n_col} collapsed"
     if probes:
         title += (", " if title else "") + f"{len(probes)} probe{'s' * (len(probes) > 1)}"
     if skipped:

@@ -50,6 +50,7 @@ SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
         ("steps", "tokens", "val_loss", "best_val_loss", "val_ppl", "tokens_per_s"), (int, float)
     ),
     "diverged_at_step": (int, float),
+    "collapsed_at_step": (int, float),
     "diag": (dict,),
     "wandb": (dict,),
 }
@@ -73,6 +74,19 @@ class Run:
     @property
     def diverged(self) -> bool:
         return self.status == "diverged"
+
+    @property
+    def collapsed(self) -> bool:
+        """Ended at the loss of the unigram predictor (normbench/run/collapse.py): trained to
+        the end, but not a healthy run."""
+        return self.status == "collapsed"
+
+    @property
+    def unigram_val_ce(self) -> float | None:
+        """The validation loss of the unigram predictor of its training counts (None in a
+        record written before it was measured)."""
+        value = (self.summary.get("unigram") or {}).get("val_ce")
+        return float(value) if isinstance(value, (int, float)) else None
 
     def rows(self, key: str) -> list[dict[str, Any]]:
         return [r for r in self.metrics if r.get(key) is not None]

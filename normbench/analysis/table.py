@@ -126,10 +126,14 @@ def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
         row["seeds"] = " ".join(sorted({fmt(r.config.get("seed")) for r in members}))
         row["completed"] = len(done)
         row["diverged"] = sum(r.diverged for r in members)
+        collapsed = [r for r in members if r.collapsed]  # not healthy: apart from `completed`
+        row["collapsed"] = len(collapsed)
         row["failed"] = sum(r.status == "failed" for r in members)
         for key in ("val_loss", "best_val_loss"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(r.summary.get(key) for r in done)
         row["val_ppl_mean"] = mean(r.summary.get("val_ppl") for r in done)
+        row["collapsed_val_loss_mean"] = mean(r.summary.get("val_loss") for r in collapsed)
+        row["unigram_val_ce"] = mean(r.unigram_val_ce for r in members)
         at = [r.summary.get("diverged_at_step") for r in members if r.diverged]
         row["diverged_at_steps"] = " ".join(str(s) for s in at)
         row["divergence_reasons"] = " ".join(
@@ -154,10 +158,22 @@ def speed_text(row: dict[str, Any]) -> str:
     return f"{row['tokens_per_s_mean']:,.0f}" if row["tokens_per_s_mean"] else "-"
 
 
+def collapsed_text(row: dict[str, Any]) -> str:
+    """`k/n`, and with any collapsed run their mean final val/loss against the unigram
+    predictor's (normbench/run/collapse.py)."""
+    text = f"{row['collapsed']}/{row['runs']}"
+    if row["collapsed"] and row["collapsed_val_loss_mean"] is not None:
+        text += f" (val/loss {row['collapsed_val_loss_mean']:.4f}"
+        if row["unigram_val_ce"] is not None:
+            text += f"; unigram {row['unigram_val_ce']:.4f}"
+        text += ")"
+    return text
+
+
 def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
     """summary.md's table, below the line that says which vocabulary the losses are over."""
     keys = [short(k) for k in axes.config_keys]
-    head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "tokens/s"]
+    head = [*keys, "runs", "val/loss (final)", "best val/loss", "diverged", "collapsed", "tokens/s"]
     cells = []
     for row in rows:
         diverged = f"{row['diverged']}/{row['runs']}"
@@ -170,6 +186,7 @@ def table_markdown(rows: list[dict[str, Any]], axes: Axes) -> str:
                 mean_text(row["val_loss_mean"], row["val_loss_std"]),
                 mean_text(row["best_val_loss_mean"], row["best_val_loss_std"]),
                 diverged,
+                collapsed_text(row),
                 speed_text(row),
             ]
         )

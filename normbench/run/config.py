@@ -255,6 +255,15 @@ class ThresholdConfig:
 
 
 @dataclass
+class CollapseConfig:
+    enabled: bool = MISSING
+    margin: float = MISSING
+    after: float = MISSING
+    min_steps: int = MISSING
+    window: int = MISSING
+
+
+@dataclass
 class DivergenceConfig:
     action: Action = MISSING
     history: int = MISSING
@@ -264,6 +273,7 @@ class DivergenceConfig:
     stagnation: StagnationConfig = field(default_factory=StagnationConfig)
     attention_logit_growth: ThresholdConfig = field(default_factory=ThresholdConfig)
     output_logit_drift: ThresholdConfig = field(default_factory=ThresholdConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
 
 
 @dataclass

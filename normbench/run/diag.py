@@ -4,24 +4,18 @@ Two tiers, both measured on the training step itself (no extra forward pass):
 
 - per-layer statistics, cheap enough for every step: the gradient norm of every block and
   of its sublayers (`grad_norm/block_07/attn`, `.../mlp`, `.../norm` for the block's norm and
-<<<<<<< HEAD
-  placement parameters), of the embeddings and the final norm; the RMS and max |value| of the
-  residual stream entering each block and leaving the last one (`resid_rms/block_07`,
-  `resid_max/out`); the largest and the mean attention logit q.k x scale of each layer, over
-  the causal pairs, from the q and k that SDPA receives (`attn_logit_max/block_07`,
-  `attn_logit_mean/...`; Wortsman et al. 2309.14322's attention-logit growth); the RMS of
-  every norm's input (`norm_in_rms/block_07/norm_a`; for a post-norm placement the sum
-  x + F(x), the quantity of Xiong et al.'s Lemma 2); the output logits' normalizer log Z,
-  its mean, max and mean square over the batch's tokens (`logits/logz_mean`, `..._max`,
-  `..._sq_mean`), from the fused head without materializing the logits. They fill a ring
-  buffer of the last `divergence.history` steps, written with a divergence event, and are
-  logged every `diag.every` steps;
-=======
   placement parameters), of the embeddings, of the embedding norm (`embed_norm`, Peri-LN's)
   and of the final norm; the RMS and max |value| of the residual stream entering each block
-  and leaving the last one (`resid_rms/block_07`, `resid_max/out`). They fill a ring buffer of the last `divergence.history` steps, written
-  with a divergence event, and are logged every `diag.every` steps;
->>>>>>> i18-placements
+  and leaving the last one (`resid_rms/block_07`, `resid_max/out`); the largest and the mean
+  attention logit q.k x scale of each layer, over the causal pairs, from the q and k that
+  SDPA receives (`attn_logit_max/block_07`, `attn_logit_mean/...`; Wortsman et al.
+  2309.14322's attention-logit growth); the RMS of every norm's input
+  (`norm_in_rms/block_07/norm_a`; for a post-norm placement the sum x + F(x), the quantity
+  of Xiong et al.'s Lemma 2); the output logits' normalizer log Z, its mean, max and mean
+  square over the batch's tokens (`logits/logz_mean`, `..._max`, `..._sq_mean`), from the
+  fused head without materializing the logits. They fill a ring buffer of the last
+  `divergence.history` steps, written with a divergence event, and are logged every
+  `diag.every` steps;
 - every `diag.every` steps, also: the update-to-weight ratio ||dw|| / ||w|| of each block
   after the optimizer step (`update_ratio/block_07`), the attention entropy of each layer
   in nats, averaged over batch, heads and positions (`attn_entropy/block_07`; its collapse

@@ -22,12 +22,15 @@ value and the threshold it crossed:
 
 The last two read the per-layer statistics, measured on every step while
 `divergence.history` > 0 (else every `diag.every` steps).
+- `collapse` (run/collapse.py): well into training, the validation and training losses
+  still at the level of the unigram predictor of the training split's counts. Never stops
+  a run; a run it holds for at its last evaluation ends with status `collapsed`.
 
 `divergence.action=stop` ends the run at the first event (status `diverged`);
 `continue` records every event and trains on. A detector that fired re-arms once its signal
 is back below the threshold (`spike` takes the current loss as its new reference), so one
-episode gives one event. The run's objective for sweepers (`objective`) ranks a diverged run
-after every completed one.
+episode gives one event. The run's objective for sweepers (`objective`) ranks a collapsed run
+after every completed one, and a diverged run after those.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+from normbench.run.collapse import CollapseDetector
 from normbench.run.config import DivergenceConfig
 from normbench.run.diag import blame
 from normbench.run.summary import Summary
@@ -47,6 +51,7 @@ DETECTORS = (
     "spike",
     "grad_explosion",
     "stagnation",
+    "collapse",
     "attention_logit_growth",
     "output_logit_drift",
 )
@@ -88,7 +93,7 @@ def describe(record: dict[str, Any]) -> str:
     """One line for the console: the detector, what it measured, and the layer to look at."""
     line = f"{record['kind']}: {record['message']}"
     culprit = record["blame"]
-    if record["kind"] == "stagnation":  # nothing blew up: no layer to name
+    if record["kind"] in ("stagnation", "collapse"):  # nothing blew up: no layer to name
         return line
     if culprit["first_nonfinite"]:
         return f"{line}; first non-finite: {culprit['first_nonfinite']['key']}"
@@ -279,8 +284,21 @@ class ThresholdDetector(_Stateful):
 class DivergenceMonitor:
     """All detectors of `divergence.*`; `check` returns the events of one training step."""
 
-    def __init__(self, cfg: DivergenceConfig, *, max_steps: int, vocab_size: int):
+    def __init__(
+        self,
+        cfg: DivergenceConfig,
+        *,
+        max_steps: int,
+        vocab_size: int,
+        unigram: dict[str, Any] | None = None,  # run/collapse.py's reference (collapse)
+    ):
         self.stop_on_event = str(cfg.action) == "stop"
+        c = cfg.collapse
+        self.collapse = (  # needs the unigram reference (a benchmark has none)
+            CollapseDetector(c.margin, c.after, c.min_steps, c.window, max_steps, unigram)
+            if c.enabled and unigram is not None
+            else None
+        )
         s, g, st = cfg.spike, cfg.grad_explosion, cfg.stagnation
         self.spike = (
             SpikeDetector(s.rel_margin, s.abs_margin, s.patience, s.ema) if s.enabled else None
@@ -327,10 +345,23 @@ class DivergenceMonitor:
         for detector in self.thresholds.values():
             if event := detector.update(step, stats or {}):
                 events.append(event)
+        if self.collapse is not None:
+            self.collapse.update(step, loss)
         return events
 
-    def detectors(self) -> dict[str, _Stateful]:
+    def evaluated(self, step: int, val_loss: float) -> list[Event]:
+        """The events fired by the validation loss at `step` (`collapse`)."""
+        found = self.collapse.evaluated(step, val_loss) if self.collapse is not None else None
+        return [Event(**found)] if found is not None else []
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether `collapse` held at the last evaluation (the run's outcome at its end)."""
+        return self.collapse is not None and self.collapse.holds
+
+    def detectors(self) -> dict[str, Any]:
         found = {"spike": self.spike, "grad_explosion": self.grad, "stagnation": self.stagnation}
+        found["collapse"] = self.collapse
         return {name: d for name, d in found.items() if d is not None} | self.thresholds
 
     def state_dict(self) -> dict[str, Any]:
@@ -342,16 +373,21 @@ class DivergenceMonitor:
                 d.load_state_dict(state[name])
 
     def stops(self, events: list[Event]) -> bool:
-        """Whether these events end the run (a non-finite step always does)."""
-        return any(e.kind == "nonfinite" for e in events) or (self.stop_on_event and bool(events))
+        """Whether these events end the run (a non-finite step always does, `collapse` never)."""
+        stopping = [e for e in events if e.kind != "collapse"]
+        return any(e.kind == "nonfinite" for e in events) or (self.stop_on_event and bool(stopping))
 
 
 def objective(summary: Summary, max_steps: int, penalty: float) -> float:
     """The value a sweeper minimizes: the best validation loss of a completed run, capped at
-    `penalty`; a diverged or unfinished run gets penalty + 1 - (its fraction of the steps),
-    so it ranks after every completed run, and later divergence ranks before earlier."""
+    `penalty`; a collapsed run gets `penalty`, after every completed run (its losses measure
+    the token frequencies, not its settings); a diverged or unfinished run gets
+    penalty + 1 - (its fraction of the steps), so it ranks after every completed run, and
+    later divergence ranks before earlier."""
     best = summary.best_val_loss
     if summary.status == "completed" and best is not None and math.isfinite(best):
         return min(best, penalty)
+    if summary.status == "collapsed":
+        return penalty
     done = (summary.steps or 0) / max(1, max_steps)
     return penalty + 1.0 - done

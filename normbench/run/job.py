@@ -22,7 +22,7 @@ from normbench.run.console import Terminated, is_user_error, one_line, say
 from normbench.run.logger import Logger
 from normbench.run.record import Record
 from normbench.run.runtime import StopRequest
-from normbench.run.summary import Summary
+from normbench.run.summary import FINISHED, Summary
 
 log = logging.getLogger("normbench")
 
@@ -44,8 +44,8 @@ def plan_resume(
     First of all, a run directory whose record was written by another configuration is
     refused (for a finished run too: its results are never returned for another config).
     train.resume=auto continues from the newest valid checkpoint in the run directory
-    (a SLURM requeue runs the same command there); a run that already completed or diverged
-    is left alone. never: the run directory must hold no run record. A path: that checkpoint.
+    (a SLURM requeue runs the same command there); a run that already finished (completed,
+    collapsed or diverged) is left alone. never: the run directory must hold no run record. A path: that checkpoint.
     """
     from normbench.errors import ConfigError
     from normbench.run import checkpoint
@@ -69,7 +69,7 @@ def plan_resume(
                 status = json.loads(summary_path.read_text()).get("status")
             except (OSError, json.JSONDecodeError, AttributeError):
                 status = None
-            if status in ("completed", "diverged"):
+            if status in FINISHED:
                 return None, 0, True
         found = checkpoint.latest(run_dir)
         if found is None:
@@ -98,7 +98,8 @@ def train_task(cfg: DictConfig) -> float:
     """One Hydra job: train, write the run record, log to W&B; return the objective.
 
     The objective (for sweepers that optimize) is the best validation loss, or for a run
-    that diverged a finite penalty worse than any completed run (`divergence.objective`).
+    that collapsed or diverged a finite penalty worse than any completed run
+    (`divergence.objective`).
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -167,7 +168,7 @@ def _train_job(
 
 
 def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
-    """A run that already completed or diverged: say so, return its objective."""
+    """A run that already finished: say so, return its objective."""
     from normbench.run.divergence import objective
 
     summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))
@@ -251,6 +252,15 @@ def _log_outcome(summary: Summary, run_dir: Path) -> None:
             summary.diverged_at_step,
             summary.divergence_reason,
             summary.divergence_detail,
+            run_dir / "events.jsonl",
+        )
+    elif status == "collapsed":
+        log.info(
+            "collapsed onto the unigram predictor: val/loss %.4f against its %.4f (%s); "
+            "events in %s",
+            summary.val_loss,
+            (summary.unigram or {}).get("val_ce", float("nan")),
+            summary.collapse_detail,
             run_dir / "events.jsonl",
         )
     elif status == "completed":

@@ -273,6 +273,10 @@ def log_report(
         run.log(payload)
         run.summary.update({f"verdict/{v['claim']}": v["outcome"] for v in verdicts})
         run.summary.update(
-            {"runs": len(runs), "diverged": sum(r.status == "diverged" for r in runs)}
+            {
+                "runs": len(runs),
+                "diverged": sum(r.status == "diverged" for r in runs),
+                "collapsed": sum(r.status == "collapsed" for r in runs),
+            }
         )
         say_offline(mode, why, run)

@@ -36,20 +36,28 @@ FREE = (
 # Keys added after records were written, with the value such a record ran with: a run of
 # an older normbench had the full vocabulary (data.vocab_limit=null), coupled weight decay,
 # no z-loss, Admin's analytic omega, and neither the accumulated-update diagnostic nor the
-# logit detectors.
+# logit detectors (which can stop a run: an older record was not watched by them). It had no
+# collapse detector (run/collapse.py) either; that detector changes no step of training (it
+# never stops a run, only names the outcome), so such a record reads as trained under
+# today's collapse defaults of configs/divergence/default.yaml (a test holds them equal), and
+# resumes under them.
 IMPLIED = {
     "data.vocab_limit": None,
     "optim.weight_decay_mode": "coupled",
     "optim.z_loss": 0.0,
     "norm.admin_init": "analytic",
     "diag.from_init": False,
-    # detectors added since: an older run was not watched by them
     "divergence.attention_logit_growth.enabled": False,
     "divergence.attention_logit_growth.threshold": 10000.0,
     "divergence.attention_logit_growth.patience": 3,
     "divergence.output_logit_drift.enabled": False,
     "divergence.output_logit_drift.threshold": 20.0,
     "divergence.output_logit_drift.patience": 3,
+    "divergence.collapse.enabled": True,
+    "divergence.collapse.margin": 0.1,
+    "divergence.collapse.after": 0.5,
+    "divergence.collapse.min_steps": 50,
+    "divergence.collapse.window": 20,
 }
 SWEEP_FILE = ".normbench-sweep.json"
 

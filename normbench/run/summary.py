@@ -11,14 +11,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-STATUSES = ("completed", "diverged", "interrupted", "failed")
-# Written only when set: why a run stopped early, and the error of one that failed.
-OPTIONAL = ("stopped_by", "error")
+# `collapsed`: trained to the end, but still at the loss of the unigram predictor
+# (run/collapse.py); like `completed` and `diverged` a finished run, unlike `completed` not a
+# healthy one.
+STATUSES = ("completed", "collapsed", "diverged", "interrupted", "failed")
+FINISHED = ("completed", "collapsed", "diverged")  # a resume leaves these runs alone
+# Written only when set: why a run stopped early, the error of one that failed, and the
+# collapse event of one that met it (run/collapse.py).
+OPTIONAL = ("stopped_by", "error", "collapsed_at_step", "collapse_detail")
 
 
 @dataclass
 class Summary:
-    status: str = "failed"  # completed | diverged | interrupted | failed (until training ends)
+    status: str = "failed"  # one of STATUSES ("failed" until training ends)
     steps: int | None = None  # training steps taken
     tokens: int | None = None  # training tokens seen (steps x batch x context)
     val_loss: float | None = None  # the last validation loss (nats per token)
@@ -32,6 +37,9 @@ class Summary:
     divergence_reason: str | None = None  # its detector
     divergence_detail: str | None = None
     events: int = 0  # divergence events recorded
+    collapsed_at_step: int | None = None  # the collapse event's step (the run may have left)
+    collapse_detail: str | None = None  # its message
+    unigram: dict[str, Any] | None = None  # the unigram predictor's losses (run/collapse.py)
     objective: float | None = None  # what sweepers minimize (normbench/run/divergence.py)
     threads: int | None = None  # torch CPU threads
     device: str | None = None

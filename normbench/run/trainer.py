@@ -23,6 +23,7 @@ import torch
 
 from normbench.model import GPT
 from normbench.run import checkpoint, dist, hardware
+from normbench.run.collapse import record_unigram, unigram_of
 from normbench.run.config import NormbenchConfig
 from normbench.run.data import RandomWindows, TokenSplits
 from normbench.run.diag import Diagnostics
@@ -146,8 +147,12 @@ class Trainer:
         self.batches = RandomWindows(self.tokens.train, cfg.model.context, t.batch_size, cfg.seed)
         self.tokens_per_step = t.batch_size * cfg.model.context
         self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        self.unigram = unigram_of(self.tokens) if cfg.divergence.collapse.enabled else None
         self.monitor = DivergenceMonitor(
-            cfg.divergence, max_steps=t.max_steps, vocab_size=cfg.model.vocab_size
+            cfg.divergence,
+            max_steps=t.max_steps,
+            vocab_size=cfg.model.vocab_size,
+            unigram=self.unigram,
         )
         self.diag = Diagnostics(
             self.model,
@@ -191,6 +196,8 @@ class Trainer:
             self.record.write_init_profile(self.init_profile)
             self.logger.config_update({"init_profile": self.init_profile})
             log.info("initialization profiled: %s", self.init_profile["summary"])
+        if self.unigram is not None:
+            record_unigram(self.unigram, self.logger, s)
         log.info(startup_line(self.cfg, s.n_params, self.device, self.choice, self.tokens))
 
     # --- one step -------------------------------------------------------------------------
@@ -241,8 +248,9 @@ class Trainer:
 
     def fit(self, checkpointer: Any = None) -> None:
         """Train to `train.max_steps` (or divergence, or a stop request), filling in the
-        summary. Its status becomes `completed`, `diverged` or `interrupted` only at the end;
-        until then an interrupted or crashed run still reports how far it got.
+        summary. Its status becomes `completed`, `collapsed` (run/collapse.py), `diverged` or
+        `interrupted` only at the end; until then an interrupted or crashed run still reports
+        how far it got.
 
         `checkpointer` (run/checkpoint.py) is asked after every step whether the loop's state
         is due and saves it then and when a stop is requested.
@@ -259,7 +267,7 @@ class Trainer:
                     status = self._train_one(step, start, progress, checkpointer)
                     if status is not None:
                         break
-            self.summary.status = status or "completed"
+            self.summary.status = status or ("collapsed" if self.monitor.collapsed else "completed")
         finally:
             progress.close()
             self._finish_summary()
@@ -348,6 +356,9 @@ class Trainer:
         if math.isfinite(val_loss) and (s.best_val_loss is None or val_loss < s.best_val_loss):
             s.best_val_loss = val_loss
         log.info("step %d: val/loss %.4f, val/ppl %s", step, val_loss, f"{ppl:,.2f}")
+        recent = self.diag.recent()
+        for event in self.monitor.evaluated(step, val_loss):
+            self._report(event, recent[-1] if recent else {})
         return True
 
     def _report(self, event: Event, stats: dict[str, Any]) -> None:
@@ -362,7 +373,9 @@ class Trainer:
         self.record.event(entry)
         self.logger.log({"step": event.step, f"events/{event.kind}": 1})
         s = self.summary
-        if not s.diverged:
+        if event.kind == "collapse":  # not a divergence: the run trains on
+            s.update(collapsed_at_step=event.step, collapse_detail=event.message)
+        elif not s.diverged:
             s.update(
                 diverged=True,
                 diverged_at_step=event.step,

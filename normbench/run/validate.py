@@ -19,7 +19,7 @@ from normbench.model.kinds import KIND_OPTIONS, kind_options
 from normbench.run import vocab
 
 if TYPE_CHECKING:  # annotations only: config.resolve calls validate
-    from normbench.run.config import NormbenchConfig
+    from normbench.run.config import CollapseConfig, NormbenchConfig
 
 
 def need(ok: bool, message: str) -> None:
@@ -201,6 +201,22 @@ def validate_divergence(cfg: NormbenchConfig) -> None:
             (c.threshold > 0, f"divergence.{name}.threshold must be > 0 (got {c.threshold})"),
             (c.patience >= 1, f"divergence.{name}.patience must be >= 1 (got {c.patience})"),
         ]
+    for ok, message in checks:
+        need(ok, message)
+    validate_collapse(d.collapse)
+
+
+def validate_collapse(c: CollapseConfig) -> None:
+    """`divergence.collapse`'s settings (run/collapse.py)."""
+    checks = [
+        (
+            math.isfinite(c.margin) and c.margin >= 0,
+            f"divergence.collapse.margin must be a finite number of nats >= 0 (got {c.margin})",
+        ),
+        (0 <= c.after <= 1, f"divergence.collapse.after must be in [0, 1] (got {c.after})"),
+        (c.min_steps >= 1, f"divergence.collapse.min_steps must be >= 1 (got {c.min_steps})"),
+        (c.window >= 1, f"divergence.collapse.window must be >= 1 (got {c.window})"),
+    ]
     for ok, message in checks:
         need(ok, message)
 

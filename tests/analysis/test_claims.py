@@ -167,6 +167,27 @@ def test_warmup_claim(post_without, outcome):
     assert v.outcome == outcome, v.markdown()
 
 
+def collapse(runs: list[Run], **where: object) -> None:
+    """The selected runs end collapsed at the unigram level (normbench/run/collapse.py)."""
+    for r in runs:
+        if all(r.config[k] == v for k, v in where.items()):
+            r.summary.update(status="collapsed", val_loss=6.65, unigram={"val_ce": 6.6})
+
+
+def test_a_collapsed_arm_fails_like_a_diverged_one():
+    runs = warmup_runs([5.1, 5.1])  # Post-LN no worse without warmup: not reproduced ...
+    assert judge("warmup", runs).outcome == PARTLY
+    collapse(runs, **{"norm.name": "post", "optim.warmup_steps": 0})  # ... unless it collapsed
+    v = judge("warmup", runs)
+    assert v.outcome == REPRODUCED, v.markdown()
+    post = dict(v.measured)["post, no warmup: final val loss"]
+    assert "collapsed 2/2 (val/loss 6.65" in post and "unigram 6.6" in post
+    assert "diverged or collapsed without warmup 2/2" in v.checks[0].measured
+    # a collapsed Pre-LN is no Pre-LN that trains without warmup, whatever its loss
+    collapse(runs, **{"norm.name": "pre", "optim.warmup_steps": 0})
+    assert [c.held for c in judge("warmup", runs).checks] == [True, False]
+
+
 def test_warmup_claim_needs_both_arms():
     runs = [r for r in warmup_runs([5.6, 5.6]) if r.config["optim.warmup_steps"] == 0]
     assert judge("warmup", runs).outcome == INCONCLUSIVE
