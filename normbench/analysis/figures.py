@@ -115,15 +115,17 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
                 ax.plot(*at, "x", color=c, ms=9, mew=2)
                 ax.annotate(event["kind"], at, textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=c)  # fmt: skip
+        # where a collapsed run ends (normbench/run/collapse.py), always in view
+        unigram = mean_or_nan(r.unigram_val_ce for r in members)
         if seen and max(seen) > 2 * uniform:  # a blow-up: a log axis shows it and the rest
             ax.set_yscale("log")
         elif seen:
-            ax.set_ylim(max(0.0, min(min(seen), uniform) - 0.5), uniform + 1.0)
+            low = min(min(seen), uniform, unigram if math.isfinite(unigram) else uniform)
+            ax.set_ylim(max(0.0, low - 0.5), uniform + 1.0)
         ax.axhline(uniform, color="#999", lw=0.8, ls=":")
         ax.annotate("ln(vocab)", (0, uniform), xycoords=("axes fraction", "data"), fontsize=7,
                     color="#777", xytext=(2, 2), textcoords="offset points")  # fmt: skip
-        unigram = mean_or_nan(r.unigram_val_ce for r in members)
-        if math.isfinite(unigram):  # where a collapsed run ends (normbench/run/collapse.py)
+        if math.isfinite(unigram):
             ax.axhline(unigram, color="#e08000", lw=0.8, ls=":")
             ax.annotate("unigram (val)", (1, unigram), xycoords=("axes fraction", "data"),
                         fontsize=7, color="#e08000", xytext=(-2, 2), textcoords="offset points",
@@ -229,7 +231,8 @@ def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
         fig, grid = plt.subplots(
             rows_n,
             cols,
-            figsize=(1.6 + 1.25 * len(xs) * cols, 1.3 + 0.8 * len(ys) * rows_n),
+            # room for the two-line titles (the counts on a line of their own)
+            figsize=(max(4.4, 1.6 + 1.25 * len(xs) * cols), 1.8 + 1.1 * len(ys) * rows_n),
             squeeze=False,
             layout="constrained",
         )
