@@ -319,13 +319,23 @@ def _curves(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: 
     ax.plot([r["layer"] for r in rows], [r[key] for r in rows], label=label, **style)
 
 
+def _presum(ax: Any, rows: list[dict[str, Any]], **style: Any) -> None:
+    """The post-norm placements' Lemma 2 quantity beside the hidden norms: the root of the
+    mean squared norm of the sum x + M(x) before its norm (none for the other placements)."""
+    rows = [r for r in rows if r.get("presum_sq_mlp") is not None]
+    if rows:
+        ys = [math.sqrt(r["presum_sq_mlp"]) for r in rows]
+        ax.plot([r["layer"] for r in rows], ys, linestyle=":", label="_", **style)
+
+
 def _panels(fig: Any) -> list[Any]:
     """Gradient norms per block, hidden-state norms per block, output change per depth."""
     axes = fig.subplots(1, 3)
     axes[0].set(xlabel="block l", ylabel="gradient norm of weights", yscale="log")
     axes[0].set_title("gradient norm at init (solid: MLP, dashed: attention)", fontsize=9)
     axes[1].set(xlabel="block l (N + 1: output)", ylabel="mean ||x_l||", yscale="log")
-    axes[1].set_title("hidden-state norm entering block l", fontsize=9)
+    axes[1].set_title("hidden-state norm entering block l (dotted: ||x + M(x)|| before Norm)",
+                      fontsize=9)  # fmt: skip
     axes[2].set(xlabel="depth N", ylabel="RMS change", xscale="log", yscale="log")
     axes[2].set_title("output change after one AdamW step", fontsize=9)
     return axes
@@ -352,6 +362,7 @@ def _placement_figure(run_dir: Path, table: dict[str, Any], norm: str) -> list[P
         _curves(axes[0], rows, "grad_mlp", f"N = {depth}", color=c)
         _curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
         _curves(axes[1], rows, "hidden_norm", f"N = {depth}", color=c)
+        _presum(axes[1], rows, color=c)
     models = [m for m in table["models"] if m["norm"] == norm]
     axes[2].plot([m["depth"] for m in models], [m["output_change"] for m in models], "o-")
     for ax in axes[:2]:
@@ -375,6 +386,7 @@ def _comparison_figure(run_dir: Path, table: dict[str, Any], norms: list[str]) -
         _curves(axes[0], rows, "grad_mlp", norm, color=c)
         _curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
         _curves(axes[1], rows, "hidden_norm", norm, color=c)
+        _presum(axes[1], rows, color=c)
         models = [m for m in table["models"] if m["norm"] == norm]
         x, y = [m["depth"] for m in models], [m["output_change"] for m in models]
         axes[2].plot(x, y, "o-", color=c, label=norm)
