@@ -37,7 +37,7 @@ class Interrupted(BaseException):
 
 
 def plan_resume(
-    cfg: NormbenchConfig, run_dir: Path, config: dict[str, Any]
+    cfg: NormbenchConfig, run_dir: Path, config: dict[str, Any], main: bool = True
 ) -> tuple[dict[str, Any] | None, int, bool]:
     """(checkpoint state or None, the step the record keeps rows up to, already finished).
 
@@ -46,6 +46,10 @@ def plan_resume(
     train.resume=auto continues from the newest valid checkpoint in the run directory
     (a SLURM requeue runs the same command there); a run that already finished (completed,
     collapsed or diverged) is left alone. never: the run directory must hold no run record. A path: that checkpoint.
+
+    Under torchrun only rank 0 (`main`) checks whose the directory is: it holds the lock and
+    writes the record, and another rank that starts late could find rank 0's new record
+    files before its config.yaml (a run record it would refuse as nobody's).
     """
     from normbench.errors import ConfigError
     from normbench.run import checkpoint
@@ -53,7 +57,7 @@ def plan_resume(
     from normbench.run.rundir import check_run_dir
 
     mode = str(cfg.train.resume)
-    existing = record_files(run_dir)
+    existing = record_files(run_dir) if main else []
     if mode == "never":
         if existing:
             raise ConfigError(
@@ -61,7 +65,8 @@ def plan_resume(
                 f"({', '.join(existing)}); choose another hydra.run.dir, or train.resume=auto"
             )
         return None, 0, False
-    check_run_dir(run_dir, config)
+    if main:
+        check_run_dir(run_dir, config)
     if mode == "auto":
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
@@ -142,7 +147,7 @@ def _train_job(
     from normbench.run.logger import NullLogger
     from normbench.run.record import NullRecord, RunRecord
 
-    resume, keep_until, finished = plan_resume(cfg, run_dir, config)
+    resume, keep_until, finished = plan_resume(cfg, run_dir, config, main)
     if finished:
         return _already_finished(cfg, run_dir, main)
     record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()

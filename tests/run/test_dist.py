@@ -59,3 +59,21 @@ def test_bad_input_under_torchrun_is_one_error_and_no_hang(tmp_path, cli_env, te
     assert done.returncode != 0
     assert done.stderr.count("normbench: error: depth must be >= 1 (got 0)") == 1
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("resume", ["auto", "never"])
+def test_only_rank_0_checks_whose_the_run_directory_is(resume, tmp_path):
+    """A rank that starts late can find rank 0's fresh record files (metrics.jsonl opened)
+    before its config.yaml: only rank 0, which holds the lock and writes the record, judges
+    the directory; the others take what rank 0 found (a failure there ends them all)."""
+    from normbench.errors import ConfigError
+    from normbench.run.config import as_dict
+    from normbench.run.job import plan_resume
+
+    from support import compose_config
+
+    cfg = compose_config(*TINY, "logger=none", f"train.resume={resume}")
+    (tmp_path / "metrics.jsonl").write_text("")  # rank 0 has opened its record, no config yet
+    with pytest.raises(ConfigError):
+        plan_resume(cfg, tmp_path, as_dict(cfg), main=True)
+    assert plan_resume(cfg, tmp_path, as_dict(cfg), main=False) == (None, 0, False)
