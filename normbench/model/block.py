@@ -84,9 +84,10 @@ class Block(nn.Module):
 
     def residual_norms(self) -> dict[str, nn.Module]:
         """The norms whose input is a residual sum such as x + F(x), by sublayer (`attn`,
-        `mlp`): the post-norm family's; none for a placement that normalizes a sublayer's
-        input or output instead. (Xiong et al.'s Lemma 2 is about those sums' norms.)"""
-        return {}
+        `mlp`): in the post-norm family (`normalizes_stream`) `norm_a` closes the attention's
+        sum and `norm_m` the MLP's; none for a placement that normalizes a sublayer's input or
+        output instead. (Xiong et al.'s Lemma 2 is about those sums' norms.)"""
+        return {"attn": self.norm_a, "mlp": self.norm_m} if self.normalizes_stream else {}
 
     # The residual stream is one tensor, except for ResiDual's pair of streams.
     def enter(self, x: torch.Tensor) -> Any:

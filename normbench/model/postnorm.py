@@ -21,11 +21,6 @@ from normbench.model.block import Block, NormFactory
 from normbench.model.kinds import upcast
 
 
-def _sums(block: Block) -> dict[str, nn.Module]:
-    """norm_a closes the attention's residual sum, norm_m the MLP's (every class here)."""
-    return {"attn": block.norm_a, "mlp": block.norm_m}
-
-
 class PostLN(Block):
     """x = Norm(x + A(x)); x = Norm(x + M(x))"""
 
@@ -36,9 +31,6 @@ class PostLN(Block):
     def __init__(self, attn: nn.Module, mlp: nn.Module, norm: NormFactory, **kw: Any) -> None:
         super().__init__(attn, mlp, norm, **kw)
         self.norm_a, self.norm_m = norm(), norm()
-
-    def residual_norms(self) -> dict[str, nn.Module]:
-        return _sums(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm_a(x + self.attn(x))
@@ -80,9 +72,6 @@ class DeepNorm(Block):
         _, _, w_v = self.attn.qkv.slices()
         for weight in (w_v, self.attn.proj.weight, self.mlp.fc.weight, self.mlp.proj.weight):
             weight.mul_(self.beta)
-
-    def residual_norms(self) -> dict[str, nn.Module]:
-        return _sums(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm_a(self.alpha * x + self.attn(x))
@@ -186,9 +175,6 @@ class Admin(Block):
             "summary": f"omega {min(omegas):.4g} .. {max(omegas):.4g} over {len(rows)} sublayers",
         }
 
-    def residual_norms(self) -> dict[str, nn.Module]:
-        return _sums(self)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm_a(self.omega_a * x + self.attn(x))
         x = self.norm_m(self.omega_m * x + self.mlp(x))
@@ -244,9 +230,6 @@ class ResiDual(Block):
         x_a, x_d = stream
         return x_a + norm_f(x_d)
 
-    def residual_norms(self) -> dict[str, nn.Module]:
-        return _sums(self)
-
     def forward(self, stream: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         x_a, x_d = stream
         f = self.attn(x_a)
@@ -269,9 +252,6 @@ class B2T(Block):
     def __init__(self, attn: nn.Module, mlp: nn.Module, norm: NormFactory, **kw: Any) -> None:
         super().__init__(attn, mlp, norm, **kw)
         self.norm_a, self.norm_m = norm(), norm()
-
-    def residual_norms(self) -> dict[str, nn.Module]:
-        return _sums(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm_a(x + self.attn(x))
@@ -306,7 +286,7 @@ class MixLN(Block):
             raise ConfigError(f"norm.mix_ratio must be in [0, 1] (got {mix_ratio})")
 
     def residual_norms(self) -> dict[str, nn.Module]:
-        return _sums(self) if self.post else {}  # a pre-norm block normalizes the input
+        return super().residual_norms() if self.post else {}  # a pre block: the input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.post:
