@@ -20,8 +20,7 @@ from typing import Any
 
 from normbench.analysis.figures import _plt, _title, save, slug, vocab_suffix
 from normbench.analysis.records import Run
-from normbench.analysis.table import Axes, fmt, group_runs
-from normbench.run.axes import IGNORED, short
+from normbench.analysis.table import Axes, describe, group_runs, varying_keys
 
 ATTENTION, LOG_Z = "attn_logit_max/", "logits/logz_mean"
 PANELS = (
@@ -62,19 +61,8 @@ STYLES = ("-", "--", ":", "-.")
 def labels(members: list[Run]) -> list[str]:
     """Each run's legend label: its placement, and the values of the other keys that vary
     within the group (e.g. `pre qk_norm=layernorm`), the seed left out."""
-    keys = sorted(
-        k
-        for k in {k for r in members for k in r.config}
-        if k not in ("norm.name", "seed")
-        and not k.startswith(IGNORED)
-        and len({str(r.config.get(k)) for r in members}) > 1
-    )
-    return [
-        " ".join(
-            [str(r.config.get("norm.name"))] + [f"{short(k)}={fmt(r.config.get(k))}" for k in keys]
-        )  # fmt: skip
-        for r in members
-    ]
+    keys = [k for k in varying_keys(members) if k not in ("norm.name", "seed")]
+    return [f"{r.config.get('norm.name')} {describe(r, keys)}".strip() for r in members]
 
 
 def _panel(ax: Any, members: list[Run], prefix: str, colors: dict[str, Any]) -> None:
