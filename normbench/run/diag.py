@@ -35,6 +35,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from statistics import median
 from typing import Any
 
@@ -86,6 +87,13 @@ def hook_streams(model: GPT, record: Callable[[int, str, torch.Tensor], None]) -
     return handles
 
 
+@lru_cache(maxsize=8)
+def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
+    """(T x T) additive mask: 0 where j <= i, -inf where key j follows query i (built once per
+    length and device, not per layer and step)."""
+    return torch.full((T, T), -math.inf, device=device).triu_(diagonal=1)
+
+
 def attention_logits(
     q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = ATTENTION_CHUNK
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +103,7 @@ def attention_logits(
     B, H, T, D = q.shape
     q = q.detach().float().reshape(B * H, T, D)
     k = k.detach().float().reshape(B * H, T, D)
-    mask = torch.full((T, T), -math.inf, device=q.device).triu_(diagonal=1)  # j > i: -inf
+    mask = _causal_mask(T, q.device)
     rows = max(1, chunk // (T * T))
     peak = torch.full((), -math.inf, device=q.device)
     for start in range(0, B * H, rows):
