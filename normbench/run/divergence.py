@@ -235,50 +235,69 @@ class StagnationDetector(_Stateful):
 
 
 class ThresholdDetector(_Stateful):
-    """A statistic of the measured steps above `threshold` for `patience` consecutive of them
-    (once per episode). `attention_logit_growth`: the largest `attn_logit_max/<layer>`;
-    `output_logit_drift`: |logits/logz_mean - its value at the first measured step|."""
+    """A statistic of the measured steps (`measure`) above `threshold` for `patience`
+    consecutive of them, once per episode; subclasses say what is measured."""
 
-    STATE = ("count", "reference")
+    kind: str
+    STATE = ("count",)
 
-    def __init__(self, kind: str, threshold: float, patience: int):
-        self.kind, self.limit, self.patience = kind, threshold, patience
-        self.count, self.reference = 0, None
+    def __init__(self, threshold: float, patience: int):
+        self.limit, self.patience, self.count = threshold, patience, 0
 
-    def measure(self, stats: dict[str, Any]) -> tuple[float, dict[str, Any]] | None:
-        """The watched value of a step's statistics and its evidence (None: not measured)."""
-        if self.kind == "attention_logit_growth":
-            layers = {k: v for k, v in stats.items() if k.startswith("attn_logit_max/")}
-            if not layers:
-                return None
-            key = max(layers, key=lambda k: layers[k])
-            return layers[key], {"layer": key.split("/", 1)[1]}
-        if (log_z := stats.get("logits/logz_mean")) is None:
-            return None
-        if self.reference is None:
-            self.reference = log_z
-        return abs(log_z - self.reference), {"logz_mean": log_z, "reference": self.reference}
+    def measure(self, stats: dict[str, Any]) -> tuple[float, dict[str, Any], str] | None:
+        """The watched value of a step's statistics, its evidence and a description of it
+        (None: this step measured nothing)."""
+        raise NotImplementedError
 
     def update(self, step: int, stats: dict[str, Any]) -> Event | None:
         measured = self.measure(stats)
         if measured is None:
             return None
-        value, evidence = measured
+        value, evidence, what = measured
         if not value > self.limit:  # NaN: the `nonfinite` detector's
             self.count = 0
             return None
         self.count += 1
         if self.count != self.patience:
             return None
-        if self.kind == "attention_logit_growth":
-            what = f"largest attention logit {value:.4g} ({evidence['layer']})"
-        else:
-            what = (
-                f"mean log Z {evidence['logz_mean']:.4g} is {value:.4g} nats from its first "
-                f"value {evidence['reference']:.4g}"
-            )
         message = f"{what} > {self.limit:g} for {self.patience} measured steps"
         return Event(step, self.kind, value, self.limit, message, evidence)
+
+
+class AttentionLogitGrowth(ThresholdDetector):
+    """The largest `attn_logit_max/<layer>` of a step."""
+
+    kind = "attention_logit_growth"
+
+    def measure(self, stats: dict[str, Any]) -> tuple[float, dict[str, Any], str] | None:
+        layers = {k: v for k, v in stats.items() if k.startswith("attn_logit_max/")}
+        if not layers:
+            return None
+        key = max(layers, key=lambda k: layers[k])
+        layer = key.split("/", 1)[1]
+        return layers[key], {"layer": layer}, f"largest attention logit {layers[key]:.4g} ({layer})"
+
+
+class OutputLogitDrift(ThresholdDetector):
+    """|logits/logz_mean - its value at the first measured step|."""
+
+    kind = "output_logit_drift"
+    STATE = ("count", "reference")
+
+    def __init__(self, threshold: float, patience: int):
+        super().__init__(threshold, patience)
+        self.reference: float | None = None
+
+    def measure(self, stats: dict[str, Any]) -> tuple[float, dict[str, Any], str] | None:
+        if (log_z := stats.get("logits/logz_mean")) is None:
+            return None
+        if self.reference is None:
+            self.reference = log_z
+        drift = abs(log_z - self.reference)
+        what = (
+            f"mean log Z {log_z:.4g} is {drift:.4g} nats from its first value {self.reference:.4g}"
+        )
+        return drift, {"logz_mean": log_z, "reference": self.reference}, what
 
 
 class DivergenceMonitor:
@@ -313,11 +332,11 @@ class DivergenceMonitor:
             if st.enabled
             else None
         )
-        self.thresholds = {
-            name: ThresholdDetector(name, c.threshold, c.patience)
-            for name, c in (
-                ("attention_logit_growth", cfg.attention_logit_growth),
-                ("output_logit_drift", cfg.output_logit_drift),
+        self.thresholds: dict[str, ThresholdDetector] = {
+            d.kind: d(c.threshold, c.patience)
+            for d, c in (
+                (AttentionLogitGrowth, cfg.attention_logit_growth),
+                (OutputLogitDrift, cfg.output_logit_drift),
             )
             if c.enabled
         }
