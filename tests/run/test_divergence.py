@@ -367,3 +367,20 @@ def test_every_setting_is_documented_in_its_yaml():
         assert settings
         for line in settings:
             assert "#" in line, f"configs/{group}/default.yaml: {line.strip()} has no comment"
+
+
+@pytest.mark.parametrize("name", ["attention_logit_growth", "output_logit_drift"])
+def test_older_records_read_as_not_watched_by_the_logit_detectors(name):
+    """A record written before these detectors (which can stop a run) was not watched by
+    them: IMPLIED turns them off and repeats today's other settings, so that resuming it
+    with `divergence.<name>.enabled=false` finds no other difference."""
+    from normbench.run.rundir import IMPLIED, differences
+
+    today = yaml.safe_load((REPO / "configs/divergence/default.yaml").read_text())[name]
+    implied = {k.rsplit(".", 1)[1]: v for k, v in IMPLIED.items() if f".{name}." in k}
+    assert implied == {**today, "enabled": False}
+    off = {"divergence": {name: {**today, "enabled": False}}}
+    assert differences({"divergence": {}}, off) == []
+    assert differences({"divergence": {}}, {"divergence": {name: today}}) == [
+        f"divergence.{name}.enabled: False there, True here"
+    ]
