@@ -323,7 +323,9 @@ class Trainer:
         loop["interval_time"] += result.seconds
         loop["interval_losses"].append(result.loss)
         self.summary.steps = step
-        logged = step % t.log_every == 0 or step == t.max_steps
+        # Step 1 is always logged: its train/loss is the loss at initialization (the first
+        # batch before any update), the l0 of an LR-sensitivity study (analysis/lr_sensitivity.py).
+        logged = step % t.log_every == 0 or step in (1, t.max_steps)
         losses = loop["interval_losses"]
         row = {
             "step": step,
