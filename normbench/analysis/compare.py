@@ -27,6 +27,13 @@ left out); the seed is averaged over. `--x`/`--y` choose the stability map's axe
 lr x depth) and `--group-by` the keys that make one loss-curve figure each (default: every
 varying key but the placement and the seed).
 
+A sweep over the learning rate (3 values or more: e.g. experiment=lr_sensitivity) also gets
+its LR sensitivity (normbench/analysis/lr_sensitivity.py, docs/studies.md): per
+configuration, the mean excess of the final loss over the best across the lr grid and the
+largest stable lr, with bootstrap intervals over seeds (`lr_sensitivity.md`, `.csv`, `.json`,
+a section of the page), and figures of final loss against lr per depth and of both against
+depth.
+
 Records that cannot be read (a summary.json that is not a JSON object, an empty config.yaml,
 ...) and run folders with no record yet (a config or metrics but no summary.json: killed
 before the first write) are left out of the tables and figures, and listed with the reason
@@ -57,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from normbench.analysis.claims import judge_claims
+from normbench.analysis.lr_sensitivity import is_lr_sweep
 from normbench.analysis.page import write_html
 from normbench.analysis.records import (
     CompareError,
@@ -106,6 +114,17 @@ def copy_probe_figures(out: Path, probes: list[Probe]) -> list[Path]:
     return copied
 
 
+def lr_study(tmp: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> dict[str, Any]:
+    """An LR-sensitivity sweep's tables and figures (normbench/analysis/lr_sensitivity.py)."""
+    from normbench.analysis import lr_sensitivity as lrs
+    from normbench.analysis.lr_figures import lr_figures
+
+    found = lrs.cells(runs, axes)
+    diffs = lrs.differences(found)
+    lrs.write(tmp, found, diffs, axes.vocab_limit)
+    return {"cells": found, "diffs": diffs, "figures": lr_figures(tmp, found, axes, colors)}
+
+
 def write_report(
     tmp: Path, records: Records, axes: Axes | None, verdicts: list[Any], sources: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, list[Path]]]:
@@ -116,11 +135,15 @@ def write_report(
     runs, probes, skipped = records.runs, records.probes, records.skipped
     rows: list[dict[str, Any]] = []
     figures: dict[str, list[Path]] = {}
+    lr: dict[str, Any] | None = None
     if runs and axes is not None:
         rows = summary_rows(runs, axes)
         write_csv(tmp / "summary.csv", rows)
         figures = fig.report_figures(tmp, runs, axes)
         figures["mechanisms"] = mechanism_curves(tmp, runs, axes, fig.placement_colors(runs))
+        if is_lr_sweep(runs):
+            lr = lr_study(tmp, runs, axes, fig.placement_colors(runs))
+            figures["lr"] = lr["figures"]
     if rows or skipped:
         text = table_markdown(rows, axes) if rows and axes is not None else ""
         text += ("\n" if text and skipped else "") + skipped_markdown(skipped)
@@ -129,7 +152,7 @@ def write_report(
         figures["probes"] = copy_probe_figures(tmp, probes)
     write_verdicts(tmp, verdicts)
     write_html(
-        tmp, runs, axes, rows, figures, sources, verdicts, probes, skipped, records.vocab_limit
+        tmp, runs, axes, rows, figures, sources, verdicts, probes, skipped, records.vocab_limit, lr
     )
     write_marker(tmp)
     return rows, figures

@@ -164,6 +164,8 @@ class Interval:
     def label(self) -> str:
         """'95% CI, n=5', with the attainable coverage where it is below the level."""
         text = f"{self.level:.0%} CI, n={self.n}"
+        if self.n < 2:
+            return f"n={self.n}, no interval"
         if self.max_coverage < self.level:
             text += f", coverage <= {self.max_coverage:.0%}"
         return text
@@ -238,16 +240,18 @@ def bootstrap_diff(
     level: float = LEVEL,
     n_boot: int = N_BOOT,
     seed: int = BOOT_SEED,
+    statistic_b: Callable[[Sequence[T]], float] | None = None,
 ) -> Interval:
-    """statistic(a) - statistic(b) and its interval, a and b resampled independently; the
-    expansion uses the smaller sample's n (n of the interval)."""
+    """statistic(a) - statistic_b(b) (default: the same statistic) and its interval, a and b
+    resampled independently; the expansion uses the smaller sample's n (n of the interval)."""
+    stat_b = statistic_b or statistic
     n = min(len(a), len(b))
-    estimate = float(statistic(a)) - float(statistic(b)) if n else math.nan
+    estimate = float(statistic(a)) - float(stat_b(b)) if n else math.nan
     if n < 2:
         return Interval(estimate, math.nan, math.nan, n, level)
     rng = np.random.default_rng(seed)
     reps = np.array(
-        [statistic(_resample(rng, a)) - statistic(_resample(rng, b)) for _ in range(n_boot)],
+        [statistic(_resample(rng, a)) - stat_b(_resample(rng, b)) for _ in range(n_boot)],
         dtype=float,
     )
     lo, hi = _percentiles(reps, expanded_alpha(1 - level, n))

@@ -222,10 +222,46 @@ def make_logger(
     )
 
 
+def _report_tables(out: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Any]]:
+    """The report's tables as W&B tables (compare/summary, /verdicts, /lr_sensitivity), read
+    from the files compare wrote, and the verdicts."""
+    import wandb
+
+    tables: dict[str, Any] = {}
+    if rows:
+        keys = list(dict.fromkeys(k for row in rows for k in row))
+        data = [[row.get(k) for k in keys] for row in rows]
+        tables["compare/summary"] = wandb.Table(columns=keys, data=data)
+    verdicts = []
+    verdicts_file = out / "verdicts.json"
+    if verdicts_file.is_file():  # the claims judged (normbench/analysis/claims.py)
+        verdicts = json.loads(verdicts_file.read_text(encoding="utf-8"))
+        tables["compare/verdicts"] = wandb.Table(
+            columns=["claim", "outcome", "conditions", "note"],
+            data=[
+                [
+                    v["claim"],
+                    v["outcome"],
+                    "; ".join(c["condition"] for c in v["checks"]),
+                    v["note"],
+                ]
+                for v in verdicts
+            ],
+        )
+    lr_file = out / "lr_sensitivity.json"
+    if lr_file.is_file():  # an LR-sensitivity sweep (normbench/analysis/lr_sensitivity.py)
+        cells = json.loads(lr_file.read_text(encoding="utf-8"))["cells"]
+        keys = [k for k in cells[0] if k not in ("curve", "runs")]
+        tables["compare/lr_sensitivity"] = wandb.Table(
+            columns=keys, data=[[c.get(k) for k in keys] for c in cells]
+        )
+    return tables, verdicts
+
+
 def log_report(
     out: Path, runs: list[Any], rows: list[dict[str, Any]], figures: dict[str, Any]
 ) -> None:
-    """`normbench compare --wandb`: the report's figures and table in a W&B run of
+    """`normbench compare --wandb`: the report's figures and tables in a W&B run of
     job_type=compare, in the runs' group and project when they share one."""
     import wandb
 
@@ -250,27 +286,8 @@ def log_report(
             for kind, paths in figures.items()
             for path in paths
         }
-        if rows:
-            keys = list(dict.fromkeys(k for row in rows for k in row))
-            data = [[row.get(k) for k in keys] for row in rows]
-            payload["compare/summary"] = wandb.Table(columns=keys, data=data)
-        verdicts_file = out / "verdicts.json"
-        verdicts = []
-        if verdicts_file.is_file():  # the claims judged (normbench/analysis/claims.py)
-            verdicts = json.loads(verdicts_file.read_text(encoding="utf-8"))
-            payload["compare/verdicts"] = wandb.Table(
-                columns=["claim", "outcome", "conditions", "note"],
-                data=[
-                    [
-                        v["claim"],
-                        v["outcome"],
-                        "; ".join(c["condition"] for c in v["checks"]),
-                        v["note"],
-                    ]
-                    for v in verdicts
-                ],
-            )
-        run.log(payload)
+        tables, verdicts = _report_tables(out, rows)
+        run.log({**payload, **tables})
         run.summary.update({f"verdict/{v['claim']}": v["outcome"] for v in verdicts})
         run.summary.update(
             {
