@@ -1,5 +1,5 @@
-"""The statistics of every table and verdict: means and standard deviations over seeds, the
-standard error of a difference, rank and linear correlation.
+"""The statistics of every table and verdict: means and standard deviations over seeds, rank
+and linear correlation, bootstrap intervals and the decisions taken on them.
 
 One behaviour everywhere (compare's summary rows, the probe's tables, the claims' judges):
 
@@ -12,12 +12,15 @@ One behaviour everywhere (compare's summary rows, the probe's tables, the claims
 Intervals and decisions (every judge and study uses these, nothing else):
 
 - `bootstrap`: a seeded, reproducible bootstrap interval of any statistic of a list of units
-  (a unit is what is resampled: a seed's value, or a seed's runs across an lr grid), and
-  `bootstrap_diff` for the difference of two independent samples. The interval is
-  Hesterberg's *expanded percentile* interval (Hesterberg 2015, "What teachers should know
-  about the bootstrap", section 5): the percentiles at alpha'/2 = Phi(-sqrt(n/(n-1)) *
-  t_{n-1, 1-alpha/2}) instead of alpha/2, which corrects the plain percentile interval's
-  undercoverage at small n (at n = 3, alpha' / 2 is about 1e-7: the bootstrap distribution's
+  (a unit is what is resampled: a seed's value, or a seed's runs across an lr grid),
+  `bootstrap_diff` for the difference of two independent samples and `bootstrap_samples` for
+  any statistic of several independent samples (each resampled on its own: a difference of
+  two differences, a ratio of two arms' growths). `ratio_of_means` is the statistic of a
+  ratio over (numerator, denominator) units: resampling seeds recomputes the ratio of means.
+  The interval is Hesterberg's *expanded percentile* interval (Hesterberg 2015, "What
+  teachers should know about the bootstrap", section 5): the percentiles at alpha'/2 =
+  Phi(-sqrt(n/(n-1)) * t_{n-1, 1-alpha/2}) instead of alpha/2, which corrects the plain
+  percentile interval's undercoverage at small n (at n = 3, alpha' / 2 is about 1e-7: the bootstrap distribution's
   range). tests/analysis/test_stats.py measures the coverage on synthetic data. No
   bootstrap interval can be wider than the range of what the resamples can produce, so with
   n units the coverage of a mean's interval is at most 1 - 2^(1-n) for a symmetric
@@ -27,7 +30,9 @@ Intervals and decisions (every judge and study uses these, nothing else):
 - `exceeds` / `falls_below`: a quantity judged by its interval against a threshold, never by
   its point estimate: HOLDS when the whole interval is past the threshold, FAILS when the
   whole interval is on the other side, UNDECIDED (underpowered) when it straddles it or when
-  fewer than two units leave no interval.
+  fewer than two units leave no interval. `all_hold` joins the decisions of a condition
+  made of several (a two-sided "within [lo, hi]", or "a and b"): HOLDS when every one holds,
+  FAILS when any fails, UNDECIDED otherwise.
 - `tost`: equivalence within a fixed margin by two one-sided Welch t-tests (Schuirmann 1987):
   HOLDS when both reject at alpha (the 1 - 2 alpha interval of the difference lies inside
   (-margin, margin)), FAILS when the 1 - alpha interval lies wholly outside it, UNDECIDED
@@ -231,6 +236,27 @@ def bootstrap(
     return Interval(estimate, lo, hi, n, level)
 
 
+def bootstrap_samples(
+    samples: Sequence[Sequence[T]],
+    statistic: Callable[[list[Sequence[T]]], float],
+    level: float = LEVEL,
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+) -> Interval:
+    """statistic(samples) and its interval, each of the independent samples resampled on its
+    own; the expansion uses the smallest sample's n (n of the interval)."""
+    n = min((len(s) for s in samples), default=0)
+    estimate = float(statistic(list(samples))) if n else math.nan
+    if n < 2:
+        return Interval(estimate, math.nan, math.nan, n, level)
+    rng = np.random.default_rng(seed)
+    reps = np.array(
+        [statistic([_resample(rng, s) for s in samples]) for _ in range(n_boot)], dtype=float
+    )
+    lo, hi = _percentiles(reps, expanded_alpha(1 - level, n))
+    return Interval(estimate, lo, hi, n, level)
+
+
 def bootstrap_diff(
     a: Sequence[T],
     b: Sequence[T],
@@ -241,17 +267,16 @@ def bootstrap_diff(
 ) -> Interval:
     """statistic(a) - statistic(b) and its interval, a and b resampled independently; the
     expansion uses the smaller sample's n (n of the interval)."""
-    n = min(len(a), len(b))
-    estimate = float(statistic(a)) - float(statistic(b)) if n else math.nan
-    if n < 2:
-        return Interval(estimate, math.nan, math.nan, n, level)
-    rng = np.random.default_rng(seed)
-    reps = np.array(
-        [statistic(_resample(rng, a)) - statistic(_resample(rng, b)) for _ in range(n_boot)],
-        dtype=float,
+    return bootstrap_samples(
+        [a, b], lambda s: statistic(s[0]) - statistic(s[1]), level, n_boot, seed
     )
-    lo, hi = _percentiles(reps, expanded_alpha(1 - level, n))
-    return Interval(estimate, lo, hi, n, level)
+
+
+def ratio_of_means(units: Sequence[tuple[float, float]]) -> float:
+    """mean(numerators) / mean(denominators) of (numerator, denominator) units (NaN for a
+    zero denominator): the statistic of a ratio bootstrapped over seeds."""
+    den = statistics.fmean(d for _, d in units)
+    return statistics.fmean(x for x, _ in units) / den if den else math.nan
 
 
 def mean_interval(values: Iterable[float | None], **kw: Any) -> Interval:
@@ -288,6 +313,14 @@ def falls_below(interval: Interval, threshold: float) -> str:
     if interval.lo >= threshold:
         return FAILS
     return UNDECIDED
+
+
+def all_hold(*decisions: str) -> str:
+    """The decision of a condition made of several: HOLDS when every one holds, FAILS when any
+    fails, UNDECIDED otherwise."""
+    if FAILS in decisions:
+        return FAILS
+    return HOLDS if all(d == HOLDS for d in decisions) else UNDECIDED
 
 
 @dataclass(frozen=True)
