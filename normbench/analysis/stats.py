@@ -16,7 +16,8 @@ Intervals and decisions (every judge and study uses these, nothing else):
   `bootstrap_diff` for the difference of two independent samples and `bootstrap_samples` for
   any statistic of several independent samples (each resampled on its own: a difference of
   two differences, a ratio of two arms' growths). `ratio_of_means` is the statistic of a
-  ratio over (numerator, denominator) units: resampling seeds recomputes the ratio of means.
+  ratio over (numerator, denominator) units: resampling seeds recomputes the ratio of means;
+  `growth_ratio` that of two arms' ratios.
   The interval is Hesterberg's *expanded percentile* interval (Hesterberg 2015, "What
   teachers should know about the bootstrap", section 5): the percentiles at alpha'/2 =
   Phi(-sqrt(n/(n-1)) * t_{n-1, 1-alpha/2}) instead of alpha/2, which corrects the plain
@@ -81,17 +82,6 @@ def mean_or_nan(values: Iterable[float | None]) -> float:
     """The mean of the finite values, NaN for none (a threshold compared with it fails)."""
     m = mean(values)
     return math.nan if m is None else m
-
-
-def stderr_diff(a: Iterable[float | None], b: Iterable[float | None]) -> float:
-    """The standard error of mean(a) - mean(b) over their finite values (a side with fewer
-    than two adds nothing)."""
-    total = 0.0
-    for side in (finite(a), finite(b)):
-        std = mean_std(side)[1]
-        if std is not None:
-            total += std * std / len(side)
-    return math.sqrt(total)
 
 
 def pm(values: Iterable[float | None], digits: int = 3) -> str:
@@ -279,6 +269,13 @@ def ratio_of_means(units: Sequence[tuple[float, float]]) -> float:
     return statistics.fmean(x for x, _ in units) / den if den else math.nan
 
 
+def growth_ratio(samples: Sequence[Sequence[tuple[float, float]]]) -> float:
+    """ratio_of_means(samples[0]) / ratio_of_means(samples[1]) (NaN for a zero
+    denominator): how many times one arm's growth is another's, for `bootstrap_samples`."""
+    other = ratio_of_means(samples[1])
+    return ratio_of_means(samples[0]) / other if other else math.nan
+
+
 def mean_interval(values: Iterable[float | None], **kw: Any) -> Interval:
     """The mean of the finite values and its bootstrap interval."""
     return bootstrap(finite(values), statistics.fmean, **kw)
@@ -337,6 +334,9 @@ class Tost:
     decision: str
 
     def text(self) -> str:
+        """'diff +d, 90% CI [lo, hi] against ±margin; TOST p = p', or the n without a test."""
+        if math.isnan(self.p):
+            return f"diff {self.diff:+.3g} (n={self.inner.n}, no test) against ±{self.margin:g}"
         return (
             f"diff {self.diff:+.3g}, {self.inner.level:.0%} CI [{self.inner.lo:.3g}, "
             f"{self.inner.hi:.3g}] against ±{self.margin:g}; TOST p = {self.p:.3g}"

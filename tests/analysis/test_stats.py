@@ -26,6 +26,7 @@ from normbench.analysis.stats import (
     exceeds,
     expanded_alpha,
     falls_below,
+    growth_ratio,
     mean_interval,
     ratio_of_means,
     tost,
@@ -115,6 +116,9 @@ def test_ratio_of_means_over_seeds():
     assert math.isnan(ratio_of_means([(1.0, 0.0)]))
     ci = bootstrap(units, ratio_of_means)
     assert ci.lo <= 9.0 / 8.0 <= ci.hi and ci.lo >= 0.25 and ci.hi <= 2.0
+    other = [(3.0, 1.0), (3.0, 1.0)]  # growth 3
+    assert growth_ratio([units, other]) == pytest.approx(9.0 / 8.0 / 3.0)
+    assert math.isnan(growth_ratio([units, [(0.0, 1.0)]]))
 
 
 def test_all_hold_joins_decisions():
