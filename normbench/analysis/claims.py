@@ -4,8 +4,9 @@ Each claim has a preset that measures it (`configs/experiment/<name>.yaml`, whic
 `claim: <name>`) and a judge: a function from the records of those runs (a probe's per-seed
 table: normbench/analysis/judges_probe.py, or training run records:
 normbench/analysis/judges_train.py) to a `Verdict` (normbench/analysis/verdict.py, where the
-thresholds are fixed) that lists the measured numbers (mean ± std over seeds), the
-conditions that operationalize the claim, and whether each held.
+thresholds and the rules are fixed) that lists the measured numbers (mean ± std over seeds),
+the conditions that operationalize the claim (its sub-claims), and the outcome of each,
+decided by a 95 % bootstrap interval over seeds (or TOST) against its threshold.
 
 `judge_claims` judges every claim that some of compare's records were run for;
 `check_claim` checks a config's `claim=` before any job runs (the config schema, a layer

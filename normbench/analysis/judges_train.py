@@ -1,6 +1,7 @@
 """The judges of the claims measured by training runs (claims 4-7 of
 normbench/analysis/claims.py), on the runs' records (normbench.analysis.records.Run). Each
-fills a Verdict in (normbench/analysis/verdict.py: the thresholds) or raises Missing.
+fills a Verdict in (normbench/analysis/verdict.py: the thresholds and the rules) or raises
+Missing.
 
 Runs are selected by the axes' short names (normbench/run/axes.py: `norm`, `norm_kind`,
 `depth`, `warmup`, `lr`, ...).
@@ -9,17 +10,56 @@ A run that failed to train counts as a failure wherever a claim says "diverges":
 diverged, and one that collapsed onto the unigram predictor (status `collapsed`,
 normbench/run/collapse.py: it trained to the end but learned nothing beyond the token
 frequencies). Neither run's loss enters a mean: the losses compared are those of the runs
-that trained (`_final_losses`); the texts show the collapsed runs' losses apart.
+that trained (`_final_losses`); the texts show the collapsed runs' losses apart. A failed
+run is an observed event, not an estimate: it decides a condition about failing by itself,
+and the condition's text counts the failed seeds.
+
+The unit of every interval is a run (a seed): a loss difference is `stats.diff_interval` of
+the two arms' final losses, a difference of two depth penalties resamples its four arms on
+their own, a growth is a ratio of means over the runs (`stats.ratio_of_means`), and
+"matches" is `stats.tost` with the margin MATCH.
 """
 
 from __future__ import annotations
 
-import math
+import statistics
 from typing import Any
 
-from normbench.analysis.stats import mean_or_nan, pm, stderr_diff
-from normbench.analysis.verdict import DELTA, MATCH, MUCH, Check, Missing, Verdict
+from normbench.analysis.stats import (
+    FAILS,
+    HOLDS,
+    Interval,
+    bootstrap,
+    bootstrap_samples,
+    diff_interval,
+    exceeds,
+    falls_below,
+    growth_ratio,
+    mean_or_nan,
+    pm,
+    ratio_of_means,
+    tost,
+)
+from normbench.analysis.verdict import (
+    DELTA,
+    MATCH,
+    MUCH,
+    OUT_OF_REGIME,
+    Check,
+    Missing,
+    Verdict,
+)
 from normbench.run.axes import long
+
+RESCUES = ("deepnorm", "admin", "b2t", "mix")  # the placements said to keep depth trainable
+NAMES = {
+    "post": "Post-LN",
+    "pre": "Pre-LN",
+    "deepnorm": "DeepNorm",
+    "admin": "Admin",
+    "b2t": "B2T",
+    "mix": "Mix-LN",
+}
 
 
 def _cfg(run: Any, key: str) -> Any:
@@ -60,11 +100,14 @@ def _loss_text(runs: list[Any]) -> str:
     return f"{pm(losses, 4)}, {_failed_text(runs)}"
 
 
-def _differs(a: list[float], b: list[float]) -> tuple[float, float, bool]:
-    """mean(a) - mean(b), its standard error, and whether it counts (>= DELTA and >= 2 SE)."""
-    d = mean_or_nan(a) - mean_or_nan(b)
-    se = stderr_diff(a, b)
-    return d, se, d >= max(DELTA, 2 * se)
+def _failed(runs: list[Any]) -> int:
+    """How many of the runs diverged or collapsed."""
+    return _final_losses(runs)[1]
+
+
+def _loss_diff(a: list[Any], b: list[Any]) -> Interval:
+    """mean final loss of the runs a that trained minus that of the runs b, its interval."""
+    return diff_interval(_final_losses(a)[0], _final_losses(b)[0])
 
 
 def _need_runs(runs: list[Any], what: str, **where: Any) -> list[Any]:
@@ -75,50 +118,51 @@ def _need_runs(runs: list[Any], what: str, **where: Any) -> list[Any]:
     return found
 
 
+def _warmup_check(norm: str, without: list[Any], with_w: list[Any], at: str) -> Check:
+    """Post-LN: fails without warmup (a failed seed, or a loss DELTA worse); Pre-LN: does
+    not (no failed seed, and a loss less than DELTA worse)."""
+    diff, failed = _loss_diff(without, with_w), _failed(without)
+    text = (
+        f"without - with warmup: {diff.text()} nats; diverged or collapsed without warmup "
+        f"{failed}/{len(without)}"
+    )
+    if norm == "post":
+        return Check.decided(
+            f"Post-LN without warmup diverges or collapses, or ends at least {DELTA} nats worse "
+            f"than with it{at}",
+            text,
+            HOLDS if failed else exceeds(diff, DELTA),
+        )
+    return Check.decided(
+        f"Pre-LN without warmup neither diverges, collapses nor ends {DELTA} nats worse{at}",
+        text,
+        FAILS if failed else falls_below(diff, DELTA),
+    )
+
+
 def judge_warmup(v: Verdict, runs: list[Any]) -> None:
     warmups = sorted({_cfg(r, "optim.warmup_steps") for r in runs})
     if 0 not in warmups or len(warmups) < 2:
         raise Missing("the claim compares optim.warmup_steps=0 with a warmup; sweep both")
     w = warmups[-1]
-    for lr in sorted({_cfg(r, "optim.lr") for r in runs}):
-        at = f" (lr {lr:g})" if len({_cfg(r, "optim.lr") for r in runs}) > 1 else ""
+    lrs = sorted({_cfg(r, "optim.lr") for r in runs})
+    for lr in lrs:
+        at = f" (lr {lr:g})" if len(lrs) > 1 else ""
         for norm in ("post", "pre"):
             without = _need_runs(runs, "no warmup", norm=norm, warmup=0, lr=lr)
             with_w = _need_runs(runs, f"warmup {w}", norm=norm, warmup=w, lr=lr)
             v.measured.append((f"{norm}, no warmup{at}: final val loss", _loss_text(without)))
             v.measured.append((f"{norm}, warmup {w}{at}: final val loss", _loss_text(with_w)))
-            a, n_div = _final_losses(without)
-            b, _ = _final_losses(with_w)
-            d, se, counts = _differs(a, b) if a and b else (math.nan, math.nan, False)
-            diff = (
-                f"{d:+.3g} ± {se:.2g} nats; diverged or collapsed without warmup "
-                f"{n_div}/{len(without)}"
-            )
-            if norm == "post":
-                v.checks.append(
-                    Check(
-                        f"Post-LN without warmup diverges or collapses, or ends at least "
-                        f"{DELTA} nats (and 2 SE) worse than with it{at}",
-                        diff,
-                        n_div > 0 or counts,
-                    )
-                )
-            else:
-                v.checks.append(
-                    Check(
-                        f"Pre-LN without warmup neither diverges, collapses nor ends {DELTA} "
-                        f"nats worse{at}",
-                        diff,
-                        n_div == 0 and bool(a) and not (d >= DELTA),
-                    )
-                )
+            v.checks.append(_warmup_check(norm, without, with_w, at))
 
 
-def _depth_penalties(v: Verdict, runs: list[Any], lo: int, hi: int) -> dict[str, Any]:
-    """Per placement with runs at both depths: loss(depth hi) - loss(depth lo), its standard
-    error, and how many runs diverged or collapsed at depth hi; the losses go into the
-    verdict."""
-    penalty: dict[str, tuple[float, float, int]] = {}
+Arm = tuple[list[Any], list[Any]]  # a placement's runs at the shallow and at the deep depth
+
+
+def _depth_arms(v: Verdict, runs: list[Any], lo: int, hi: int) -> dict[str, Arm]:
+    """Per placement with runs at both depths, its runs at each; their losses go into the
+    verdict, and the placements lacking a depth into its note."""
+    arms: dict[str, Arm] = {}
     norms = sorted({_cfg(r, "norm.name") for r in runs})
     if "post" not in norms:
         raise Missing("no norm=post runs")
@@ -133,27 +177,63 @@ def _depth_penalties(v: Verdict, runs: list[Any], lo: int, hi: int) -> dict[str,
             continue
         v.measured.append((f"{norm} depth {lo}: final val loss", _loss_text(shallow)))
         v.measured.append((f"{norm} depth {hi}: final val loss", _loss_text(deep)))
-        a, n_div = _final_losses(deep)
-        b, _ = _final_losses(shallow)
-        d = mean_or_nan(a) - mean_or_nan(b) if a and b else math.nan
-        penalty[norm] = (d, stderr_diff(a, b) if a and b else math.nan, n_div)
+        arms[norm] = (shallow, deep)
     if incomplete:
         v.note = f"left out, lacking runs at depth {lo} or {hi}: {', '.join(incomplete)}"
-    return penalty
+    return arms
 
 
-def _need_shallow_post(runs: list[Any], lo: int) -> None:
-    """The claim presupposes a Post-LN that trains when shallow: one that already fails at
-    the shallow depth (diverges or collapses, or ends DELTA nats and 2 SE behind Pre-LN)
-    cannot break down (Missing)."""
-    post_lo, post_lo_div = _final_losses(_select(runs, norm="post", depth=lo))
-    pre_lo, _ = _final_losses(_select(runs, norm="pre", depth=lo))
-    if post_lo_div or (pre_lo and post_lo and _differs(post_lo, pre_lo)[2]):
-        raise Missing(
-            f"Post-LN already fails at depth {lo} ({_loss_text(_select(runs, norm='post', depth=lo))}"
-            f"; Pre-LN {pm(pre_lo, 4)}), so this setting cannot show it breaking down with "
-            "depth; give it more warmup (optim.warmup_steps) or a lower optim.lr"
+def _penalty(samples: list[list[float]]) -> float:
+    """mean(deep losses) - mean(shallow losses): the loss that depth costs."""
+    return statistics.fmean(samples[0]) - statistics.fmean(samples[1])
+
+
+def _penalty_contrast(arm: Arm, ref: Arm | None) -> Interval:
+    """The arm's depth penalty minus Pre-LN's (without Pre-LN, minus 0), its interval: the
+    final losses at each depth of each arm resampled on their own."""
+    samples = [_final_losses(arm[1])[0], _final_losses(arm[0])[0]]
+    if ref is None:
+        return bootstrap_samples(samples, _penalty)
+    samples += [_final_losses(ref[1])[0], _final_losses(ref[0])[0]]
+    return bootstrap_samples(samples, lambda s: _penalty(s[:2]) - _penalty(s[2:]))
+
+
+def _shallow_gate(arm: Arm, ref: Arm | None, lo: int) -> str:
+    """Why the placement does not train at the shallow depth ('' when it does): a seed
+    diverged or collapsed there, or its loss there is wholly DELTA or more above Pre-LN's."""
+    shallow = arm[0]
+    gap = _loss_diff(shallow, ref[0]) if ref else None
+    behind = gap is not None and exceeds(gap, DELTA) == HOLDS
+    if not (_failed(shallow) or behind):
+        return ""
+    text = f"does not train at depth {lo}: {_loss_text(shallow)}"
+    return text + (f"; minus Pre-LN's: {gap.text()} nats (>= {DELTA})" if behind else "")
+
+
+def _breakdown_check(norm: str, arm: Arm, ref: Arm | None, lo: int, hi: int) -> Check:
+    ref_name = "Pre-LN's" if ref else "0"
+    name = NAMES.get(norm, norm)
+    if norm == "post":
+        condition = (
+            f"Post-LN breaks down at depth {hi}: it diverges or collapses, or its loss(depth "
+            f"{hi}) - loss(depth {lo}) exceeds {ref_name} by >= {DELTA} nats"
         )
+    else:
+        condition = (
+            f"{name} stays trainable at depth {hi}: no divergence or collapse, and its depth "
+            f"penalty exceeds {ref_name} by < {DELTA} nats"
+        )
+    gate = _shallow_gate(arm, ref, lo)
+    if gate:
+        return Check(condition, gate, OUT_OF_REGIME)
+    contrast, failed = _penalty_contrast(arm, ref), _failed(arm[1])
+    text = (
+        f"loss(depth {hi}) - loss(depth {lo}) minus {ref_name}: {contrast.text()} nats; "
+        f"diverged or collapsed at depth {hi}: {failed}/{len(arm[1])}"
+    )
+    if norm == "post":
+        return Check.decided(condition, text, HOLDS if failed else exceeds(contrast, DELTA))
+    return Check.decided(condition, text, FAILS if failed else falls_below(contrast, DELTA))
 
 
 def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
@@ -161,67 +241,55 @@ def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
     if len(depths) < 2:
         raise Missing("the claim compares depths; sweep at least two")
     lo, hi = depths[0], depths[-1]
-    penalty = _depth_penalties(v, runs, lo, hi)  # loss(hi) - loss(lo), its SE, failed
-    _need_shallow_post(runs, lo)
-    ref, ref_se, _ = penalty.get("pre", (0.0, 0.0, 0))
-    ref_name = f"Pre-LN's ({ref:+.3g})" if "pre" in penalty else "0"
-
-    def text(norm: str) -> str:
-        d, se, n = penalty[norm]
-        return f"{d:+.3g} ± {se:.2g} nats; diverged or collapsed at depth {hi}: {n}"
-
-    d, se, n = penalty["post"]
-    v.checks.append(
-        Check(
-            f"Post-LN breaks down at depth {hi}: it diverges or collapses, or its loss(depth {hi}) - "
-            f"loss(depth {lo}) exceeds {ref_name} by >= {DELTA} nats and 2 SE",
-            text("post"),
-            n > 0 or (d - ref >= max(DELTA, 2 * math.hypot(se, ref_se))),
+    arms = _depth_arms(v, runs, lo, hi)
+    ref = arms.get("pre")
+    if ref:
+        penalty = _loss_diff(ref[1], ref[0])
+        v.measured.append((f"pre: loss(depth {hi}) - loss(depth {lo})", f"{penalty.text()} nats"))
+    out = []  # the placements that do not train at the shallow depth
+    for norm in (n for n in ("post", *RESCUES) if n in arms):
+        v.checks.append(_breakdown_check(norm, arms[norm], ref, lo, hi))
+        if v.checks[-1].outcome == OUT_OF_REGIME:
+            out.append(NAMES.get(norm, norm))
+    if out:
+        note = (
+            f"out of regime: {', '.join(out)} already fail(s) at depth {lo}, so this setting "
+            "cannot show what depth does to it: give it more warmup (optim.warmup_steps) or a "
+            "lower optim.lr"
         )
-    )
-    for norm in ("deepnorm", "admin", "b2t", "mix"):
-        if norm in penalty:
-            d, se, n = penalty[norm]
-            v.checks.append(
-                Check(
-                    f"{norm} stays trainable at depth {hi}: no divergence or collapse, and its depth "
-                    f"penalty exceeds {ref_name} by < {DELTA} nats",
-                    text(norm),
-                    n == 0 and not math.isnan(d) and d - ref < DELTA,
-                )
-            )
+        v.note = f"{v.note}; {note}" if v.note else note
 
 
-def _residual_growth(run: Any) -> float | None:
-    """The residual stream's RMS at the output over that entering block 1, at the last
-    diagnostics step of the run."""
+def _residual_growth(run: Any) -> tuple[float, float] | None:
+    """The residual stream's RMS at the output and entering block 1, at the last diagnostics
+    step of the run (their ratio is its growth across the layers)."""
     diag = run.summary.get("diag") or {}
     first, out = diag.get("resid_rms/block_01"), diag.get("resid_rms/out")
     if first is None or out is None or not first:
         return None
-    return float(out) / float(first)
+    return float(out), float(first)
 
 
 def judge_peri_growth(v: Verdict, runs: list[Any]) -> None:
-    growth: dict[str, list[float]] = {}
+    units: dict[str, list[tuple[float, float]]] = {}
     for norm in ("pre", "peri"):
         chosen = _need_runs(runs, "the claim compares Pre-LN with Peri-LN", norm=norm)
-        measured = [(r, _residual_growth(r)) for r in chosen]
-        measured = [(r, g) for r, g in measured if g is not None]
-        if not measured:
+        units[norm] = [g for g in map(_residual_growth, chosen) if g is not None]
+        if not units[norm]:
             raise Missing(f"the norm={norm} runs have no diagnostics; run with diag.every > 0")
-        values = growth[norm] = [g for _, g in measured]
-        outs = [float(r.summary["diag"]["resid_rms/out"]) for r, _ in measured]
-        v.measured.append((f"{norm}: residual RMS at the output, end of training", pm(outs)))
-        v.measured.append((f"{norm}: residual RMS output / block 1", pm(values)))
+        growth = bootstrap(units[norm], ratio_of_means)
+        v.measured.append(
+            (f"{norm}: residual RMS at the output, end of training", pm(o for o, _ in units[norm]))
+        )
+        v.measured.append((f"{norm}: residual RMS output / block 1", growth.text()))
         v.measured.append((f"{norm}: final val loss", _loss_text(chosen)))
-    pre, peri = mean_or_nan(growth["pre"]), mean_or_nan(growth["peri"])
+    ratio = bootstrap_samples([units["pre"], units["peri"]], growth_ratio)
     v.checks.append(
-        Check(
+        Check.decided(
             f"Pre-LN's residual stream grows across the layers at least {MUCH}x more than "
             "Peri-LN's (ratio of output / block-1 RMS growths)",
-            f"{pre / peri:.3g} ({pre:.3g} vs {peri:.3g})",
-            pre >= MUCH * peri,
+            ratio.text(),
+            exceeds(ratio, MUCH),
         )
     )
 
@@ -234,16 +302,14 @@ def judge_rmsnorm(v: Verdict, runs: list[Any]) -> None:
     speed = [mean_or_nan(float(r.summary.get("tokens_per_s") or 0) for r in x) for x in (rms, ln)]
     if all(speed):
         v.measured.append(("tokens/s, RMSNorm / LayerNorm", f"{speed[0] / speed[1]:.3g}"))
-    a, div_a = _final_losses(rms)
-    b, div_b = _final_losses(ln)
-    d = mean_or_nan(a) - mean_or_nan(b) if a and b else math.nan
-    se = stderr_diff(a, b) if a and b else math.nan
-    tol = max(MATCH, 2 * se) if not math.isnan(se) else MATCH
+    same = tost(_final_losses(rms)[0], _final_losses(ln)[0], MATCH)
+    failed = _failed(rms) + _failed(ln)
     v.checks.append(
-        Check(
-            f"RMSNorm's final val loss matches LayerNorm's: the absolute difference <= max({MATCH} nats, "
-            "2 SE), neither diverging nor collapsing",
-            f"{d:+.3g} ± {se:.2g} nats (tolerance {tol:.2g}); diverged or collapsed {div_a + div_b}",
-            div_a + div_b == 0 and abs(d) <= tol,
+        Check.decided(
+            f"RMSNorm's final val loss matches LayerNorm's: equivalent within ±{MATCH} nats "
+            "(TOST), neither diverging nor collapsing",
+            f"RMSNorm - LayerNorm: {same.text()}; diverged or collapsed {failed}/"
+            f"{len(rms) + len(ln)}",
+            FAILS if failed else same.decision,
         )
     )

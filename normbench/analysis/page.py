@@ -21,6 +21,7 @@ from normbench.analysis.table import (
     mean_text,
     speed_text,
 )
+from normbench.analysis.verdict import css_class
 from normbench.run import vocab
 from normbench.run.axes import short
 
@@ -35,12 +36,15 @@ def _img(path: Path) -> str:
     )
 
 
-def _html_table(rows: list[list[str]], head: list[str], cls: str = "") -> str:
+def _html_table(
+    rows: list[list[str]], head: list[str], cls: str = "", row_classes: list[str] | None = None
+) -> str:
     out = [f'<table class="{cls}"><thead><tr>']
     out += [f"<th>{html.escape(h)}</th>" for h in head]
     out.append("</tr></thead><tbody>")
-    for row in rows:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    for i, row in enumerate(rows):
+        tr = f'<tr class="{html.escape(row_classes[i])}">' if row_classes else "<tr>"
+        out.append(tr + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -58,17 +62,19 @@ figcaption { font-size: 0.8em; color: #555; }
 .note { color: #555; font-size: 0.9em; } .vocab { font-weight: bold; }
 .verdict { border: 1px solid #ccc; padding: 0 1em; margin: 1em 0; }
 .reproduced { color: #080; } .not-reproduced { color: #b00; }
-.partly-reproduced { color: #a60; } .inconclusive { color: #555; }
+.inconclusive { color: #555; } .mixed { color: #a60; }
+.inconclusive-underpowered { color: #a60; } .inconclusive-out-of-regime { color: #557; }
 """
 
 
 def _verdict_html(v: Any) -> str:
     measured = _html_table([[q, m] for q, m in v.measured], ["quantity", "measured"])
     checks = _html_table(
-        [[c.condition, c.measured, "yes" if c.held else "no"] for c in v.checks],
-        ["condition", "measured", "held"],
+        [[c.condition, c.measured, c.outcome] for c in v.checks],
+        ["condition", "measured", "outcome"],
+        row_classes=[css_class(c.outcome) for c in v.checks],
     )
-    outcome = v.outcome.replace(" ", "-")
+    outcome = css_class(v.outcome)
     return (
         f'<div class="verdict"><h3>{html.escape(v.title)}: '
         f'<span class="{outcome}">{html.escape(v.outcome)}</span></h3>'
@@ -218,7 +224,9 @@ def _verdicts_html(verdicts: list[Any]) -> str:
     files = '<a href="verdicts.md">verdicts.md</a>, <a href="verdicts.json">verdicts.json</a>'
     return (
         f'<h2>Verdicts on the literature\'s claims</h2><p class="note">Thresholds fixed in '
-        f"normbench/analysis/verdict.py before any run; means ± std over seeds. Files: {files}.</p>"
+        f"normbench/analysis/verdict.py before any run, with the rules; measured: means ± std over "
+        "seeds; each condition decided by its 95% bootstrap interval over seeds (or TOST), "
+        f"never by a point estimate. Files: {files}.</p>"
         + "".join(_verdict_html(v) for v in verdicts)
     )
 

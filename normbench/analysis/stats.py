@@ -1,5 +1,5 @@
-"""The statistics of every table and verdict: means and standard deviations over seeds, the
-standard error of a difference, rank and linear correlation.
+"""The statistics of every table and verdict: means and standard deviations over seeds, rank
+and linear correlation, bootstrap intervals and the decisions taken on them.
 
 One behaviour everywhere (compare's summary rows, the probe's tables, the claims' judges):
 
@@ -12,12 +12,16 @@ One behaviour everywhere (compare's summary rows, the probe's tables, the claims
 Intervals and decisions (every judge and study uses these, nothing else):
 
 - `bootstrap`: a seeded, reproducible bootstrap interval of any statistic of a list of units
-  (a unit is what is resampled: a seed's value, or a seed's runs across an lr grid), and
-  `bootstrap_diff` for the difference of two independent samples. The interval is
-  Hesterberg's *expanded percentile* interval (Hesterberg 2015, "What teachers should know
-  about the bootstrap", section 5): the percentiles at alpha'/2 = Phi(-sqrt(n/(n-1)) *
-  t_{n-1, 1-alpha/2}) instead of alpha/2, which corrects the plain percentile interval's
-  undercoverage at small n (at n = 3, alpha' / 2 is about 1e-7: the bootstrap distribution's
+  (a unit is what is resampled: a seed's value, or a seed's runs across an lr grid),
+  `bootstrap_diff` for the difference of two independent samples and `bootstrap_samples` for
+  any statistic of several independent samples (each resampled on its own: a difference of
+  two differences, a ratio of two arms' growths). `ratio_of_means` is the statistic of a
+  ratio over (numerator, denominator) units: resampling seeds recomputes the ratio of means;
+  `growth_ratio` that of two arms' ratios.
+  The interval is Hesterberg's *expanded percentile* interval (Hesterberg 2015, "What
+  teachers should know about the bootstrap", section 5): the percentiles at alpha'/2 =
+  Phi(-sqrt(n/(n-1)) * t_{n-1, 1-alpha/2}) instead of alpha/2, which corrects the plain
+  percentile interval's undercoverage at small n (at n = 3, alpha' / 2 is about 1e-7: the bootstrap distribution's
   range). tests/analysis/test_stats.py measures the coverage on synthetic data. No
   bootstrap interval can be wider than the range of what the resamples can produce, so with
   n units the coverage of a mean's interval is at most 1 - 2^(1-n) for a symmetric
@@ -27,7 +31,9 @@ Intervals and decisions (every judge and study uses these, nothing else):
 - `exceeds` / `falls_below`: a quantity judged by its interval against a threshold, never by
   its point estimate: HOLDS when the whole interval is past the threshold, FAILS when the
   whole interval is on the other side, UNDECIDED (underpowered) when it straddles it or when
-  fewer than two units leave no interval.
+  fewer than two units leave no interval. `all_hold` joins the decisions of a condition
+  made of several (a two-sided "within [lo, hi]", or "a and b"): HOLDS when every one holds,
+  FAILS when any fails, UNDECIDED otherwise.
 - `tost`: equivalence within a fixed margin by two one-sided Welch t-tests (Schuirmann 1987):
   HOLDS when both reject at alpha (the 1 - 2 alpha interval of the difference lies inside
   (-margin, margin)), FAILS when the 1 - alpha interval lies wholly outside it, UNDECIDED
@@ -76,17 +82,6 @@ def mean_or_nan(values: Iterable[float | None]) -> float:
     """The mean of the finite values, NaN for none (a threshold compared with it fails)."""
     m = mean(values)
     return math.nan if m is None else m
-
-
-def stderr_diff(a: Iterable[float | None], b: Iterable[float | None]) -> float:
-    """The standard error of mean(a) - mean(b) over their finite values (a side with fewer
-    than two adds nothing)."""
-    total = 0.0
-    for side in (finite(a), finite(b)):
-        std = mean_std(side)[1]
-        if std is not None:
-            total += std * std / len(side)
-    return math.sqrt(total)
 
 
 def pm(values: Iterable[float | None], digits: int = 3) -> str:
@@ -233,6 +228,27 @@ def bootstrap(
     return Interval(estimate, lo, hi, n, level)
 
 
+def bootstrap_samples(
+    samples: Sequence[Sequence[T]],
+    statistic: Callable[[list[Sequence[T]]], float],
+    level: float = LEVEL,
+    n_boot: int = N_BOOT,
+    seed: int = BOOT_SEED,
+) -> Interval:
+    """statistic(samples) and its interval, each of the independent samples resampled on its
+    own; the expansion uses the smallest sample's n (n of the interval)."""
+    n = min((len(s) for s in samples), default=0)
+    estimate = float(statistic(list(samples))) if n else math.nan
+    if n < 2:
+        return Interval(estimate, math.nan, math.nan, n, level)
+    rng = np.random.default_rng(seed)
+    reps = np.array(
+        [statistic([_resample(rng, s) for s in samples]) for _ in range(n_boot)], dtype=float
+    )
+    lo, hi = _percentiles(reps, expanded_alpha(1 - level, n))
+    return Interval(estimate, lo, hi, n, level)
+
+
 def bootstrap_diff(
     a: Sequence[T],
     b: Sequence[T],
@@ -245,17 +261,21 @@ def bootstrap_diff(
     """statistic(a) - statistic_b(b) (default: the same statistic) and its interval, a and b
     resampled independently; the expansion uses the smaller sample's n (n of the interval)."""
     stat_b = statistic_b or statistic
-    n = min(len(a), len(b))
-    estimate = float(statistic(a)) - float(stat_b(b)) if n else math.nan
-    if n < 2:
-        return Interval(estimate, math.nan, math.nan, n, level)
-    rng = np.random.default_rng(seed)
-    reps = np.array(
-        [statistic(_resample(rng, a)) - stat_b(_resample(rng, b)) for _ in range(n_boot)],
-        dtype=float,
-    )
-    lo, hi = _percentiles(reps, expanded_alpha(1 - level, n))
-    return Interval(estimate, lo, hi, n, level)
+    return bootstrap_samples([a, b], lambda s: statistic(s[0]) - stat_b(s[1]), level, n_boot, seed)
+
+
+def ratio_of_means(units: Sequence[tuple[float, float]]) -> float:
+    """mean(numerators) / mean(denominators) of (numerator, denominator) units (NaN for a
+    zero denominator): the statistic of a ratio bootstrapped over seeds."""
+    den = statistics.fmean(d for _, d in units)
+    return statistics.fmean(x for x, _ in units) / den if den else math.nan
+
+
+def growth_ratio(samples: Sequence[Sequence[tuple[float, float]]]) -> float:
+    """ratio_of_means(samples[0]) / ratio_of_means(samples[1]) (NaN for a zero
+    denominator): how many times one arm's growth is another's, for `bootstrap_samples`."""
+    other = ratio_of_means(samples[1])
+    return ratio_of_means(samples[0]) / other if other else math.nan
 
 
 def mean_interval(values: Iterable[float | None], **kw: Any) -> Interval:
@@ -294,6 +314,14 @@ def falls_below(interval: Interval, threshold: float) -> str:
     return UNDECIDED
 
 
+def all_hold(*decisions: str) -> str:
+    """The decision of a condition made of several: HOLDS when every one holds, FAILS when any
+    fails, UNDECIDED otherwise."""
+    if FAILS in decisions:
+        return FAILS
+    return HOLDS if all(d == HOLDS for d in decisions) else UNDECIDED
+
+
 @dataclass(frozen=True)
 class Tost:
     """Two one-sided tests of |mean(a) - mean(b)| < margin."""
@@ -308,6 +336,9 @@ class Tost:
     decision: str
 
     def text(self) -> str:
+        """'diff +d, 90% CI [lo, hi] against ±margin; TOST p = p', or the n without a test."""
+        if math.isnan(self.p):
+            return f"diff {self.diff:+.3g} (n={self.inner.n}, no test) against ±{self.margin:g}"
         return (
             f"diff {self.diff:+.3g}, {self.inner.level:.0%} CI [{self.inner.lo:.3g}, "
             f"{self.inner.hi:.3g}] against ±{self.margin:g}; TOST p = {self.p:.3g}"

@@ -1,38 +1,69 @@
 """A verdict on one of the literature's claims (normbench/analysis/claims.py): the measured
-numbers, the conditions that operationalize the claim, whether each held, and the outcome;
-the thresholds of those conditions; and the files a verdict is written to.
+numbers, the conditions that operationalize the claim (its sub-claims), the outcome of each and
+of the whole; the thresholds of those conditions; and the files a verdict is written to.
 
 The thresholds are fixed here, before any measurement, and are printed with every verdict so
-that a reader can disagree with them; they are never tuned to make a claim come out true:
+that a reader can disagree with them; they are never tuned to make a claim come out true.
 
-- "grows / shrinks" (a quantity along the layers or across depth): a ratio of at least
-  `GROWS` = 1.5 (at most 1/1.5), and for growth along the layers also a Spearman rank
-  correlation with the layer index of at least `MONOTONE` = 0.8;
-- "flat / does not shrink": the ratio within [1/1.5, 1.5], or above `SHRINKS` = 0.8;
-- "constant": max / min over the layers at most `CONSTANT` = 1.1;
-- "much faster / much more": a factor of at least `MUCH` = 2;
-- the output change after one update compares placements only while it is small: when a
-  model's output moves by more than `SATURATED` = 0.7 of its RMS (unrelated outputs differ
-  by sqrt(2) = 1.41 of it) the comparison is inconclusive (lower `probe.lr`);
-- a claim about Post-LN breaking down with depth needs a Post-LN that trains at the shallow
-  depth (not `DELTA` nats and 2 SE behind Pre-LN there); otherwise it is inconclusive;
-- a loss difference counts when it is at least `DELTA` = 0.1 nats and at least twice its
-  standard error over seeds; losses "match" within `MATCH` = 0.02 nats or twice the standard
-  error, whichever is larger.
+Every condition is decided by an interval, never by a point estimate (normbench/analysis/
+stats.py): a 95 % bootstrap interval over seeds (the expanded percentile interval; with 3
+seeds it is the range of the resampled statistic and covers at most 75 %, which its text
+says). A condition is `reproduced` when the whole interval lies on the claim's side of its
+threshold, `not reproduced` when the whole interval lies on the other side, and `inconclusive
+(underpowered)` when the interval straddles the threshold or fewer than two seeds leave none.
+A condition made of several ("a and b", or two-sided "within [lo, hi]") is reproduced when
+every part is, not reproduced when any part is not, and underpowered otherwise.
 
-Outcome: `reproduced` when every condition held, `not reproduced` when none did, `partly
-reproduced` in between, and `inconclusive` when the records lack what the claim needs (a
-judge raises `Missing`; the note says what to run).
+- "grows" (a quantity along the layers): a ratio of means over the seeds
+  (`stats.ratio_of_means`: resampling seeds recomputes the ratio) of at least `GROWS` = 1.5,
+  and the mean over seeds of each seed's Spearman rank correlation with the layer index,
+  bootstrapped over seeds like any mean, at least `MONOTONE` = 0.8;
+- "flat": the ratio within [1/1.5, 1.5) (at least 1/1.5 and below 1.5, both decided);
+- across depth, "does not shrink": the ratio at least `SHRINKS` = 0.8; "shrinks": below it;
+- "constant": max / min over the layers of the mean profile over seeds below `CONSTANT` = 1.1;
+- "much faster / much more": the ratio of two placements' growths (each placement's seeds
+  resampled on their own) at least `MUCH` = 2;
+- a loss difference counts when its interval (mean over seeds minus mean over seeds, each
+  side resampled) lies wholly at or above `DELTA` = 0.1 nats; "does not end DELTA worse"
+  when it lies wholly below; a difference of two depth penalties likewise, its four samples
+  each resampled;
+- losses "match" by TOST (two one-sided Welch t-tests, alpha 0.05) with the fixed margin
+  `MATCH` = 0.02 nats: reproduced when the 90 % interval of the difference lies inside
+  (-0.02, 0.02), not reproduced when the 95 % interval lies wholly outside, underpowered
+  otherwise;
+- a run that diverged or collapsed is an observed failure, not an estimate: "diverges or ends
+  worse" is reproduced when any seed failed, "stays trainable" is not reproduced when any
+  seed failed, and the measured text counts the failed seeds.
+
+Validity gates, for every placement alike: a sub-claim whose placement is outside the regime
+the claim presupposes is `inconclusive (out of regime)`, with the numbers that put it there,
+while the other placements are judged as above:
+
+- the output change after one update compares placements only while it is small: a placement
+  whose output moved by more than `SATURATED` = 0.7 of its RMS (unrelated outputs differ by
+  sqrt(2) = 1.41 of it) at any depth and seed takes its comparisons out of regime (lower
+  `probe.lr`);
+- a claim about breaking down with depth needs each compared placement (Post-LN and every
+  rescue) to train at the shallow depth: none of its seeds diverges or collapses there, and
+  its loss there is not wholly `DELTA` or more above Pre-LN's (interval as above).
+
+Outcome of a verdict: `inconclusive` when the records lack what the claim needs (a judge
+raises `Missing`; the note says what to run; no conditions); otherwise the outcome its
+conditions share, or "mixed: " and the count of each outcome ("mixed: 1 reproduced, 1
+inconclusive (underpowered)"). There is no pooled "partly reproduced".
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from normbench.analysis import markdown
+from normbench.analysis.stats import FAILS, HOLDS, UNDECIDED
 
 GROWS = 1.5
 MONOTONE = 0.8
@@ -43,12 +74,27 @@ DELTA = 0.1
 MATCH = 0.02
 SATURATED = 0.7  # an output change of this fraction of the output's RMS: the step was too large
 
-REPRODUCED, PARTLY, NOT, INCONCLUSIVE = (
-    "reproduced",
-    "partly reproduced",
-    "not reproduced",
-    "inconclusive",
-)
+REPRODUCED = "reproduced"
+NOT_REPRODUCED = "not reproduced"
+UNDERPOWERED = "inconclusive (underpowered)"
+OUT_OF_REGIME = "inconclusive (out of regime)"
+OUTCOMES = (REPRODUCED, NOT_REPRODUCED, UNDERPOWERED, OUT_OF_REGIME)  # of a condition
+INCONCLUSIVE = "inconclusive"  # a verdict whose records lack what the claim needs
+MIXED = "mixed"
+
+_OF_DECISION = {HOLDS: REPRODUCED, FAILS: NOT_REPRODUCED, UNDECIDED: UNDERPOWERED}
+
+
+def outcome_of(decision: str) -> str:
+    """The outcome of a condition decided by stats.py (HOLDS, FAILS, UNDECIDED)."""
+    return _OF_DECISION[decision]
+
+
+def css_class(outcome: str) -> str:
+    """A class name for an outcome: 'inconclusive-underpowered', 'mixed', ..."""
+    if outcome.startswith(MIXED):
+        return MIXED
+    return re.sub(r"[^a-z0-9]+", "-", outcome.lower()).strip("-")
 
 
 class Missing(Exception):
@@ -57,11 +103,21 @@ class Missing(Exception):
 
 @dataclass
 class Check:
-    """One condition of a claim: what was required, what was measured, whether it held."""
+    """One condition of a claim (a sub-claim): what was required, the numbers behind its
+    outcome (the estimate and its interval), and the outcome (one of OUTCOMES)."""
 
     condition: str
     measured: str
-    held: bool
+    outcome: str
+
+    @property
+    def held(self) -> bool:
+        return self.outcome == REPRODUCED
+
+    @classmethod
+    def decided(cls, condition: str, measured: str, decision: str) -> Check:
+        """A condition decided by stats.py's HOLDS / FAILS / UNDECIDED."""
+        return cls(condition, measured, outcome_of(decision))
 
 
 @dataclass
@@ -80,8 +136,11 @@ class Verdict:
     def outcome(self) -> str:
         if not self.checks:
             return INCONCLUSIVE
-        held = sum(c.held for c in self.checks)
-        return REPRODUCED if held == len(self.checks) else NOT if held == 0 else PARTLY
+        counts = Counter(c.outcome for c in self.checks)
+        if len(counts) == 1:
+            return self.checks[0].outcome
+        order = [*OUTCOMES, *sorted(set(counts) - set(OUTCOMES))]
+        return f"{MIXED}: " + ", ".join(f"{counts[o]} {o}" for o in order if o in counts)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "outcome": self.outcome}
@@ -101,8 +160,8 @@ class Verdict:
         if self.measured:
             lines.append(markdown.table(["quantity", "measured"], self.measured))
         if self.checks:
-            rows = [[c.condition, c.measured, "yes" if c.held else "no"] for c in self.checks]
-            lines.append(markdown.table(["condition", "measured", "held"], rows))
+            rows = [[c.condition, c.measured, c.outcome] for c in self.checks]
+            lines.append(markdown.table(["condition", "measured", "outcome"], rows))
         if self.note:
             lines += [f"*Note*: {e(self.note)}", ""]
         return "\n".join(lines)

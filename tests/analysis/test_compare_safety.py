@@ -315,7 +315,7 @@ def test_labels_are_escaped_in_markdown_and_formula_safe_in_csv(mine, tmp_path, 
 
 def test_csv_cell_and_verdicts_markdown_escape_user_text(tmp_path):
     from normbench.analysis.table import csv_cell
-    from normbench.analysis.verdict import Check, Verdict, write_verdicts
+    from normbench.analysis.verdict import REPRODUCED, Check, Verdict, write_verdicts
 
     cells = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "plain", "", -1.5, 3, True, None]
     assert [csv_cell(c) for c in cells] == [
@@ -323,7 +323,7 @@ def test_csv_cell_and_verdicts_markdown_escape_user_text(tmp_path):
     ]  # fmt: skip
     verdict = Verdict(
         "c", "Title", "source", "statement", setting="data <b>x</b> & y",
-        measured=[("loss on <i>", "1 | 2")], checks=[Check("a < b", "<1>", True)],
+        measured=[("loss on <i>", "1 | 2")], checks=[Check("a < b", "<1>", REPRODUCED)],
     )  # fmt: skip
     write_verdicts(tmp_path, [verdict])
     text = (tmp_path / "verdicts.md").read_text()

@@ -18,12 +18,17 @@ from normbench.analysis.stats import (
     HOLDS,
     UNDECIDED,
     Interval,
+    all_hold,
     bootstrap,
+    bootstrap_diff,
+    bootstrap_samples,
     diff_interval,
     exceeds,
     expanded_alpha,
     falls_below,
+    growth_ratio,
     mean_interval,
+    ratio_of_means,
     tost,
 )
 
@@ -87,6 +92,39 @@ def test_difference_interval_covers_the_true_difference():
         ci = diff_interval(list(a), list(b), n_boot=400, seed=i)
         hits += ci.lo <= 0.3 <= ci.hi
     assert 0.9 <= hits / 200 <= 1.0, hits
+
+
+def test_several_samples_resample_each_on_its_own():
+    """bootstrap_samples with two samples is bootstrap_diff (the same draws); with four, a
+    difference of differences whose n is the smallest sample's; with three units of constant
+    values the interval is the estimate itself."""
+    a, b = [5.0, 5.1, 5.3, 4.9], [4.7, 4.8, 4.95]
+    two = bootstrap_samples([a, b], lambda s: statistics.fmean(s[0]) - statistics.fmean(s[1]))
+    assert two == bootstrap_diff(a, b, statistics.fmean)
+    c, d = [1.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5, 0.5]
+    dd = bootstrap_samples(
+        [c, d, c, d], lambda s: (s[0][0] - s[1][0]) - (s[2][0] - s[3][0])
+    )  # every resample of a constant sample is the same
+    assert (dd.estimate, dd.lo, dd.hi, dd.n) == (0.0, 0.0, 0.0, 3)
+    assert not bootstrap_samples([a, [1.0]], lambda s: 0.0).defined
+
+
+def test_ratio_of_means_over_seeds():
+    """The ratio of the means, not the mean of the ratios; a zero denominator is NaN."""
+    units = [(2.0, 1.0), (6.0, 3.0), (1.0, 4.0)]
+    assert ratio_of_means(units) == pytest.approx(9.0 / 8.0)
+    assert math.isnan(ratio_of_means([(1.0, 0.0)]))
+    ci = bootstrap(units, ratio_of_means)
+    assert ci.lo <= 9.0 / 8.0 <= ci.hi and ci.lo >= 0.25 and ci.hi <= 2.0
+    other = [(3.0, 1.0), (3.0, 1.0)]  # growth 3
+    assert growth_ratio([units, other]) == pytest.approx(9.0 / 8.0 / 3.0)
+    assert math.isnan(growth_ratio([units, [(0.0, 1.0)]]))
+
+
+def test_all_hold_joins_decisions():
+    assert all_hold(HOLDS, HOLDS) == HOLDS
+    assert all_hold(HOLDS, UNDECIDED) == UNDECIDED
+    assert all_hold(UNDECIDED, FAILS) == all_hold(HOLDS, FAILS) == FAILS
 
 
 def test_decisions_use_the_interval_not_the_point_estimate():
