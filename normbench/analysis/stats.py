@@ -27,7 +27,7 @@ Intervals and decisions (every judge and study uses these, nothing else):
   n units the coverage of a mean's interval is at most 1 - 2^(1-n) for a symmetric
   distribution (the chance that the truth lies between the smallest and largest unit): 75 %
   at n = 3, 87.5 % at 4, 94 % at 5. `Interval.text` says so wherever that is below the
-  nominal level ("95% CI, n=3, coverage <= 75%"): three seeds give an interval, not a 95 % one.
+  nominal level ("95% CI, n=3, coverage ≤ 75%"): three seeds give an interval, not a 95 % one.
 - `exceeds` / `falls_below`: a quantity judged by its interval against a threshold, never by
   its point estimate: HOLDS when the whole interval is past the threshold, FAILS when the
   whole interval is on the other side, UNDECIDED (underpowered) when it straddles it or when
@@ -162,7 +162,7 @@ class Interval:
         if self.n < 2:
             return f"n={self.n}, no interval"
         if self.max_coverage < self.level:
-            text += f", coverage <= {self.max_coverage:.0%}"
+            text += f", coverage ≤ {self.max_coverage:.0%}"
         return text
 
     def text(self, digits: int = 3) -> str:

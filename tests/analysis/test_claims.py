@@ -174,7 +174,7 @@ def test_probe_claims_judge_their_quantity(claim, profile, outcome):
     v = judge(claim, table(profile, oc_theory))
     assert v.outcome == outcome, v.markdown()
     assert len(v.checks) in (2, 4) and v.measured
-    assert all("95% CI, n=3, coverage <= 75%" in c.measured for c in v.checks), v.markdown()
+    assert all("95% CI, n=3, coverage ≤ 75%" in c.measured for c in v.checks), v.markdown()
 
 
 def test_noisy_seeds_are_underpowered_where_the_mean_passes():

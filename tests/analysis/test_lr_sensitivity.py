@@ -80,7 +80,7 @@ def test_sensitivity_of_a_known_grid():
     s = cell.sensitivity
     assert s.estimate == pytest.approx(17 / 3 - 4 - 0.01 / 3)
     assert (s.lo, s.hi) == (pytest.approx(17 / 3 - 4 - 0.02 / 3), pytest.approx(17 / 3 - 4))
-    assert "coverage <= 75%" in s.text()  # three seeds, said so
+    assert "coverage ≤ 75%" in s.text()  # three seeds, said so
     assert cell.stable.estimate == 1e-2 and (cell.stable.lo, cell.stable.hi) == (1e-2, 1e-2)
 
 

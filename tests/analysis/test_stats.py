@@ -80,7 +80,7 @@ def test_three_seeds_cover_at_most_three_quarters():
     median of a symmetric distribution with probability 1 - 2 (1/2)^3 = 0.75; the label
     says so."""
     assert _coverage(3, 300, True) == pytest.approx(0.75, abs=0.075)
-    assert "coverage <= 75%" in mean_interval([1.0, 2.0, 3.0]).text()
+    assert "coverage ≤ 75%" in mean_interval([1.0, 2.0, 3.0]).text()
     assert "coverage" not in mean_interval(list(range(8))).text()
 
 
