@@ -79,6 +79,13 @@ class Cell:
     def best_lr(self) -> float:
         return min(self.curve, key=self.curve.__getitem__)
 
+    @property
+    def trained(self) -> bool:
+        """Did any run of the cell train (neither diverge nor collapse)? A cell in which
+        every run failed has l* at the failures' level, and a small sensitivity that says
+        only that every lr failed alike: it is flagged, and not compared."""
+        return any(lr not in s.failed for s in self.seeds for lr in s.loss)
+
 
 def is_lr_sweep(runs: list[Run]) -> bool:
     """Does the learning rate take MIN_GRID values or more?"""
@@ -216,13 +223,15 @@ def differences(found: list[Cell]) -> list[dict[str, Any]]:
                     "reference": ref,
                     "at": rest,
                     "diff": d,
-                    "reads": _reads(d),
+                    "reads": _reads(d, cell, other),
                 }
             )
     return rows
 
 
-def _reads(d: Interval) -> str:
+def _reads(d: Interval, cell: Cell, other: Cell) -> str:
+    if not (cell.trained and other.trained):
+        return "not comparable (a cell where no run trained)"
     if not d.defined:
         return "not resolved (underpowered: fewer than 2 seeds)"
     if d.lo > 0:
@@ -237,6 +246,13 @@ def _reads(d: Interval) -> str:
 
 def lr_text(value: float) -> str:
     return "none" if value == 0 else f"{value:g}"
+
+
+def sensitivity_text(cell: Cell) -> str:
+    """The sensitivity and its interval, flagged where no run of the cell trained."""
+    assert cell.sensitivity is not None
+    text = cell.sensitivity.text()
+    return text if cell.trained else text + " (no run trained: every lr failed)"
 
 
 def stable_text(i: Interval) -> str:
@@ -289,6 +305,7 @@ def rows(found: list[Cell], vocab_limit: Any) -> list[dict[str, Any]]:
                 "largest_stable_lr_hi": st.hi,
                 "interval": s.label,
                 "failures": _failures(c),
+                "trained": c.trained,
             }
         )
     return out
@@ -310,7 +327,7 @@ def markdown_text(found: list[Cell], diffs: list[dict[str, Any]], vocab_limit: A
                 f"{c.l0:.3f} ({c.l0_from})",
                 f"{c.l_star:.3f}",
                 f"{c.best_lr:g}",
-                c.sensitivity.text(),
+                sensitivity_text(c),
                 stable_text(c.stable),
             ]
         )

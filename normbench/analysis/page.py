@@ -167,7 +167,12 @@ Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a
 
 def _lr_html(lr: dict[str, Any], vocab_limit: Any) -> str:
     """The LR-sensitivity section: one row per configuration, the differences, the figures."""
-    from normbench.analysis.lr_sensitivity import grid_text, stable_text, sweep_grid
+    from normbench.analysis.lr_sensitivity import (
+        grid_text,
+        sensitivity_text,
+        stable_text,
+        sweep_grid,
+    )
 
     found, diffs = lr["cells"], lr["diffs"]
     if not found:
@@ -181,7 +186,7 @@ def _lr_html(lr: dict[str, Any], vocab_limit: Any) -> str:
             f"{c.l0:.3f} ({c.l0_from})",
             f"{c.l_star:.3f}",
             f"{c.best_lr:g}",
-            c.sensitivity.text(),
+            sensitivity_text(c),
             stable_text(c.stable),
         ]
         for c in found

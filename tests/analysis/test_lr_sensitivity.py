@@ -125,6 +125,21 @@ def test_differences_are_judged_by_their_interval():
     assert d["diff"].estimate > 0 and d["reads"] == "not resolved (underpowered)"
 
 
+def test_a_cell_where_no_run_trained_is_flagged_not_compared():
+    """Every lr collapsed at the unigram level: l* is that level and the sensitivity small,
+    which says only that every lr failed alike."""
+    pre = grid_runs({1e-3: 4.1, 1e-2: 4.0, 1e-1: None}, norm="pre")
+    post = grid_runs({1e-3: 5.33, 1e-2: 5.32, 1e-1: 5.34}, norm="post", spread=0.0)
+    for r in post:
+        r.summary["status"] = "collapsed"
+    found = cells_of(pre + post)
+    stuck = next(c for c in found if c.values["norm"] == "post")
+    assert not stuck.trained and stuck.sensitivity.estimate < 0.02
+    assert "no run trained" in lrs.sensitivity_text(stuck)
+    (d,) = lrs.differences(found)
+    assert d["reads"] == "not comparable (a cell where no run trained)"
+
+
 def test_cells_with_different_grids_are_not_compared():
     pre = grid_runs({1e-3: 4.1, 1e-2: 4.0, 1e-1: 4.05}, norm="pre")
     post = grid_runs({1e-3: 4.1, 1e-2: 4.0}, norm="post")
