@@ -38,7 +38,7 @@ def check_run_dir(run_dir: Path, steps: int = 6) -> dict:
     assert summary["precision"] in ("bf16", "fp32") and summary["precision_reason"]
     train_rows = [r for r in rows if "train/loss" in r]
     val_rows = [r for r in rows if "val/loss" in r]
-    assert [r["step"] for r in train_rows] == [2, 4, 6]
+    assert [r["step"] for r in train_rows] == [1, 2, 4, 6]  # step 1: the loss at init
     assert [r["step"] for r in val_rows] == [3, 6]
     for r in train_rows:
         assert {"step", "tokens", "train/loss", "lr", "grad_norm", "tokens_per_s"} <= set(r)
