@@ -140,9 +140,10 @@ def write_report(
         rows = summary_rows(runs, axes)
         write_csv(tmp / "summary.csv", rows)
         figures = fig.report_figures(tmp, runs, axes)
-        figures["mechanisms"] = mechanism_curves(tmp, runs, axes, fig.placement_colors(runs))
+        colors = fig.placement_colors(runs)
+        figures["mechanisms"] = mechanism_curves(tmp, runs, axes, colors)
         if is_lr_sweep(runs):
-            lr = lr_study(tmp, runs, axes, fig.placement_colors(runs))
+            lr = lr_study(tmp, runs, axes, colors)
             figures["lr"] = lr["figures"]
     if rows or skipped:
         text = table_markdown(rows, axes) if rows and axes is not None else ""

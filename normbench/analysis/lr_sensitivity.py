@@ -37,7 +37,7 @@ from typing import Any
 from normbench.analysis import markdown
 from normbench.analysis.records import Run, vocab_note
 from normbench.analysis.stats import Interval, bootstrap, bootstrap_diff
-from normbench.analysis.table import Axes, csv_cell, fmt, group_runs
+from normbench.analysis.table import Axes, fmt, group_runs, write_csv
 from normbench.analysis.verdict import DELTA
 from normbench.run import vocab
 from normbench.run.axes import short
@@ -311,14 +311,13 @@ def rows(found: list[Cell], vocab_limit: Any) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_text(found: list[Cell], diffs: list[dict[str, Any]], vocab_limit: Any) -> str:
-    """lr_sensitivity.md: the cells, then the differences."""
-    keys = list(found[0].values)
-    grid = sweep_grid(found)
+def cell_table(found: list[Cell]) -> tuple[list[str], list[list[str]]]:
+    """The head and rows of the cells' table (lr_sensitivity.md and the page)."""
+    keys, grid = list(found[0].values), sweep_grid(found)
     head = [*keys, "lrs", "seeds", "l0", "l*", "best lr", "LR sensitivity", "largest stable lr"]
     body = []
     for c in found:
-        assert c.sensitivity is not None and c.stable is not None
+        assert c.stable is not None
         body.append(
             [fmt(c.values[k]) for k in keys]
             + [
@@ -331,41 +330,44 @@ def markdown_text(found: list[Cell], diffs: list[dict[str, Any]], vocab_limit: A
                 stable_text(c.stable),
             ]
         )
+    return head, body
+
+
+def diff_table(diffs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The head and rows of the differences' table (lr_sensitivity.md and the page)."""
+    rows = [
+        [
+            f"{d['key']}={fmt(d['value'])} vs {fmt(d['reference'])}",
+            d["at"],
+            d["diff"].text(),
+            d["reads"],
+        ]
+        for d in diffs
+    ]
+    return ["compared", "at", "difference", "reads"], rows
+
+
+def markdown_text(found: list[Cell], diffs: list[dict[str, Any]], vocab_limit: Any) -> str:
+    """lr_sensitivity.md: the cells, then the differences."""
+    grid = sweep_grid(found)
     text = (
         "# LR sensitivity\n\n"
         + markdown.cell(vocab_note(vocab_limit))
         + f" Grid: {', '.join(f'{lr:g}' for lr in grid)}. LR sensitivity: mean over "
         f"the grid of min(loss, l0) - l* (Wortsman et al. 2309.14322); largest stable lr: no "
         f"seed diverged or collapsed and within {MARGIN} nats of l*; bootstrap intervals over "
-        "seeds (normbench/analysis/lr_sensitivity.py).\n\n" + markdown.table(head, body)
+        "seeds (normbench/analysis/lr_sensitivity.py).\n\n" + markdown.table(*cell_table(found))
     )
     if diffs:
-        drows = [
-            [
-                f"{d['key']}={fmt(d['value'])} vs {fmt(d['reference'])}",
-                d["at"],
-                d["diff"].text(),
-                d["reads"],
-            ]
-            for d in diffs
-        ]
-        text += "\n## Differences in LR sensitivity\n\n" + markdown.table(
-            ["compared", "at", "difference", "reads"], drows
-        )
+        text += "\n## Differences in LR sensitivity\n\n" + markdown.table(*diff_table(diffs))
     return text
 
 
 def write(out: Path, found: list[Cell], diffs: list[dict[str, Any]], vocab_limit: Any) -> None:
     """lr_sensitivity.md, .csv and .json in the report folder."""
-    import csv
-
     table = rows(found, vocab_limit)
     (out / "lr_sensitivity.md").write_text(markdown_text(found, diffs, vocab_limit), "utf-8")
-    with open(out / "lr_sensitivity.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        keys = list(table[0])
-        writer.writerow([csv_cell(k) for k in keys])
-        writer.writerows([[csv_cell(row[k]) for k in keys] for row in table])
+    write_csv(out / "lr_sensitivity.csv", table)
     data = {
         "cells": [
             {

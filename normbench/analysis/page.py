@@ -167,54 +167,26 @@ Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a
 
 def _lr_html(lr: dict[str, Any], vocab_limit: Any) -> str:
     """The LR-sensitivity section: one row per configuration, the differences, the figures."""
-    from normbench.analysis.lr_sensitivity import (
-        grid_text,
-        sensitivity_text,
-        stable_text,
-        sweep_grid,
-    )
+    from normbench.analysis.lr_sensitivity import MARGIN, cell_table, diff_table, sweep_grid
 
     found, diffs = lr["cells"], lr["diffs"]
     if not found:
         return ""
-    keys, grid = list(found[0].values), sweep_grid(found)
-    cells = [
-        [fmt(c.values[k]) for k in keys]
-        + [
-            grid_text(c, grid),
-            str(len(c.seeds)),
-            f"{c.l0:.3f} ({c.l0_from})",
-            f"{c.l_star:.3f}",
-            f"{c.best_lr:g}",
-            sensitivity_text(c),
-            stable_text(c.stable),
-        ]
-        for c in found
-    ]
-    head = [*keys, "lrs", "seeds", "l0", "l*", "best lr", "LR sensitivity", "largest stable lr"]
-    diff_rows = [
-        [
-            f"{d['key']}={fmt(d['value'])} vs {fmt(d['reference'])}",
-            d["at"],
-            d["diff"].text(),
-            d["reads"],
-        ]
-        for d in diffs
-    ]
+    grid = sweep_grid(found)
     text = (
         f'<h2>LR sensitivity</h2><p class="note">{html.escape(vocab_note(vocab_limit))} '
         "Per configuration over the grid "
         f"{html.escape(', '.join(f'{x:g}' for x in grid))}: the mean over the grid of "
         "min(final loss, l0) - l* (Wortsman et al. 2309.14322), and the largest lr with no "
-        "diverged or collapsed seed within 0.1 nats of l*; bootstrap intervals over seeds. "
+        f"diverged or collapsed seed within {MARGIN} nats of l*; bootstrap intervals over seeds. "
         'Files: <a href="lr_sensitivity.md">lr_sensitivity.md</a>, '
         '<a href="lr_sensitivity.csv">.csv</a>, <a href="lr_sensitivity.json">.json</a>.</p>'
-        + _html_table(cells, head)
     )
-    if diff_rows:
-        text += "<h3>Differences in LR sensitivity</h3>" + _html_table(
-            diff_rows, ["compared", "at", "difference", "reads"]
-        )
+    head, cells = cell_table(found)
+    text += _html_table(cells, head)
+    if diffs:
+        head, rows = diff_table(diffs)
+        text += "<h3>Differences in LR sensitivity</h3>" + _html_table(rows, head)
     return text + "".join(_img(p) for p in lr["figures"])
 
 
