@@ -200,7 +200,11 @@ def _penalty_contrast(arm: Arm, ref: Arm | None) -> Interval:
 
 def _shallow_gate(arm: Arm, ref: Arm | None, lo: int) -> str:
     """Why the placement does not train at the shallow depth ('' when it does): a seed
-    diverged or collapsed there, or its loss there is wholly DELTA or more above Pre-LN's."""
+    diverged or collapsed there, or its loss there is wholly DELTA or more above Pre-LN's.
+    The reference, Pre-LN, passes the same gate: where a seed of it failed at the shallow
+    depth, no arm is compared with it."""
+    if ref and _failed(ref[0]):
+        return f"Pre-LN, the reference, does not train at depth {lo}: {_loss_text(ref[0])}"
     shallow = arm[0]
     gap = _loss_diff(shallow, ref[0]) if ref else None
     behind = gap is not None and exceeds(gap, DELTA) == HOLDS

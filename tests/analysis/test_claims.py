@@ -389,6 +389,16 @@ def test_depth_breakdown_needs_every_arm_to_train_when_shallow():
     assert v.measured
 
 
+def test_depth_breakdown_gates_the_reference_too():
+    """Pre-LN, the reference, diverging on one seed at depth 6: every arm compared with it is
+    out of regime, as an arm of its own that failed there would be."""
+    shallow = {"pre": (5.8, None, 5.82), "post": TIGHT, "deepnorm": TIGHT}
+    deep = {norm: plus(TIGHT, 0.05) for norm in shallow}
+    v = judge("depth_breakdown", depth_runs(shallow, deep))
+    assert outcomes(v) == [OUT_OF_REGIME, OUT_OF_REGIME], v.markdown()
+    assert all("Pre-LN, the reference, does not train at depth 6" in c.measured for c in v.checks)
+
+
 def test_peri_growth_uses_the_diagnostics():
     def diag(out):
         return {"resid_rms/block_01": 1.0, "resid_rms/out": out}
