@@ -131,6 +131,14 @@ def r_squared(x: list[float], y: list[float]) -> float:
     return sxy * sxy / (sxx * syy) if sxx and syy else math.nan
 
 
+def slope(x: Sequence[float], y: Sequence[float]) -> float:
+    """The slope of the least-squares line through (x, y) (NaN when x does not vary)."""
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    sxx = sum((a - mx) ** 2 for a in x)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    return sxy / sxx if sxx else math.nan
+
+
 # --- intervals ----------------------------------------------------------------------------
 
 
@@ -310,6 +318,19 @@ def falls_below(interval: Interval, threshold: float) -> str:
     if interval.hi < threshold:
         return HOLDS
     if interval.lo >= threshold:
+        return FAILS
+    return UNDECIDED
+
+
+def above(interval: Interval, threshold: float) -> str:
+    """Is the quantity strictly above `threshold`? HOLDS when the whole interval is above it,
+    FAILS when the whole interval is at or below it (e.g. a difference of grid steps whose
+    every resample is 0), UNDECIDED otherwise or without an interval."""
+    if not interval.defined:
+        return UNDECIDED
+    if interval.lo > threshold:
+        return HOLDS
+    if interval.hi <= threshold:
         return FAILS
     return UNDECIDED
 

@@ -18,6 +18,7 @@ from normbench.analysis.stats import (
     HOLDS,
     UNDECIDED,
     Interval,
+    above,
     all_hold,
     bootstrap,
     bootstrap_diff,
@@ -29,6 +30,7 @@ from normbench.analysis.stats import (
     growth_ratio,
     mean_interval,
     ratio_of_means,
+    slope,
     tost,
 )
 
@@ -135,6 +137,21 @@ def test_decisions_use_the_interval_not_the_point_estimate():
     assert falls_below(Interval(0.0, -0.1, 0.05, 3), 0.1) == HOLDS
     assert falls_below(wide, 0.1) == UNDECIDED
     assert falls_below(Interval(0.5, 0.2, 0.8, 3), 0.1) == FAILS
+
+
+def test_above_is_strict_at_the_threshold():
+    assert above(Interval(1.0, 0.5, 1.5, 3), 0.0) == HOLDS
+    assert above(Interval(0.0, 0.0, 0.0, 3), 0.0) == FAILS  # every resample exactly 0
+    assert above(Interval(0.2, 0.0, 0.5, 3), 0.0) == UNDECIDED
+    assert exceeds(Interval(0.2, 0.0, 0.5, 3), 0.0) == HOLDS  # the non-strict one
+
+
+def test_slope_of_a_line_and_of_a_power_law():
+    assert slope([1.0, 2.0, 3.0], [1.0, 3.0, 5.0]) == pytest.approx(2.0)
+    depths = [6.0, 12.0, 24.0]
+    logs = [math.log(d) for d in depths]
+    assert slope(logs, [math.log(d**-0.5) for d in depths]) == pytest.approx(-0.5)
+    assert math.isnan(slope([2.0, 2.0], [1.0, 3.0]))
 
 
 def test_one_unit_is_undecided():
