@@ -19,12 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from normbench.analysis.judges_probe import (
-    ProbeTable,
-    judge_output_change,
-    judge_xiong_gradients,
-    judge_xiong_hidden,
-)
+from normbench.analysis.judges_output_change import judge_output_change
+from normbench.analysis.judges_probe import ProbeTable, judge_xiong_gradients, judge_xiong_hidden
 from normbench.analysis.judges_train import (
     judge_depth_breakdown,
     judge_peri_growth,
@@ -71,9 +67,9 @@ CLAIMS: dict[str, Claim] = {
             "xiong_gradients",
             "1. Gradients at initialization",
             XIONG,
-            "at initialization, Post-LN's gradient norms grow with the layer index while Pre-LN's"
-            " stay flat; Post-LN's last-layer gradient norm does not shrink with depth while "
-            "Pre-LN's does.",
+            "at initialization, Pre-LN's last-layer gradient norm scales as L^-1/2 with the "
+            "depth L while Post-LN's does not depend on L (Theorem 1); along the layers, "
+            "Post-LN's gradient norms grow while Pre-LN's stay flat (Fig. 3).",
             "probe",
             judge_xiong_gradients,
         ),
@@ -81,8 +77,9 @@ CLAIMS: dict[str, Claim] = {
             "xiong_hidden",
             "2. Hidden-state norm at initialization",
             f"{XIONG}, Lemma 2",
-            "Pre-LN's hidden-state norm grows with the layer index at initialization; Post-LN's "
-            "stays constant.",
+            "at initialization, Pre-LN's E||x_l||^2 grows linearly with the layer index, by "
+            "between d/2 and 3d/2 per FFN sublayer; Post-LN's residual sum before its norm, "
+            "E||x + F(x)||^2, is the same at every layer.",
             "probe",
             judge_xiong_hidden,
         ),
@@ -90,8 +87,9 @@ CLAIMS: dict[str, Claim] = {
             "output_change",
             "3. Output change after one update",
             f"{LIU}; {WANG}",
-            "the change of the model's output after one update grows with depth much faster for"
-            " Post-LN than for Pre-LN, DeepNorm and Admin.",
+            "in the small-step limit, the change of the model's output after one update grows "
+            "with depth faster for Post-LN (O(N)) than for Pre-LN and Admin (O(log N)) and "
+            "DeepNorm (bounded), and DeepNorm's slower than Pre-LN's.",
             "probe",
             judge_output_change,
         ),
@@ -235,12 +233,14 @@ def probe_setting(probes: list[Probe]) -> str:
     v = lambda key: _values(probes, key)  # noqa: E731
     norms = {str(n) for q in probes for n in q.table["settings"].get("norms", [])}
     depths = {d for q in probes for d in q.table["settings"].get("depths", [])}
+    k = p.get("ladder") or 0
+    ladder = f" and of lr / 2^k, k = 1 .. {k}, each from the same initialization" if k else ""
     return (
         f"normbench probe at initialization, fp32: norms {','.join(sorted(norms))}, "
         f"depths {','.join(str(d) for d in sorted(depths, key=order))}, "
         f"d_model {v('model.d_model')}, context {v('model.context')}, init {v('model.init')}, "
         f"kind {v('norm.kind')}; {p.get('batches')} batches of {p.get('batch_size')} sequences; "
-        f"one AdamW step of lr {p.get('lr') or v('optim.lr')}; seeds "
+        f"one AdamW step of lr {p.get('lr') or v('optim.lr')}{ladder}; seeds "
         f"{','.join(str(s) for s in p.get('seeds', []))}; data {v('data.label')}, "
         f"{vocab.label(one_vocab(probes))}"
     )
@@ -259,9 +259,12 @@ def judge_claims(runs: list[Run], probes: list[Probe]) -> list[Any]:
                     f"{mine[0].dir}: probe.json has no per-seed rows (written by an older "
                     "normbench); run the probe again"
                 )
+            widths = {p.config.get("model.d_model") for p in mine}
             table = ProbeTable(
                 [row for p in mine for row in p.table["per_seed"]["layers"]],
                 [row for p in mine for row in p.table["per_seed"]["models"]],
+                [row for p in mine for row in p.table["per_seed"].get("ladder", [])],
+                d_model=widths.pop() if len(widths) == 1 else None,
             )
             verdicts.append(judge(name, table, probe_setting(mine), [str(p.dir) for p in mine]))
         else:

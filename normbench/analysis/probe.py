@@ -5,28 +5,36 @@ For every placement in `probe.norms` and depth in `probe.depths` (each composed 
 `probe.batches` batches of real tokens in float32:
 
 - per block l: the gradient norm of the attention weights and of the MLP weights (the
-  weight matrices), and of the MLP's output projection W2 alone (`grad_mlp_out`, the
-  quantity of Xiong et al. 2020, 2002.04745, Theorem 1 and Fig. 3), averaged over the batches; and the hidden-state norm entering the block, the mean over tokens of ||x_l||_2
-  (their Lemma 2), also at the output of the last block (`layer` = N + 1); and for the
-  post-norm placements the mean over tokens of the squared norm of each residual sum before
-  its norm, x + A(x) and x + M(x) (`presum_sq_attn`, `presum_sq_mlp`: Lemma 2's Post-LN
-  quantity, 3d/2 at every layer under its assumptions, where Pre-LN's ||x_l||^2 grows
-  with l);
+  weight matrices), and of the MLP's output projection W2 alone, averaged over the batches
+  (`grad_mlp_out`); the norm of the mean of W2's gradients over the batches
+  (`grad_mlp_out_mean`: an estimate of ||E grad W2||, the quantity of Xiong et al. 2020,
+  2002.04745, Theorem 1 and Fig. 3); the hidden-state norm entering the block, the mean
+  over tokens of ||x_l||_2 (`hidden_norm`), and the mean over tokens of ||x_l||_2^2
+  (`hidden_sq`: E||x_l||^2 of their Lemma 2), also at the output of the last block (`layer`
+  = N + 1); and for the post-norm placements the mean over tokens of the squared norm of
+  each residual sum before its norm, x + A(x) and x + M(x) (`presum_sq_attn`,
+  `presum_sq_mlp`: Lemma 2's Post-LN quantity, 3d/2 at every layer under its assumptions,
+  where Pre-LN's ||x_l||^2 grows with l);
 - per model: the change of the output after one AdamW step of learning rate `probe.lr`
   (default optim.lr) on the mean gradient of those batches (Liu et al. 2020, 2004.08249;
   Wang et al. 2022, 2203.00555): the RMS change of the hidden state entering the LM head
   (`output_change`) and of the logits (`logit_change`), on the same batches, and the RMS of
   that hidden state before the step (`output_rms`): two unrelated outputs of equal RMS r
-  differ by sqrt(2) r, so a change near that means the step was too large to compare.
+  differ by sqrt(2) r, so a change near that means the step was too large to compare;
+- with `probe.ladder` = K > 0, the same change after one step of each of probe.lr / 2^k,
+  k = 0 .. K, every step from the same initialization (`ladder`: a row per step size), so
+  that a judge can find the steps small enough for the change to be linear in the step.
 
 A placement that measures its initialization on data (`norm.admin_init=profiled`) does so on
 the first of those batches, as training does on the batch of its first step.
 
 Numbers are means over seeds, with the standard deviation over seeds beside them. The run
 directory gets `probe.json` (settings, `layers` with one row per placement, depth and layer,
-`models` with one row per placement and depth, and `per_seed` with the same rows for each
-seed, from which `normbench compare` judges a preset's claim, normbench/analysis/claims.py), `probe.csv`, `probe.md`, and figures:
-`probe_<placement>.png` (and .svg) per placement and `probe.png` comparing them.
+`models` with one row per placement and depth, `ladder` with one row per placement, depth
+and step size, and `per_seed` with the same rows for each seed, from which `normbench
+compare` judges a preset's claim, normbench/analysis/claims.py), `probe.csv`, `probe.md`,
+and figures (normbench/analysis/probe_figures.py): `probe_<placement>.png` (and .svg) per
+placement and `probe.png` comparing them.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import torch
 from torch import nn
 
 from normbench.analysis import markdown
+from normbench.analysis.probe_figures import plot
 from normbench.analysis.stats import mean_std
 from normbench.model import GPT
 from normbench.run.data import RandomWindows
@@ -80,14 +89,18 @@ def _gradients(
     dict[str, list[float]], dict[str, list[list[float]]], dict[int, torch.Tensor], list[float]
 ]:
     """Over the batches: the hidden-state norms entering each block and leaving the last
-    (mean over tokens of ||x||_2, per batch), the gradient norms of each block's weights
-    (per batch), the sum of the gradients and the losses."""
+    (mean over tokens of ||x||_2, per batch; of the main stream also the mean of ||x||_2^2,
+    under `<layer>^2`), the gradient norms of each block's weights (per batch), the sum of
+    the gradients and the losses."""
     blocks = list(model.blocks)
     hidden: dict[str, list[float]] = {}
 
     def record(layer: int, suffix: str, x: torch.Tensor) -> None:
         key = f"{layer}/{suffix}" if suffix else str(layer)
-        hidden.setdefault(key, []).append(float(x.detach().double().norm(dim=-1).mean()))
+        sq = x.detach().double().square().sum(dim=-1)
+        hidden.setdefault(key, []).append(float(sq.sqrt().mean()))
+        if not suffix:
+            hidden.setdefault(f"{layer}^2", []).append(float(sq.mean()))
 
     handles = hook_streams(model, record)
     for layer, block in enumerate(blocks, start=1):
@@ -115,51 +128,65 @@ def _gradients(
     return hidden, grads, total, losses
 
 
+def _rms(t: torch.Tensor) -> float:
+    return float(t.double().square().mean().sqrt())
+
+
 def _one_step(
     model: GPT,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     total: dict[int, torch.Tensor],
     optim_cfg: Any,
-    lr: float,
-) -> tuple[torch.Tensor, ...]:
-    """One AdamW step on the mean gradient; the hidden state entering the LM head and the
-    logits on the same batches before and after it (h0, z0, h1, z1)."""
+    lrs: list[float],
+) -> tuple[float, list[dict[str, float]]]:
+    """For each learning rate, one AdamW step on the mean gradient from the same weights (the
+    model's at the call): the RMS change of the hidden state entering the LM head and of the
+    logits on the same batches. Returns the RMS of that hidden state before any step, and
+    per lr {lr, output_change, logit_change}. The model is left updated by the step of
+    lrs[0] (taken last)."""
     head_inputs: list[torch.Tensor] = []
     handle = model.lm_head.register_forward_pre_hook(lambda m, args: head_inputs.append(args[0]))
 
     @torch.no_grad()
     def outputs() -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)  # the same dropout masks before and after every step
         head_inputs.clear()
         logits = torch.cat([model(x)[0] for x, _ in batches])
         return torch.cat(head_inputs), logits
 
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    changes: dict[float, dict[str, float]] = {}
     try:
-        with torch.random.fork_rng(devices=[]):  # the same dropout masks before and after
-            torch.manual_seed(0)
+        with torch.random.fork_rng(devices=[]):
             h0, z0 = outputs()
-            for p in model.parameters():
-                p.grad = total[id(p)] / len(batches)
-            optimizer = build_optimizer(model, optim_cfg, batches[0][0].device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            torch.manual_seed(0)
-            h1, z1 = outputs()
+            for lr in reversed(lrs):
+                model.load_state_dict(initial)
+                for p in model.parameters():
+                    p.grad = total[id(p)] / len(batches)
+                optimizer = build_optimizer(model, optim_cfg, batches[0][0].device)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                h1, z1 = outputs()
+                changes[lr] = {
+                    "lr": lr,
+                    "output_change": _rms(h1 - h0),
+                    "logit_change": _rms(z1 - z0),
+                }
     finally:
         handle.remove()
-    return h0, z0, h1, z1
+    return _rms(h0), [changes[lr] for lr in lrs]
 
 
-def probe_model(
-    model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], optim_cfg: Any, lr: float
-) -> dict[str, Any]:
-    """One model at initialization: per-block gradient and hidden-state norms, and the output
-    change after one AdamW step. The model is left updated by that step."""
+def _layer_rows(
+    model: GPT,
+    hidden: dict[str, list[float]],
+    grads: dict[str, list[list[float]]],
+    total: dict[int, torch.Tensor],
+    n: int,
+) -> list[dict[str, Any]]:
+    """One row per block and one for the output of the last (layer N + 1)."""
     blocks = list(model.blocks)
-    streams = type(blocks[0]).streams
-    hidden, grads, total, losses = _gradients(model, batches)
-    h0, z0, h1, z1 = _one_step(model, batches, total, optim_cfg, lr)
-    n = len(batches)
     layers = []
     for i in range(len(blocks) + 1):
         row: dict[str, Any] = {"layer": i + 1}
@@ -167,22 +194,73 @@ def probe_model(
             row["grad_attn"] = sum(g[i] for g in grads["attn"]) / n
             row["grad_mlp"] = sum(g[i] for g in grads["mlp"]) / n
             row["grad_mlp_out"] = sum(g[i] for g in grads["mlp_out"]) / n
+            row["grad_mlp_out_mean"] = _norm([total[id(blocks[i].mlp.proj.weight)] / n])
             for sublayer in ("attn", "mlp"):
                 if values := hidden.get(f"{i + 1}/presum_sq_{sublayer}"):
                     row[f"presum_sq_{sublayer}"] = sum(values) / n
-        for suffix in streams:
+        for suffix in type(blocks[0]).streams:
             key = f"{i + 1}/{suffix}" if suffix else str(i + 1)
             name = f"hidden_norm_{suffix}" if suffix else "hidden_norm"
             row[name] = sum(hidden[key]) / n
+        row["hidden_sq"] = sum(hidden[f"{i + 1}^2"]) / n
         layers.append(row)
-    rms = lambda t: float(t.double().square().mean().sqrt())  # noqa: E731
+    return layers
+
+
+def probe_model(
+    model: GPT,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    optim_cfg: Any,
+    lr: float,
+    ladder: int = 0,
+) -> dict[str, Any]:
+    """One model at initialization: per-block gradient and hidden-state norms, and the output
+    change after one AdamW step of `lr`; with `ladder` = K also after one step of each of
+    lr / 2, ..., lr / 2^K from the same initialization (`ladder`: one row per step size,
+    lr first). The model is left updated by the step of `lr`."""
+    hidden, grads, total, losses = _gradients(model, batches)
+    lrs = [lr / 2**k for k in range(ladder + 1)]
+    output_rms, steps = _one_step(model, batches, total, optim_cfg, lrs)
+    n = len(batches)
     return {
-        "layers": layers,
-        "output_change": rms(h1 - h0),
-        "logit_change": rms(z1 - z0),
-        "output_rms": rms(h0),
+        "layers": _layer_rows(model, hidden, grads, total, n),
+        "output_change": steps[0]["output_change"],
+        "logit_change": steps[0]["logit_change"],
+        "output_rms": output_rms,
         "loss": sum(losses) / n,
+        "ladder": [{**step, "output_rms": output_rms} for step in steps] if ladder else [],
     }
+
+
+def _mean_rows(
+    who: dict[str, Any], rows: list[list[dict[str, Any]]], ident: str
+) -> list[dict[str, Any]]:
+    """Rows[seed][i] -> one row per i: `ident` as is, every other key as mean and std over
+    the seeds."""
+    out = []
+    for i, first in enumerate(rows[0]):
+        row: dict[str, Any] = {**who, ident: first[ident]}
+        for key in first:
+            if key != ident:
+                row[key], row[f"{key}_std"] = mean_std([r[i][key] for r in rows])
+        out.append(row)
+    return out
+
+
+def _probe_seeds(
+    cfg: Any, train: Any, seeds: list[int], batches: int, batch_size: int, lr: float, ladder: int,
+    device: torch.device,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """probe_model on a freshly initialized model per seed, each on its own batches."""
+    per_seed = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = GPT.from_config(cfg).to(device)
+        windows = RandomWindows(train, cfg.model.context, batch_size, seed=seed)
+        data = [windows.next(device) for _ in range(batches)]
+        model.profile_init(data[0][0])  # as training starts (norm.admin_init=profiled)
+        per_seed.append(probe_model(model, data, cfg.optim, lr, ladder))
+    return per_seed
 
 
 def run_probe(
@@ -194,39 +272,31 @@ def run_probe(
     batch_size: int,
     lr: float | None,
     device: torch.device,
+    ladder: int = 0,
 ) -> dict[str, Any]:
-    """Probe every (placement, depth) config in `jobs` over the seeds: the two tables (means
-    and standard deviations over seeds) and the same rows per seed (`per_seed`)."""
-    layers, models = [], []
-    seed_layers: list[dict[str, Any]] = []
-    seed_models: list[dict[str, Any]] = []
+    """Probe every (placement, depth) config in `jobs` over the seeds: the tables (means and
+    standard deviations over seeds: `layers`, `models`, and `ladder`, the output change per
+    step size when `ladder` > 0) and the same rows per seed (`per_seed`)."""
+    table: dict[str, Any] = {"layers": [], "models": [], "ladder": []}
+    seed_rows: dict[str, list[dict[str, Any]]] = {"layers": [], "models": [], "ladder": []}
     for cfg in jobs:
-        train = tokens_for(cfg).train
         step_lr = lr if lr is not None else cfg.optim.lr
-        per_seed = []
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = GPT.from_config(cfg).to(device)
-            windows = RandomWindows(train, cfg.model.context, batch_size, seed=seed)
-            data = [windows.next(device) for _ in range(batches)]
-            model.profile_init(data[0][0])  # as training starts (norm.admin_init=profiled)
-            per_seed.append(probe_model(model, data, cfg.optim, step_lr))
+        per_seed = _probe_seeds(
+            cfg, tokens_for(cfg).train, seeds, batches, batch_size, step_lr, ladder, device
+        )
         who = {"norm": str(cfg.norm.name), "kind": str(cfg.norm.kind), "depth": cfg.depth}
         for seed, result in zip(seeds, per_seed, strict=True):
-            seed_layers += [{**who, "seed": seed, **row} for row in result["layers"]]
-            seed_models.append(
+            seed_rows["layers"] += [{**who, "seed": seed, **row} for row in result["layers"]]
+            seed_rows["ladder"] += [{**who, "seed": seed, **row} for row in result["ladder"]]
+            seed_rows["models"].append(
                 {**who, "seed": seed, "lr": step_lr, **{k: result[k] for k in MODEL_KEYS}}
             )
-        for i, first in enumerate(per_seed[0]["layers"]):
-            row: dict[str, Any] = {**who, "layer": first["layer"]}
-            for key in first:
-                if key != "layer":
-                    row[key], row[f"{key}_std"] = mean_std([r["layers"][i][key] for r in per_seed])
-            layers.append(row)
+        table["layers"] += _mean_rows(who, [r["layers"] for r in per_seed], "layer")
+        table["ladder"] += _mean_rows(who, [r["ladder"] for r in per_seed], "lr")
         model_row: dict[str, Any] = {**who, "lr": step_lr}
         for key in MODEL_KEYS:
             model_row[key], model_row[f"{key}_std"] = mean_std([r[key] for r in per_seed])
-        models.append(model_row)
+        table["models"].append(model_row)
         log.info(
             "probe %s-%s depth %d: output change %.4g, logit change %.4g, last-layer MLP "
             "gradient %.4g, hidden norm at the output %.4g",
@@ -235,14 +305,10 @@ def run_probe(
             cfg.depth,
             model_row["output_change"],
             model_row["logit_change"],
-            layers[-2]["grad_mlp"],
-            layers[-1]["hidden_norm"],
+            table["layers"][-2]["grad_mlp"],
+            table["layers"][-1]["hidden_norm"],
         )
-    return {
-        "layers": layers,
-        "models": models,
-        "per_seed": {"layers": seed_layers, "models": seed_models},
-    }
+    return {**table, "per_seed": seed_rows}
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -292,115 +358,12 @@ def write_outputs(run_dir: Path, table: dict[str, Any], settings: dict[str, Any]
         + "\n## Per layer (layer N + 1: the output of the last block)\n\n"
         + _markdown(_with_std(table["layers"], tuple(shown_layers)), shown_layers)
     )
+    if table.get("ladder"):
+        keys = ["norm", "kind", "depth", "lr", "output_change", "logit_change"]
+        md += (
+            "\n## Output change per step size (probe.ladder: probe.lr / 2^k, each step from "
+            "the same initialization)\n\n"
+            + _markdown(_with_std(table["ladder"], ("output_change", "logit_change")), keys)
+        )
     (run_dir / "probe.md").write_text(md)
     return plot(run_dir, table)
-
-
-def _depth_ticks(ax: Any, depths: list[int]) -> None:
-    """Depths as plain numbers on the log axis."""
-    from matplotlib.ticker import NullLocator
-
-    ax.set_xticks(depths, [str(d) for d in depths])
-    ax.xaxis.set_minor_locator(NullLocator())  # (the y axis keeps its labels within a decade)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no font-cache chatter
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _curves(ax: Any, rows: list[dict[str, Any]], key: str, label: str, **style: Any) -> None:
-    rows = [r for r in rows if r.get(key) is not None]
-    ax.plot([r["layer"] for r in rows], [r[key] for r in rows], label=label, **style)
-
-
-def _presum(ax: Any, rows: list[dict[str, Any]], **style: Any) -> None:
-    """The post-norm placements' Lemma 2 quantity beside the hidden norms: the root of the
-    mean squared norm of the sum x + M(x) before its norm (none for the other placements)."""
-    rows = [r for r in rows if r.get("presum_sq_mlp") is not None]
-    if rows:
-        ys = [math.sqrt(r["presum_sq_mlp"]) for r in rows]
-        ax.plot([r["layer"] for r in rows], ys, linestyle=":", label="_", **style)
-
-
-def _panels(fig: Any) -> list[Any]:
-    """Gradient norms per block, hidden-state norms per block, output change per depth."""
-    axes = fig.subplots(1, 3)
-    axes[0].set(xlabel="block l", ylabel="gradient norm of weights", yscale="log")
-    axes[0].set_title("gradient norm at init (solid: MLP, dashed: attention)", fontsize=9)
-    axes[1].set(xlabel="block l (N + 1: output)", ylabel="mean ||x_l||", yscale="log")
-    axes[1].set_title("hidden-state norm entering block l (dotted: ||x + M(x)|| before Norm)",
-                      fontsize=9)  # fmt: skip
-    axes[2].set(xlabel="depth N", ylabel="RMS change", xscale="log", yscale="log")
-    axes[2].set_title("output change after one AdamW step", fontsize=9)
-    return axes
-
-
-def _save(fig: Any, run_dir: Path, stem: str) -> list[Path]:
-    paths = [run_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
-    for path in paths:
-        fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return paths
-
-
-def _placement_figure(run_dir: Path, table: dict[str, Any], norm: str) -> list[Path]:
-    """`probe_<norm>.png`/.svg: one placement, a curve per depth."""
-    plt = _pyplot()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    depths = sorted({r["depth"] for r in table["layers"]})
-    fig = plt.figure(figsize=(13, 3.8), layout="constrained")
-    axes = _panels(fig)
-    for j, depth in enumerate(depths):
-        rows = [r for r in table["layers"] if r["norm"] == norm and r["depth"] == depth]
-        c = colors[j % len(colors)]
-        _curves(axes[0], rows, "grad_mlp", f"N = {depth}", color=c)
-        _curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
-        _curves(axes[1], rows, "hidden_norm", f"N = {depth}", color=c)
-        _presum(axes[1], rows, color=c)
-    models = [m for m in table["models"] if m["norm"] == norm]
-    axes[2].plot([m["depth"] for m in models], [m["output_change"] for m in models], "o-")
-    for ax in axes[:2]:
-        ax.legend(fontsize=8)
-    _depth_ticks(axes[2], depths)
-    fig.suptitle(f"normbench probe: norm={norm}")
-    return _save(fig, run_dir, f"probe_{norm}")
-
-
-def _comparison_figure(run_dir: Path, table: dict[str, Any], norms: list[str]) -> list[Path]:
-    """`probe.png`/.svg: the placements compared, the per-layer panels at the largest depth."""
-    plt = _pyplot()
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    depths = sorted({r["depth"] for r in table["layers"]})
-    deepest = depths[-1]
-    fig = plt.figure(figsize=(13, 3.8), layout="constrained")
-    axes = _panels(fig)
-    for j, norm in enumerate(norms):
-        c = colors[j % len(colors)]
-        rows = [r for r in table["layers"] if r["norm"] == norm and r["depth"] == deepest]
-        _curves(axes[0], rows, "grad_mlp", norm, color=c)
-        _curves(axes[0], rows, "grad_attn", "_", color=c, linestyle="--")
-        _curves(axes[1], rows, "hidden_norm", norm, color=c)
-        _presum(axes[1], rows, color=c)
-        models = [m for m in table["models"] if m["norm"] == norm]
-        x, y = [m["depth"] for m in models], [m["output_change"] for m in models]
-        axes[2].plot(x, y, "o-", color=c, label=norm)
-    for ax in axes:
-        ax.legend(fontsize=8)
-    _depth_ticks(axes[2], depths)
-    fig.suptitle(f"normbench probe: placements compared (per-layer panels at N = {deepest})")
-    return _save(fig, run_dir, "probe")
-
-
-def plot(run_dir: Path, table: dict[str, Any]) -> list[Path]:
-    """A figure per placement (`probe_<norm>.png`/.svg) and one comparing them (`probe.png`)."""
-    norms = list(dict.fromkeys(r["norm"] for r in table["layers"]))
-    written = []
-    for norm in norms:
-        written += _placement_figure(run_dir, table, norm)
-    return written + _comparison_figure(run_dir, table, norms)

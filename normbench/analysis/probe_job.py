@@ -50,6 +50,7 @@ def probe_task(composed: DictConfig, jobs: list[NormbenchConfig]) -> None:
         batch_size=p.batch_size,
         lr=p.lr,
         device=device,
+        ladder=p.ladder,
     )
     settings = _settings(cfg, jobs, seeds)
     write_outputs(run_dir, table, settings)
@@ -74,6 +75,7 @@ def _settings(
         "batch_size": p.batch_size,
         "context": cfg.model.context,
         "lr": p.lr,
+        "ladder": p.ladder,
         "precision": "fp32",
         "data": str(cfg.data.label),
     }

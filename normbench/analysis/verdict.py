@@ -21,6 +21,17 @@ every part is, not reproduced when any part is not, and underpowered otherwise.
 - "flat": the ratio within [1/1.5, 1.5) (at least 1/1.5 and below 1.5, both decided);
 - across depth, "does not shrink": the ratio at least `SHRINKS` = 0.8; "shrinks": below it;
 - "constant": max / min over the layers of the mean profile over seeds below `CONSTANT` = 1.1;
+- a depth exponent (the least-squares slope of log y against log L, per seed, its mean over
+  seeds) "scales as L^a" when its interval lies within a ± `SLOPE_BAND` = 0.2 (claim 1:
+  Pre-LN's last-layer gradient, a = -1/2; Post-LN's, a = 0), and not when it lies wholly
+  outside (a band, like `LEMMA2_BAND` below, is decided as "flat" is: at least its lower end
+  and below its upper end);
+- Lemma 2's linear growth: the least-squares slope of E||x_l||^2 / d against the block index
+  (per seed, its mean over seeds) within `LEMMA2_BAND` = [0.5, 3.0] (each FFN sublayer adds
+  between d/2 and 3d/2 under the lemma's assumptions; the attention sublayer adds a
+  non-negative amount it does not bound more tightly);
+- one step is in the small-step limit when halving it halves the output change: c(eta) /
+  c(eta / 2) within `LINEAR_BAND` = [1.8, 2.2] at every depth and seed of a placement;
 - "much faster / much more": the ratio of two placements' growths (each placement's seeds
   resampled on their own) at least `MUCH` = 2;
 - a loss difference counts when its interval (mean over seeds minus mean over seeds, each
@@ -42,7 +53,8 @@ while the other placements are judged as above:
 - the output change after one update compares placements only while it is small: a placement
   whose output moved by more than `SATURATED` = 0.7 of its RMS (unrelated outputs differ by
   sqrt(2) = 1.41 of it) at any depth and seed takes its comparisons out of regime (lower
-  `probe.lr`);
+  `probe.lr`), and so does a placement with no step of the ladder in the small-step limit
+  (`LINEAR_BAND`);
 - a claim about breaking down with depth needs each compared placement (Post-LN and every
   rescue) to train at the shallow depth: none of its seeds diverges or collapses there, and
   its loss there is not wholly `DELTA` or more above Pre-LN's (interval as above).
@@ -73,6 +85,9 @@ MUCH = 2.0
 DELTA = 0.1
 MATCH = 0.02
 SATURATED = 0.7  # an output change of this fraction of the output's RMS: the step was too large
+SLOPE_BAND = 0.2  # a depth exponent within the theory's +- this (claim 1)
+LEMMA2_BAND = (0.5, 3.0)  # Lemma 2: E||x_l||^2 / d gains this much per block (claim 2)
+LINEAR_BAND = (1.8, 2.2)  # c(eta) / c(eta / 2) of a linear change (claim 3's step)
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"

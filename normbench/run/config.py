@@ -294,6 +294,7 @@ class ProbeConfig:
     batches: int = MISSING
     batch_size: int = MISSING
     lr: Optional[float] = MISSING
+    ladder: int = MISSING  # K > 0: also the steps lr / 2 .. lr / 2^K, from the same weights
 
 
 @dataclass

@@ -228,6 +228,7 @@ def validate_probe(cfg: NormbenchConfig) -> None:
         (p.batches >= 1, f"probe.batches must be >= 1 (got {p.batches})"),
         (p.batch_size >= 1, f"probe.batch_size must be >= 1 (got {p.batch_size})"),
         (p.lr is None or p.lr > 0, f"probe.lr must be > 0 or null (got {p.lr})"),
+        (p.ladder >= 0, f"probe.ladder must be >= 0 (got {p.ladder})"),
         (not p.norms or len(set(p.norms)) == len(p.norms), "probe.norms lists a placement twice"),
         (p.depths is None or all(d >= 1 for d in p.depths), "probe.depths must all be >= 1"),
         (p.norms is None or len(p.norms) > 0, "probe.norms is empty; give placements or null"),

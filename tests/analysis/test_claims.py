@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from normbench.analysis.claims import CLAIMS, judge
-from normbench.analysis.judges_probe import ProbeTable
 from normbench.analysis.records import Run
 from normbench.analysis.stats import FAILS, HOLDS, UNDECIDED, r_squared, spearman
 from normbench.analysis.verdict import (
@@ -104,146 +102,7 @@ def test_the_outcome_column_and_its_class():
     assert json_checks[1] == {"condition": "c1", "measured": "m", "outcome": UNDERPOWERED}
 
 
-# --- probe claims on constructed tables -------------------------------------------------------
-
-
-def table(profile: Any, change: Any, norms=("pre", "post"), depths=(6, 24), seeds=SEEDS):
-    """Per-seed probe rows: profile(norm, depth, layer, seed) -> (grad_mlp_out, hidden_norm);
-    change(norm, depth, seed) -> output change (the output's RMS is 1)."""
-    layers, models = [], []
-    for n in norms:
-        for d in depths:
-            for s in seeds:
-                for layer in range(1, d + 2):
-                    g, h = profile(n, d, layer, s)
-                    row = {"norm": n, "kind": "layernorm", "depth": d, "seed": s, "layer": layer}
-                    row["hidden_norm"] = h
-                    if layer <= d:
-                        row["grad_mlp_out"] = g
-                    layers.append(row)
-                models.append(
-                    {
-                        "norm": n,
-                        "depth": d,
-                        "seed": s,
-                        "output_change": change(n, d, s),
-                        "output_rms": 1.0,
-                    }
-                )
-    return ProbeTable(layers, models)
-
-
-def as_theory(n, d, layer, s):
-    """Xiong et al.'s picture: Post-LN gradients grow along the layers and do not depend on
-    depth; Pre-LN's are flat and scale as 1/sqrt(depth); Pre-LN's hidden norm grows."""
-    noise = 1 + 0.01 * s
-    if n == "post":
-        return 0.1 * (1 + layer / d) * noise, 16.0
-    return noise / math.sqrt(d), math.sqrt(layer)
-
-
-def against_theory(n, d, layer, s):
-    return as_theory("post" if n == "pre" else "pre", d, layer, s)
-
-
-def noisy(n, d, layer, s):
-    """As the theory, but Post-LN's models disagree: its gradient grows from layer 1 to the
-    last by 1.1x, 2x and 3x on the three seeds (2.03x on average, past 1.5), and its hidden
-    norm varies along the layers by 0, 0 and 25 % (1.083 on average, within 1.1)."""
-    if n != "post":
-        return as_theory(n, d, layer, s)
-    top, wobble = (1.1, 2.0, 3.0)[s], (0.0, 0.0, 0.25)[s]
-    frac = (layer - 1) / (d - 1)
-    return 0.1 * (1 + (top - 1) * frac), 16.0 * (1 + wobble * (layer - 2) / (d - 1))
-
-
-def oc_theory(n, d, s):
-    return 0.1 * d if n == "post" else 1.0 + 0.001 * d + 0.01 * s
-
-
-@pytest.mark.parametrize(
-    "claim, profile, outcome",
-    [
-        ("xiong_gradients", as_theory, REPRODUCED),
-        ("xiong_gradients", against_theory, NOT_REPRODUCED),
-        ("xiong_hidden", as_theory, REPRODUCED),
-        ("xiong_hidden", against_theory, NOT_REPRODUCED),
-    ],
-)
-def test_probe_claims_judge_their_quantity(claim, profile, outcome):
-    v = judge(claim, table(profile, oc_theory))
-    assert v.outcome == outcome, v.markdown()
-    assert len(v.checks) in (2, 4) and v.measured
-    assert all("95% CI, n=3, coverage ≤ 75%" in c.measured for c in v.checks), v.markdown()
-
-
-def test_noisy_seeds_are_underpowered_where_the_mean_passes():
-    """The case the point estimates got wrong: the mean growth (2.03) is past 1.5 and the mean
-    spread (1.083) within 1.1, but the seeds disagree, so the intervals straddle them."""
-    v = judge("xiong_gradients", table(noisy, oc_theory))
-    grows = v.checks[0]
-    assert grows.outcome == UNDERPOWERED and grows.measured.startswith("2.03 [1.1, 3]")
-    assert outcomes(v)[1:] == [REPRODUCED] * 3
-    assert v.outcome == "mixed: 3 reproduced, 1 inconclusive (underpowered)"
-    v = judge("xiong_hidden", table(noisy, oc_theory))
-    assert outcomes(v) == [REPRODUCED, UNDERPOWERED], v.markdown()
-    assert v.checks[1].measured.startswith("1.083 [1, 1.25")
-
-
-def test_output_change_against_each_placement():
-    norms = ("post", "pre", "deepnorm", "admin")
-
-    def change(n, d, s):  # Post-LN grows 4x from depth 6 to 24; admin 3x; the others ~1x
-        return {"post": 0.01 * d / 6, "admin": 0.05 * (1 + (d - 6) / 9)}.get(n, 0.1 + 0.001 * s)
-
-    v = judge("output_change", table(as_theory, change, norms=norms))
-    by_norm = {c.condition.split("than ")[1].split("'")[0]: c.outcome for c in v.checks}
-    assert by_norm == {"pre": REPRODUCED, "deepnorm": REPRODUCED, "admin": NOT_REPRODUCED}
-    assert v.outcome == "mixed: 2 reproduced, 1 not reproduced"
-    shown = dict(v.measured)["post: output change depth 24 / depth 6"]
-    assert shown.startswith("4 [4, 4] (95% CI, n=3")
-
-
-def test_output_change_noisy_post_ln_is_underpowered():
-    """Post-LN's growth is 1.5x, 2.5x and 5x on the three seeds: 3x on average, past 2x, but
-    its interval reaches below 2."""
-
-    def change(n, d, s):
-        return 0.01 * (1.5, 2.5, 5.0)[s] if (n, d) == ("post", 24) else 0.01
-
-    v = judge("output_change", table(as_theory, change, norms=("post", "pre")))
-    assert v.outcome == UNDERPOWERED and v.checks[0].measured.startswith("3 [1.5, 5]")
-
-
-def test_output_change_saturated_is_out_of_regime_for_that_placement():
-    """Outputs that moved by about sqrt(2) of their RMS are unrelated: no growth can show.
-    Admin saturated at depth 24: its comparison is out of regime, the others are judged."""
-    norms = ("post", "pre", "deepnorm", "admin")
-
-    def change(n, d, s):
-        return 1.4 if (n, d) == ("admin", 24) else 0.01 * d / 6 if n == "post" else 0.1
-
-    v = judge("output_change", table(as_theory, change, norms=norms))
-    assert outcomes(v) == [REPRODUCED, REPRODUCED, OUT_OF_REGIME], v.markdown()
-    assert "admin depth 24 moved by 1.40" in v.checks[2].measured
-    assert "saturated" in v.note and "lower probe.lr" in v.note
-    # Post-LN saturated: every comparison is out of regime, the numbers still reported
-    v = judge("output_change", table(as_theory, lambda n, d, s: 1.4, norms=("post", "pre")))
-    assert v.outcome == OUT_OF_REGIME and "saturated" in v.note and v.measured
-
-
-@pytest.mark.parametrize(
-    "claim, norms, depths, missing",
-    [
-        ("xiong_gradients", ("pre",), (6, 24), "norm=post"),
-        ("xiong_gradients", ("pre", "post"), (6,), "at least 2"),
-        ("xiong_hidden", ("post",), (6,), "norm=pre"),
-        ("output_change", ("post",), (6, 24), "no probe of pre, deepnorm or admin"),
-    ],
-)
-def test_probe_claims_say_what_is_missing(claim, norms, depths, missing):
-    v = judge(claim, table(as_theory, oc_theory, norms=norms, depths=depths))
-    assert v.outcome == INCONCLUSIVE and missing in v.note and not v.checks
+# --- probe claims on constructed tables: tests/analysis/test_judges_probe.py -------------------
 
 
 # --- training claims on constructed run records -------------------------------------------
@@ -522,15 +381,26 @@ def test_probe_presets_produce_a_verdict(claim, extra, tmp_path, cli_env, text_f
     assert verdict["checks"] and all(c["measured"] for c in verdict["checks"])
     # the numbers are the probe's: recompute one from probe.json
     per_seed = json.loads((run_dir / "probe.json").read_text())["per_seed"]
-    if claim == "output_change":
+    if claim == "output_change":  # halving the largest step of the ladder, Post-LN's models
         post = {
-            (m["depth"], m["seed"]): m["output_change"]
-            for m in per_seed["models"]
-            if m["norm"] == "post"
+            (r["depth"], r["seed"], r["lr"]): r["output_change"]
+            for r in per_seed["ladder"]
+            if r["norm"] == "post"
         }
-        growth = (post[(4, 0)] + post[(4, 1)]) / (post[(2, 0)] + post[(2, 1)])  # of the means
-        shown = dict(verdict["measured"])["post: output change depth 4 / depth 2"]
-        assert shown.startswith(f"{growth:.3g} [")
+        ratios = [post[(d, s, 1e-4)] / post[(d, s, 5e-5)] for d in (2, 4) for s in (0, 1)]
+        shown = dict(verdict["measured"])[
+            "Post-LN: c(η) / c(η/2), min-max over depths and seeds, per η"
+        ]
+        assert shown.startswith(f"0.0001: {min(ratios):.3g}-{max(ratios):.3g}; 5e-05: ")
+        assert len(shown.split("; ")) == 8  # eta_0 .. eta_7: eta_8 has no half on the ladder
+    if claim == "xiong_gradients":  # Pre-LN's depth exponent, from the last layer's gradient
+        last = {
+            (r["depth"], r["seed"]): r["grad_mlp_out_mean"]
+            for r in per_seed["layers"]
+            if r["norm"] == "pre" and r["layer"] == r["depth"]
+        }
+        slopes = [math.log(last[(4, s)] / last[(2, s)]) / math.log(2) for s in (0, 1)]
+        assert verdict["checks"][0]["measured"].startswith(f"{sum(slopes) / 2:.3g} [")
     page = (out / "index.html").read_text()
     assert "Verdicts on the literature" in page and verdict["outcome"] in page
     assert "data:image/png;base64" in page  # the probe's figure embedded
