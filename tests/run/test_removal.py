@@ -14,6 +14,7 @@ from normbench.run.steps import evaluate
 
 from support import TINY, read_jsonl, run_cli, text_data
 from support.models import gpt, randomize
+from support.wandb_records import offline_runs
 
 
 def test_removal_losses_are_the_loss_of_each_model_without_a_block():
@@ -39,7 +40,7 @@ def test_a_run_that_trained_measures_layer_removal(tmp_path, cli_env, text_files
     default, a summary has no layer_removal: tests/test_golden.py's summaries.)"""
     sweep = tmp_path / "sweep"
     args = ["train", "-m", "norm=post", *TINY, "train.max_steps=40", "train.eval_every=20",
-            "optim.warmup_steps=0", "optim.lr=10,1e-3", "precision=fp32", "logger=none",
+            "optim.warmup_steps=0", "optim.lr=10,1e-3", "precision=fp32",
             "diag.layer_removal=true", *text_data(*text_files),
             f"hydra.sweep.dir={sweep}"]  # fmt: skip
     done = run_cli(args, cwd=tmp_path, env=cli_env)
@@ -56,3 +57,7 @@ def test_a_run_that_trained_measures_layer_removal(tmp_path, cli_env, text_files
     (row,) = [r for r in read_jsonl(jobs[1] / "metrics.jsonl") if "removal/full" in r]
     assert row["step"] == 40 and row["removal/block_02"] == losses["block_02"]
     assert "layer removal: val/loss" in done.stderr
+    (logged,) = offline_runs(jobs[1] / "wandb")  # W&B: the row, and the summary's losses
+    (w_row,) = [h for h in logged.history if "removal/full" in h]
+    assert w_row["removal/block_01"] == pytest.approx(losses["block_01"])
+    assert logged.summary["layer_removal"]["block_02"] == pytest.approx(losses["block_02"])
