@@ -21,6 +21,7 @@ from typing import Any
 
 from normbench.analysis.judges_output_change import judge_output_change
 from normbench.analysis.judges_probe import ProbeTable, judge_xiong_gradients, judge_xiong_hidden
+from normbench.analysis.judges_removal import judge_curse_of_depth
 from normbench.analysis.judges_train import (
     judge_depth_breakdown,
     judge_peri_growth,
@@ -116,15 +117,16 @@ CLAIMS: dict[str, Claim] = {
             "6. Residual growth, Pre-LN vs Peri-LN",
             KIM,
             "during training, Pre-LN's residual-stream magnitude grows much more across layers "
-            "than Peri-LN's.",
+            "than Peri-LN's (400M-3.2B models trained on 30B tokens).",
             "train",
             judge_peri_growth,
         ),
         Claim(
             "rmsnorm",
-            "7. RMSNorm matches LayerNorm",
+            "7. RMSNorm matches LayerNorm, and is faster",
             "Zhang and Sennrich 2019, 1910.07467",
-            "RMSNorm matches LayerNorm's loss in a Pre-LN model.",
+            "RMSNorm matches LayerNorm's loss in a Pre-LN model, in less running time (7-64 % "
+            "less in the paper).",
             "train",
             judge_rmsnorm,
         ),
@@ -171,6 +173,15 @@ CLAIMS: dict[str, Claim] = {
             "its own best learning rate.",
             "train",
             _pending,
+        ),
+        Claim(
+            "curse_of_depth",
+            "13. The curse of depth",
+            "Sun et al. 2025, 2502.05795",
+            "in a trained Pre-LN model the deeper layers matter less (removing one costs less "
+            "loss than removing a shallower one), and LayerNorm Scaling makes them matter more.",
+            "train",
+            judge_curse_of_depth,
         ),
     )
 }

@@ -52,6 +52,7 @@ SUMMARY_TYPES: dict[str, tuple[type, ...]] = {
     "diverged_at_step": (int, float),
     "collapsed_at_step": (int, float),
     "diag": (dict,),
+    "layer_removal": (dict,),
     "wandb": (dict,),
 }
 

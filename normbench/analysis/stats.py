@@ -17,7 +17,8 @@ Intervals and decisions (every judge and study uses these, nothing else):
   any statistic of several independent samples (each resampled on its own: a difference of
   two differences, a ratio of two arms' growths). `ratio_of_means` is the statistic of a
   ratio over (numerator, denominator) units: resampling seeds recomputes the ratio of means;
-  `growth_ratio` that of two arms' ratios.
+  `growth_ratio` that of two arms' ratios; `mean_ratio` that of the means of two independent
+  samples (two arms' tokens/s).
   The interval is Hesterberg's *expanded percentile* interval (Hesterberg 2015, "What
   teachers should know about the bootstrap", section 5): the percentiles at alpha'/2 =
   Phi(-sqrt(n/(n-1)) * t_{n-1, 1-alpha/2}) instead of alpha/2, which corrects the plain
@@ -284,6 +285,13 @@ def growth_ratio(samples: Sequence[Sequence[tuple[float, float]]]) -> float:
     denominator): how many times one arm's growth is another's, for `bootstrap_samples`."""
     other = ratio_of_means(samples[1])
     return ratio_of_means(samples[0]) / other if other else math.nan
+
+
+def mean_ratio(samples: Sequence[Sequence[float]]) -> float:
+    """mean(samples[0]) / mean(samples[1]) (NaN for a zero denominator): how many times one
+    arm's mean is another's, each arm resampled on its own by `bootstrap_samples`."""
+    den = statistics.fmean(samples[1])
+    return statistics.fmean(samples[0]) / den if den else math.nan
 
 
 def mean_interval(values: Iterable[float | None], **kw: Any) -> Interval:

@@ -42,6 +42,14 @@ every part is, not reproduced when any part is not, and underpowered otherwise.
   `MATCH` = 0.02 nats: reproduced when the 90 % interval of the difference lies inside
   (-0.02, 0.02), not reproduced when the 95 % interval lies wholly outside, underpowered
   otherwise;
+- "faster" (claim 7b): tokens/s of one arm over another's, a ratio of the means over the runs
+  (each arm's runs resampled on their own), at least `SPEEDUP` = 1/0.93 = 1.075: 7 % less
+  running time, the least saving Zhang and Sennrich report; the machine and precision are
+  part of the result;
+- "the deeper layers matter less" (curse_of_depth): R, the mean loss increase from removing
+  one block of the deeper half over that from removing one of the shallower half (per seed),
+  below 1; "matter more with LNS": R(LNS) / R(Pre-LN), a ratio of the two arms' mean R,
+  strictly above 1;
 - a run that diverged or collapsed is an observed failure, not an estimate: "diverges or ends
   worse" is reproduced when any seed failed, "stays trainable" is not reproduced when any
   seed failed, and the measured text counts the failed seeds.
@@ -55,6 +63,11 @@ while the other placements are judged as above:
   sqrt(2) = 1.41 of it) at any depth and seed takes its comparisons out of regime (lower
   `probe.lr`), and so does a placement with no step of the ladder in the small-step limit
   (`LINEAR_BAND`);
+- a claim measured at a training budget far below its paper's is out of regime: Kim et al.'s
+  residual growth (400M-3.2B models on 30B tokens) for a run of fewer than `PERI_TOKENS` =
+  3e8 tokens (1 % of 30B), its numbers reported, not judged;
+- the layer removal of curse_of_depth compares trained models: any seed of either placement
+  that diverged or collapsed takes both of its sub-claims out of regime;
 - a claim about breaking down with depth needs each compared placement (Post-LN and every
   rescue) to train at the shallow depth: none of its seeds diverges or collapses there, and
   its loss there is not wholly `DELTA` or more above Pre-LN's (interval as above).
@@ -88,6 +101,8 @@ SATURATED = 0.7  # an output change of this fraction of the output's RMS: the st
 SLOPE_BAND = 0.2  # a depth exponent within the theory's +- this (claim 1)
 LEMMA2_BAND = (0.5, 3.0)  # Lemma 2: E||x_l||^2 / d gains this much per block (claim 2)
 LINEAR_BAND = (1.8, 2.2)  # c(eta) / c(eta / 2) of a linear change (claim 3's step)
+PERI_TOKENS = 3e8  # 1 % of Kim et al.'s 30B training tokens: below it, claim 6 is out of regime
+SPEEDUP = 1 / 0.93  # tokens/s ratio of 7 % less running time, Zhang and Sennrich's least saving
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"

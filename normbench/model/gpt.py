@@ -9,6 +9,8 @@ embedding. With `norm=pre`, `norm.kind=layernorm` and
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -215,6 +217,7 @@ class GPT(nn.Module):
             for layer in range(1, depth + 1)
         )
         self.norm_f = norm() if Block.final_norm else nn.Identity()
+        self.removed: frozenset[int] = frozenset()  # blocks left out of the forward (`without`)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         # Sees the output logits' statistics (loss.HEAD_STATS) of each forward with targets;
@@ -307,8 +310,23 @@ class GPT(nn.Module):
         """The hidden state entering the LM head, (B, T, d)."""
         stream = self.blocks[0].enter(self.embed(idx))  # ResiDual: a pair of streams
         for block in self.blocks:
-            stream = block(stream)
+            if block.layer not in self.removed:  # a removed block passes its input on
+                stream = block(stream)
         return self.blocks[-1].exit(stream, self.norm_f)
+
+    @contextmanager
+    def without(self, *layers: int) -> Iterator[GPT]:
+        """The model with blocks `layers` (1-based) removed while inside: each passes its
+        input on unchanged, x_{l+1} = x_l (the layer pruning of Sun et al. 2502.05795). The
+        rest stays as it is: the embedding norm, the other blocks with their own l, the final
+        norm and the head."""
+        if not all(1 <= layer <= self.depth for layer in layers):
+            raise ValueError(f"blocks {layers} are not all within 1 .. {self.depth}")
+        before, self.removed = self.removed, frozenset(layers)
+        try:
+            yield self
+        finally:
+            self.removed = before
 
     def forward(
         self,

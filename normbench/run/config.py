@@ -282,6 +282,7 @@ class DiagConfig:
     per_param: bool = MISSING
     from_init: bool = MISSING  # ||theta_t - theta_0|| / ||theta_0|| per block (a weight copy)
     attn_rows: int = MISSING  # sequences of each batch whose attention logits are measured
+    layer_removal: bool = MISSING  # at the end, the val loss with each block removed (removal.py)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """One training job: the Hydra task function of `normbench train`.
 
 A job takes its run directory's lock, decides what to resume (`plan_resume`), trains
-(`Trainer.fit`, run/trainer.py), and whatever happens writes the summary, closes the logger
-and says where the run is. `launch.py` hands `train_task` to Hydra, once per job.
+(`Trainer.fit`, run/trainer.py; then, with diag.layer_removal, run/removal.py), and whatever
+happens writes the summary, closes the logger and says where the run is. `launch.py` hands
+`train_task` to Hydra, once per job.
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
     from normbench.run.checkpoint import Checkpointer
     from normbench.run.data import check_data_fits, load_tokens
     from normbench.run.logger import make_logger
+    from normbench.run.removal import measure_layer_removal
     from normbench.run.runtime import configure_threads
     from normbench.run.trainer import Trainer
 
@@ -212,6 +214,7 @@ def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
         cfg, tokens, job.record, job.logger, summary, stop=job.stop, resume=resume, config=config
     )
     trainer.fit(checkpointer)
+    measure_layer_removal(trainer)  # with diag.layer_removal, after the final evaluation
 
 
 def _record_failure(job: _Job, e: BaseException) -> None:

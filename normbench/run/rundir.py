@@ -47,6 +47,7 @@ IMPLIED = {
     "optim.z_loss": 0.0,
     "norm.admin_init": "analytic",
     "diag.from_init": False,
+    "diag.layer_removal": False,  # nor the end-of-training layer removal (run/removal.py)
     "divergence.attention_logit_growth.enabled": False,
     "divergence.attention_logit_growth.threshold": 10000.0,
     "divergence.attention_logit_growth.patience": 3,

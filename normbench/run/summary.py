@@ -16,9 +16,10 @@ from typing import Any
 # healthy one.
 STATUSES = ("completed", "collapsed", "diverged", "interrupted", "failed")
 FINISHED = ("completed", "collapsed", "diverged")  # a resume leaves these runs alone
-# Written only when set: why a run stopped early, the error of one that failed, and the
-# collapse event of one that met it (run/collapse.py).
-OPTIONAL = ("stopped_by", "error", "collapsed_at_step", "collapse_detail")
+# Written only when set: why a run stopped early, the error of one that failed, the
+# collapse event of one that met it (run/collapse.py), and the layer-removal losses
+# (diag.layer_removal, run/removal.py).
+OPTIONAL = ("stopped_by", "error", "collapsed_at_step", "collapse_detail", "layer_removal")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Summary:
     bf16_speedup: float | None = None
     startup_s: float | None = None  # from the command to the first training step
     diag: dict[str, Any] = field(default_factory=dict)  # the last per-layer diagnostics
+    layer_removal: dict[str, float] | None = None  # val loss without each block (removal.py)
     vocab: dict[str, Any] | None = None  # data.vocab_limit's mapping, in brief
     wandb: dict[str, Any] | None = None  # the W&B run (id, project, group, url)
     stopped_by: str | None = None  # the signal that stopped an interrupted run

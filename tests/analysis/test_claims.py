@@ -264,7 +264,10 @@ def test_peri_growth_uses_the_diagnostics():
 
     def runs(pre, peri):
         made = [run(5.0, norm="pre", seed=s, diag=diag(x)) for s, x in enumerate(pre)]
-        return made + [run(5.0, norm="peri", seed=s, diag=diag(x)) for s, x in enumerate(peri)]
+        made += [run(5.0, norm="peri", seed=s, diag=diag(x)) for s, x in enumerate(peri)]
+        for r in made:  # Kim et al.'s regime (PERI_TOKENS; tests/analysis/test_judges_train.py)
+            r.summary["tokens"] = 3e8
+        return made
 
     assert judge("peri_growth", runs((30, 31, 32), (4, 5, 6))).outcome == REPRODUCED
     assert judge("peri_growth", runs((30, 31, 32), (20, 20, 20))).outcome == NOT_REPRODUCED
@@ -290,7 +293,7 @@ def test_peri_growth_uses_the_diagnostics():
 def test_rmsnorm_claim_by_tost(rms, outcome):
     runs = arm((5.0, 5.004, 5.008), kind="layernorm") + arm(rms, kind="rmsnorm")
     v = judge("rmsnorm", runs)
-    assert v.outcome == outcome, v.markdown()
+    assert v.checks[0].outcome == outcome, v.markdown()  # 7a; 7b: test_judges_train.py
     assert "against ±0.02; TOST p = " in v.checks[0].measured or None in rms
     assert "diverged or collapsed" in v.checks[0].measured
 
