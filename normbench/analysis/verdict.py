@@ -34,6 +34,10 @@ every part is, not reproduced when any part is not, and underpowered otherwise.
 - a run that diverged or collapsed is an observed failure, not an estimate: "diverges or ends
   worse" is reproduced when any seed failed, "stays trainable" is not reproduced when any
   seed failed, and the measured text counts the failed seeds.
+- on a learning-rate sweep (normbench/analysis/judges_lr.py), a largest stable lr is counted
+  in steps of its geometric grid ("none" one step below the grid's smallest lr), and "raises"
+  or "falls" means by at least `STEP` = 1 grid step (half a decade in the LR setting) in
+  every resample of the interval; LR sensitivities and l* are compared against 0.
 
 Validity gates, for every placement alike: a sub-claim whose placement is outside the regime
 the claim presupposes is `inconclusive (out of regime)`, with the numbers that put it there,
@@ -43,9 +47,11 @@ while the other placements are judged as above:
   whose output moved by more than `SATURATED` = 0.7 of its RMS (unrelated outputs differ by
   sqrt(2) = 1.41 of it) at any depth and seed takes its comparisons out of regime (lower
   `probe.lr`);
-- a claim about breaking down with depth needs each compared placement (Post-LN and every
-  rescue) to train at the shallow depth: none of its seeds diverges or collapses there, and
-  its loss there is not wholly `DELTA` or more above Pre-LN's (interval as above).
+- on a learning-rate sweep, every compared cell must have trained (not every run of it
+  diverged or collapsed); a claim about breaking down with depth also needs each compared
+  placement (Post-LN and every rescue) to have a largest stable lr at the shallow depth
+  (not "none"); "ends better at its best lr" needs no seed of either arm to have failed at
+  that lr.
 
 Outcome of a verdict: `inconclusive` when the records lack what the claim needs (a judge
 raises `Missing`; the note says what to run; no conditions); otherwise the outcome its
@@ -72,6 +78,7 @@ CONSTANT = 1.1
 MUCH = 2.0
 DELTA = 0.1
 MATCH = 0.02
+STEP = 1  # grid steps that a largest stable lr must rise or fall by (claims 4b, 5a, 5b)
 SATURATED = 0.7  # an output change of this fraction of the output's RMS: the step was too large
 
 REPRODUCED = "reproduced"
