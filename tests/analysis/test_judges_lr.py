@@ -191,7 +191,9 @@ def test_depth_breakdown_judges_post_ln_and_each_rescue():
     )
     assert b2t.measured.startswith("0 [0, 0]")
     measured = dict(v.measured)
-    assert measured["Pre-LN: largest stable lr, depth 2 - depth 8 (grid steps)"].startswith("0 [0, 0]")
+    assert measured["Pre-LN: largest stable lr, depth 2 - depth 8 (grid steps)"].startswith(
+        "0 [0, 0]"
+    )
     assert "B2T, depth 8: LR sensitivity (nats)" in measured
 
 
