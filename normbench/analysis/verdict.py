@@ -36,8 +36,9 @@ every part is, not reproduced when any part is not, and underpowered otherwise.
   seed failed, and the measured text counts the failed seeds.
 - on a learning-rate sweep (normbench/analysis/judges_lr.py), a largest stable lr is counted
   in steps of its geometric grid ("none" one step below the grid's smallest lr), and "raises"
-  or "falls" means by at least `STEP` = 1 grid step (half a decade in the LR setting) in
-  every resample of the interval; LR sensitivities and l* are compared against 0.
+  or "falls" means by at least `STEP` = 1 grid step (half a decade in the LR setting), the
+  whole interval at or above it; differences of LR sensitivities and of l* are judged
+  against 0.
 
 Validity gates, for every placement alike: a sub-claim whose placement is outside the regime
 the claim presupposes is `inconclusive (out of regime)`, with the numbers that put it there,
