@@ -3,12 +3,14 @@
 Each claim has a preset that measures it (`configs/experiment/<name>.yaml`, which sets
 `claim: <name>`) and a judge: a function from the records of those runs (a probe's per-seed
 table: normbench/analysis/judges_probe.py, or training run records:
-normbench/analysis/judges_train.py) to a `Verdict` (normbench/analysis/verdict.py, where the
-thresholds and the rules are fixed) that lists the measured numbers (mean ± std over seeds),
-the conditions that operationalize the claim (its sub-claims), and the outcome of each,
-decided by a 95 % bootstrap interval over seeds (or TOST) against its threshold.
+normbench/analysis/judges_train.py, and judges_lr.py for the claims judged on learning-rate
+sweeps: claims 4, 5 and issue 20's new ones) to a `Verdict` (normbench/analysis/verdict.py,
+where the thresholds and the rules are fixed) that lists the measured numbers (mean ± std
+over seeds), the conditions that operationalize the claim (its sub-claims), and the outcome
+of each, decided by a 95 % bootstrap interval over seeds (or TOST) against its threshold.
 
-`judge_claims` judges every claim that some of compare's records were run for;
+`judge_claims` judges every claim that some of compare's records were run for, or the
+claims named by `compare --claim` on all of them;
 `check_claim` checks a config's `claim=` before any job runs (the config schema, a layer
 below, takes the name as a string).
 """
@@ -19,15 +21,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from normbench.analysis.judges_lr import (
+    judge_depth_breakdown,
+    judge_dyt,
+    judge_long_warmup,
+    judge_post_shallow,
+    judge_qk_layernorm,
+    judge_warmup,
+    judge_z_loss,
+)
 from normbench.analysis.judges_output_change import judge_output_change
 from normbench.analysis.judges_probe import ProbeTable, judge_xiong_gradients, judge_xiong_hidden
 from normbench.analysis.judges_removal import judge_curse_of_depth
-from normbench.analysis.judges_train import (
-    judge_depth_breakdown,
-    judge_peri_growth,
-    judge_rmsnorm,
-    judge_warmup,
-)
+from normbench.analysis.judges_train import judge_peri_growth, judge_rmsnorm
 from normbench.analysis.records import CompareError, Probe, Run, one_vocab
 from normbench.analysis.table import fmt
 from normbench.analysis.verdict import Missing, Verdict
@@ -46,19 +52,15 @@ class Claim:
     judge: Callable[..., None]  # fills a Verdict in from the records
 
 
-XIONG, LIU, WANG, LI, KIM, WORTSMAN = (
+XIONG, LIU, WANG, LI, KIM, WORTSMAN, TAKASE = (
     "Xiong et al. 2020, 2002.04745",
     "Liu et al. 2020, 2004.08249",
     "Wang et al. 2022, 2203.00555",
     "Li et al. 2024, 2412.13795",
     "Kim et al. 2025, 2502.02732",
     "Wortsman et al. 2023, 2309.14322",
+    "Takase et al. 2022, 2206.00330",
 )
-
-
-def _pending(v: Verdict, records: Any) -> None:
-    """The judges of issue 20's claims land after their pre-registration (docs/reproductions.md)."""
-    raise Missing("this claim's judge is not in this version of normbench")
 
 
 CLAIMS: dict[str, Claim] = {
@@ -96,19 +98,19 @@ CLAIMS: dict[str, Claim] = {
         ),
         Claim(
             "warmup",
-            "4. Post-LN needs warmup",
+            "4. Post-LN needs warmup, on the LR sensitivity",
             XIONG,
-            "Post-LN needs learning-rate warmup; without it, at the same learning rate, Post-LN "
-            "trains much worse or diverges while Pre-LN does not.",
+            "Post-LN needs learning-rate warmup: warmup lowers Post-LN's LR sensitivity and "
+            "raises its largest stable learning rate, and Post-LN needs it more than Pre-LN.",
             "train",
             judge_warmup,
         ),
         Claim(
             "depth_breakdown",
-            "5. Post-LN breaks down with depth",
-            f"{LIU}; {WANG}; {LI}",
-            "Post-LN breaks down as depth grows, and DeepNorm (and Admin, B2T, Mix-LN) keep it "
-            "trainable.",
+            "5. Post-LN breaks down with depth; the rescues, on the LR sensitivity",
+            f"{LIU}; {WANG}; {LI}; {TAKASE}",
+            "Post-LN's largest stable learning rate falls with depth, and each rescue "
+            "(DeepNorm, Admin, Mix-LN, B2T) keeps it up.",
             "train",
             judge_depth_breakdown,
         ),
@@ -137,7 +139,7 @@ CLAIMS: dict[str, Claim] = {
             "normalizing queries and keys (qk-layernorm) lowers the learning-rate sensitivity "
             "that attention-logit growth causes.",
             "train",
-            _pending,
+            judge_qk_layernorm,
         ),
         Claim(
             "z_loss",
@@ -146,7 +148,7 @@ CLAIMS: dict[str, Claim] = {
             "without weight decay, the z-loss lowers the learning-rate sensitivity that "
             "output-logit divergence causes.",
             "train",
-            _pending,
+            judge_z_loss,
         ),
         Claim(
             "long_warmup",
@@ -154,7 +156,7 @@ CLAIMS: dict[str, Claim] = {
             f"{WORTSMAN}, Sec. 3.4",
             "a longer warmup lowers the learning-rate sensitivity.",
             "train",
-            _pending,
+            judge_long_warmup,
         ),
         Claim(
             "dyt",
@@ -163,16 +165,16 @@ CLAIMS: dict[str, Claim] = {
             "Dynamic Tanh in place of LayerNorm matches its loss, each at its own best "
             "learning rate.",
             "train",
-            _pending,
+            judge_dyt,
         ),
         Claim(
             "post_shallow",
             "12. Post-LN beats Pre-LN when shallow",
-            f"{LIU}, Sec. 3; Takase et al. 2022, 2206.00330",
+            f"{LIU}, Sec. 3; {TAKASE}",
             "when it trains, Post-LN ends at a lower loss than Pre-LN at shallow depth, each at "
             "its own best learning rate.",
             "train",
-            _pending,
+            judge_post_shallow,
         ),
         Claim(
             "curse_of_depth",
@@ -257,29 +259,53 @@ def probe_setting(probes: list[Probe]) -> str:
     )
 
 
-def judge_claims(runs: list[Run], probes: list[Probe]) -> list[Any]:
-    """A verdict for every claim that some of the records were run for (config `claim`)."""
+def check_claim_names(names: list[str]) -> None:
+    """`compare --claim NAME`: every name is a claim (a one-line CompareError otherwise)."""
+    for name in names:
+        if name not in CLAIMS:
+            raise CompareError(f"unknown claim '{name}'; choose one of: {', '.join(CLAIMS)}")
+
+
+def _probe_table(probes: list[Probe]) -> ProbeTable:
+    if any("per_seed" not in p.table for p in probes):
+        raise CompareError(
+            f"{probes[0].dir}: probe.json has no per-seed rows (written by an older "
+            "normbench); run the probe again"
+        )
+    widths = {p.config.get("model.d_model") for p in probes}
+    return ProbeTable(
+        [row for p in probes for row in p.table["per_seed"]["layers"]],
+        [row for p in probes for row in p.table["per_seed"]["models"]],
+        [row for p in probes for row in p.table["per_seed"].get("ladder", [])],
+        d_model=widths.pop() if len(widths) == 1 else None,
+    )
+
+
+def _judge_records(name: str, records: list[Any]) -> Verdict:
+    """The verdict of claim `name` on its records (probes or runs, as the claim reads)."""
+    sources = [str(r.dir) for r in records]
+    if not records:
+        claim = CLAIMS[name]
+        v = Verdict(name, claim.title, claim.source, claim.statement)
+        v.note = f"inconclusive: no `normbench {claim.command}` records were given"
+        return v
+    if CLAIMS[name].command == "probe":
+        return judge(name, _probe_table(records), probe_setting(records), sources)
+    return judge(name, records, run_setting(records), sources)
+
+
+def judge_claims(runs: list[Run], probes: list[Probe], names: list[str] | None = None) -> list[Any]:
+    """A verdict for every claim that some of the records were run for (config `claim`); with
+    `names` (compare --claim), for each of those claims on all the records, whatever their
+    config's claim (e.g. the LR-sensitivity study's runs, or post_shallow on warmup's)."""
     verdicts = []
     for name, claim in CLAIMS.items():
-        if claim.command == "probe":
-            mine = [p for p in probes if p.config.get("claim") == name]
-            if not mine:
-                continue
-            if any("per_seed" not in p.table for p in mine):
-                raise CompareError(
-                    f"{mine[0].dir}: probe.json has no per-seed rows (written by an older "
-                    "normbench); run the probe again"
-                )
-            widths = {p.config.get("model.d_model") for p in mine}
-            table = ProbeTable(
-                [row for p in mine for row in p.table["per_seed"]["layers"]],
-                [row for p in mine for row in p.table["per_seed"]["models"]],
-                [row for p in mine for row in p.table["per_seed"].get("ladder", [])],
-                d_model=widths.pop() if len(widths) == 1 else None,
-            )
-            verdicts.append(judge(name, table, probe_setting(mine), [str(p.dir) for p in mine]))
-        else:
-            mine = [r for r in runs if r.config.get("claim") == name]
-            if mine:
-                verdicts.append(judge(name, mine, run_setting(mine), [str(r.dir) for r in mine]))
+        records: list[Any] = probes if claim.command == "probe" else runs
+        if names is not None:
+            if name in names:
+                verdicts.append(_judge_records(name, records))
+            continue
+        mine = [r for r in records if r.config.get("claim") == name]
+        if mine:
+            verdicts.append(_judge_records(name, mine))
     return verdicts

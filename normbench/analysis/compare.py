@@ -1,7 +1,7 @@
 """`normbench compare`: a report from local run records, with no network and no W&B account.
 
     normbench compare PATH... [--out DIR] [--x KEY] [--y KEY] [--group-by KEY,...] [--vocab V]
-                      [--wandb]
+                      [--claim NAME]... [--wandb]
 
 PATH is a run directory, a sweep directory (every run below it) or a glob. The report holds
 `index.html` (one self-contained page, the figures embedded), `summary.csv` and `summary.md`
@@ -21,6 +21,9 @@ summary.csv), and so do the loss figures of a reduced vocabulary.
 Probe records (`normbench probe` run directories, probe.json) are read too. Records made by a
 reproduction preset (config `claim`, configs/experiment/) are judged against the claim
 (normbench/analysis/claims.py): `verdicts.md`, `verdicts.json` and a section at the top of the page.
+`--claim NAME` (repeatable) judges the named claims instead, on all the records, whatever
+claim they were run for (the LR-sensitivity study's runs, or claim post_shallow on the runs of
+experiment=warmup).
 
 The axes are the config keys that vary across the runs (derived keys such as a kind's eps
 left out); the seed is averaged over. `--x`/`--y` choose the stability map's axes (default
@@ -63,7 +66,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from normbench.analysis.claims import judge_claims
+from normbench.analysis.claims import check_claim_names, judge_claims
 from normbench.analysis.lr_sensitivity import is_lr_sweep
 from normbench.analysis.page import write_html
 from normbench.analysis.records import (
@@ -166,9 +169,11 @@ def build_report(
     y: str | None = None,
     group_by: list[str] | None = None,
     vocab_choice: str | None = None,
+    claims: list[str] | None = None,
 ) -> tuple[Path, list[Run], Axes | None, list[dict[str, Any]], dict[str, list[Path]]]:
     """Read the records of one vocabulary (`vocab_choice`, or the only one they have: see
-    select_vocab) and write the report into `out` (default: default_out).
+    select_vocab) and write the report into `out` (default: default_out), with the verdicts
+    of the claims the records were run for, or of `claims` on all of them.
 
     `out` must be new or compare's own earlier report (check_out). The report is built in a
     hidden folder beside it and swapped in (install), so that a failure or Ctrl-C leaves the
@@ -181,7 +186,7 @@ def build_report(
     axes = choose_axes(runs, x, y, group_by) if runs else None
     for i, run in enumerate(runs):
         run.label = f"{i:02d} {describe(run, axes.varying if axes else [])}".strip()
-    verdicts = judge_claims(runs, probes)
+    verdicts = judge_claims(runs, probes, claims)
     for s in records.skipped:
         print(f"normbench compare: skipped {s.dir}: {s.reason}", file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -236,11 +241,20 @@ def main(argv: list[str]) -> None:
         help="report only the records of this vocabulary (data.vocab_limit): full or a number; "
         "needed when they have several, whose losses are not comparable",
     )
+    parser.add_argument(
+        "--claim",
+        action="append",
+        metavar="NAME",
+        help="judge this claim (repeatable) on all the records, whatever claim they were run "
+        "for; without it, records are judged by their config's claim",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log the report to W&B")
     args = parser.parse_args(argv)
+    if args.claim:
+        check_claim_names(args.claim)
     group_by = [k for k in args.group_by.split(",") if k] if args.group_by is not None else None
     out, runs, axes, rows, figures = build_report(
-        args.paths, args.out, args.x, args.y, group_by, args.vocab
+        args.paths, args.out, args.x, args.y, group_by, args.vocab, args.claim
     )
     if args.wandb:
         from normbench.run.logger import log_report

@@ -1,7 +1,7 @@
-"""The judges of the claims measured by training runs (claims 4-7 of
-normbench/analysis/claims.py), on the runs' records (normbench.analysis.records.Run). Each
-fills a Verdict in (normbench/analysis/verdict.py: the thresholds and the rules) or raises
-Missing.
+"""The judges of the claims measured by training runs at fixed settings (claims 6 and 7 of
+normbench/analysis/claims.py; those judged on learning-rate sweeps are in judges_lr.py), on
+the runs' records (normbench.analysis.records.Run). Each fills a Verdict in
+(normbench/analysis/verdict.py: the thresholds and the rules) or raises Missing.
 
 Runs are selected by the axes' short names (normbench/run/axes.py: `norm`, `norm_kind`,
 `depth`, `warmup`, `lr`, ...).
@@ -14,27 +14,20 @@ that trained (`_final_losses`); the texts show the collapsed runs' losses apart.
 run is an observed event, not an estimate: it decides a condition about failing by itself,
 and the condition's text counts the failed seeds.
 
-The unit of every interval is a run (a seed): a loss difference is `stats.diff_interval` of
-the two arms' final losses, a difference of two depth penalties resamples its four arms on
-their own, a growth is a ratio of means over the runs (`stats.ratio_of_means`), a speed-up
-the ratio of two arms' mean tokens/s (`stats.mean_ratio`, each arm resampled on its own), and
-"matches" is `stats.tost` with the margin MATCH.
+The unit of every interval is a run (a seed): a growth is a ratio of means over the runs
+(`stats.ratio_of_means`), a speed-up the ratio of two arms' mean tokens/s (`stats.mean_ratio`,
+each arm resampled on its own), and "matches" is `stats.tost` with the margin MATCH.
 """
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from normbench.analysis.stats import (
     FAILS,
-    HOLDS,
-    Interval,
     bootstrap,
     bootstrap_samples,
-    diff_interval,
     exceeds,
-    falls_below,
     finite,
     growth_ratio,
     mean_ratio,
@@ -43,7 +36,6 @@ from normbench.analysis.stats import (
     tost,
 )
 from normbench.analysis.verdict import (
-    DELTA,
     MATCH,
     MUCH,
     OUT_OF_REGIME,
@@ -54,16 +46,6 @@ from normbench.analysis.verdict import (
     Verdict,
 )
 from normbench.run.axes import long
-
-RESCUES = ("deepnorm", "admin", "b2t", "mix")  # the placements said to keep depth trainable
-NAMES = {
-    "post": "Post-LN",
-    "pre": "Pre-LN",
-    "deepnorm": "DeepNorm",
-    "admin": "Admin",
-    "b2t": "B2T",
-    "mix": "Mix-LN",
-}
 
 
 def _cfg(run: Any, key: str) -> Any:
@@ -109,163 +91,12 @@ def _failed(runs: list[Any]) -> int:
     return _final_losses(runs)[1]
 
 
-def _loss_diff(a: list[Any], b: list[Any]) -> Interval:
-    """mean final loss of the runs a that trained minus that of the runs b, its interval."""
-    return diff_interval(_final_losses(a)[0], _final_losses(b)[0])
-
-
 def _need_runs(runs: list[Any], what: str, **where: Any) -> list[Any]:
     found = _select(runs, **where)
     if not found:
         given = " ".join(f"{k}={v}" for k, v in where.items())
         raise Missing(f"no runs with {given} ({what})")
     return found
-
-
-def _warmup_check(norm: str, without: list[Any], with_w: list[Any], at: str) -> Check:
-    """Post-LN: fails without warmup (a failed seed, or a loss DELTA worse); Pre-LN: does
-    not (no failed seed, and a loss less than DELTA worse)."""
-    diff, failed = _loss_diff(without, with_w), _failed(without)
-    text = (
-        f"without - with warmup: {diff.text()} nats; diverged or collapsed without warmup "
-        f"{failed}/{len(without)}"
-    )
-    if norm == "post":
-        return Check.decided(
-            f"Post-LN without warmup diverges or collapses, or ends at least {DELTA} nats worse "
-            f"than with it{at}",
-            text,
-            HOLDS if failed else exceeds(diff, DELTA),
-        )
-    return Check.decided(
-        f"Pre-LN without warmup neither diverges, collapses nor ends {DELTA} nats worse{at}",
-        text,
-        FAILS if failed else falls_below(diff, DELTA),
-    )
-
-
-def judge_warmup(v: Verdict, runs: list[Any]) -> None:
-    warmups = sorted({_cfg(r, "optim.warmup_steps") for r in runs})
-    if 0 not in warmups or len(warmups) < 2:
-        raise Missing("the claim compares optim.warmup_steps=0 with a warmup; sweep both")
-    w = warmups[-1]
-    lrs = sorted({_cfg(r, "optim.lr") for r in runs})
-    for lr in lrs:
-        at = f" (lr {lr:g})" if len(lrs) > 1 else ""
-        for norm in ("post", "pre"):
-            without = _need_runs(runs, "no warmup", norm=norm, warmup=0, lr=lr)
-            with_w = _need_runs(runs, f"warmup {w}", norm=norm, warmup=w, lr=lr)
-            v.measured.append((f"{norm}, no warmup{at}: final val loss", _loss_text(without)))
-            v.measured.append((f"{norm}, warmup {w}{at}: final val loss", _loss_text(with_w)))
-            v.checks.append(_warmup_check(norm, without, with_w, at))
-
-
-Arm = tuple[list[Any], list[Any]]  # a placement's runs at the shallow and at the deep depth
-
-
-def _depth_arms(v: Verdict, runs: list[Any], lo: int, hi: int) -> dict[str, Arm]:
-    """Per placement with runs at both depths, its runs at each; their losses go into the
-    verdict, and the placements lacking a depth into its note."""
-    arms: dict[str, Arm] = {}
-    norms = sorted({_cfg(r, "norm.name") for r in runs})
-    if "post" not in norms:
-        raise Missing("no norm=post runs")
-    incomplete = []
-    for norm in norms:
-        shallow = _select(runs, norm=norm, depth=lo)
-        deep = _select(runs, norm=norm, depth=hi)
-        if not (shallow and deep):  # e.g. a sweep cut short: judge the placements it has
-            if norm == "post":
-                raise Missing(f"norm=post needs runs at depth {lo} and {hi}")
-            incomplete.append(norm)
-            continue
-        v.measured.append((f"{norm} depth {lo}: final val loss", _loss_text(shallow)))
-        v.measured.append((f"{norm} depth {hi}: final val loss", _loss_text(deep)))
-        arms[norm] = (shallow, deep)
-    if incomplete:
-        v.note = f"left out, lacking runs at depth {lo} or {hi}: {', '.join(incomplete)}"
-    return arms
-
-
-def _penalty(samples: list[list[float]]) -> float:
-    """mean(deep losses) - mean(shallow losses): the loss that depth costs."""
-    return statistics.fmean(samples[0]) - statistics.fmean(samples[1])
-
-
-def _penalty_contrast(arm: Arm, ref: Arm | None) -> Interval:
-    """The arm's depth penalty minus Pre-LN's (without Pre-LN, minus 0), its interval: the
-    final losses at each depth of each arm resampled on their own."""
-    samples = [_final_losses(arm[1])[0], _final_losses(arm[0])[0]]
-    if ref is None:
-        return bootstrap_samples(samples, _penalty)
-    samples += [_final_losses(ref[1])[0], _final_losses(ref[0])[0]]
-    return bootstrap_samples(samples, lambda s: _penalty(s[:2]) - _penalty(s[2:]))
-
-
-def _shallow_gate(arm: Arm, ref: Arm | None, lo: int) -> str:
-    """Why the placement does not train at the shallow depth ('' when it does): a seed
-    diverged or collapsed there, or its loss there is wholly DELTA or more above Pre-LN's.
-    The reference, Pre-LN, passes the same gate: where a seed of it failed at the shallow
-    depth, no arm is compared with it."""
-    if ref and _failed(ref[0]):
-        return f"Pre-LN, the reference, does not train at depth {lo}: {_loss_text(ref[0])}"
-    shallow = arm[0]
-    gap = _loss_diff(shallow, ref[0]) if ref else None
-    behind = gap is not None and exceeds(gap, DELTA) == HOLDS
-    if not (_failed(shallow) or behind):
-        return ""
-    text = f"does not train at depth {lo}: {_loss_text(shallow)}"
-    return text + (f"; minus Pre-LN's: {gap.text()} nats (>= {DELTA})" if behind else "")
-
-
-def _breakdown_check(norm: str, arm: Arm, ref: Arm | None, lo: int, hi: int) -> Check:
-    ref_name = "Pre-LN's" if ref else "0"
-    name = NAMES.get(norm, norm)
-    if norm == "post":
-        condition = (
-            f"Post-LN breaks down at depth {hi}: it diverges or collapses, or its loss(depth "
-            f"{hi}) - loss(depth {lo}) exceeds {ref_name} by >= {DELTA} nats"
-        )
-    else:
-        condition = (
-            f"{name} stays trainable at depth {hi}: no divergence or collapse, and its depth "
-            f"penalty exceeds {ref_name} by < {DELTA} nats"
-        )
-    gate = _shallow_gate(arm, ref, lo)
-    if gate:
-        return Check(condition, gate, OUT_OF_REGIME)
-    contrast, failed = _penalty_contrast(arm, ref), _failed(arm[1])
-    text = (
-        f"loss(depth {hi}) - loss(depth {lo}) minus {ref_name}: {contrast.text()} nats; "
-        f"diverged or collapsed at depth {hi}: {failed}/{len(arm[1])}"
-    )
-    if norm == "post":
-        return Check.decided(condition, text, HOLDS if failed else exceeds(contrast, DELTA))
-    return Check.decided(condition, text, FAILS if failed else falls_below(contrast, DELTA))
-
-
-def judge_depth_breakdown(v: Verdict, runs: list[Any]) -> None:
-    depths = sorted({_cfg(r, "depth") for r in runs})
-    if len(depths) < 2:
-        raise Missing("the claim compares depths; sweep at least two")
-    lo, hi = depths[0], depths[-1]
-    arms = _depth_arms(v, runs, lo, hi)
-    ref = arms.get("pre")
-    if ref:
-        penalty = _loss_diff(ref[1], ref[0])
-        v.measured.append((f"pre: loss(depth {hi}) - loss(depth {lo})", f"{penalty.text()} nats"))
-    out = []  # the placements that do not train at the shallow depth
-    for norm in (n for n in ("post", *RESCUES) if n in arms):
-        v.checks.append(_breakdown_check(norm, arms[norm], ref, lo, hi))
-        if v.checks[-1].outcome == OUT_OF_REGIME:
-            out.append(NAMES.get(norm, norm))
-    if out:
-        note = (
-            f"out of regime: {', '.join(out)} already fail(s) at depth {lo}, so this setting "
-            "cannot show what depth does to it: give it more warmup (optim.warmup_steps) or a "
-            "lower optim.lr"
-        )
-        v.note = f"{v.note}; {note}" if v.note else note
 
 
 def _residual_growth(run: Any) -> tuple[float, float] | None:

@@ -53,6 +53,11 @@ every part is, not reproduced when any part is not, and underpowered otherwise.
 - a run that diverged or collapsed is an observed failure, not an estimate: "diverges or ends
   worse" is reproduced when any seed failed, "stays trainable" is not reproduced when any
   seed failed, and the measured text counts the failed seeds.
+- on a learning-rate sweep (normbench/analysis/judges_lr.py), a largest stable lr is counted
+  in steps of its geometric grid ("none" one step below the grid's smallest lr), and "raises"
+  or "falls" means by at least `STEP` = 1 grid step (half a decade in the LR setting), the
+  whole interval at or above it; differences of LR sensitivities and of l* are judged
+  against 0.
 
 Validity gates, for every placement alike: a sub-claim whose placement is outside the regime
 the claim presupposes is `inconclusive (out of regime)`, with the numbers that put it there,
@@ -68,9 +73,11 @@ while the other placements are judged as above:
   3e8 tokens (1 % of 30B), its numbers reported, not judged;
 - the layer removal of curse_of_depth compares trained models: any seed of either placement
   that diverged or collapsed takes both of its sub-claims out of regime;
-- a claim about breaking down with depth needs each compared placement (Post-LN and every
-  rescue) to train at the shallow depth: none of its seeds diverges or collapses there, and
-  its loss there is not wholly `DELTA` or more above Pre-LN's (interval as above).
+- on a learning-rate sweep, every compared cell must have trained (not every run of it
+  diverged or collapsed); a claim about breaking down with depth also needs each compared
+  placement (Post-LN and every rescue) to have a largest stable lr at the shallow depth
+  (not "none"); "ends better at its best lr" needs no seed of either arm to have failed at
+  that lr.
 
 Outcome of a verdict: `inconclusive` when the records lack what the claim needs (a judge
 raises `Missing`; the note says what to run; no conditions); otherwise the outcome its
@@ -97,6 +104,7 @@ CONSTANT = 1.1
 MUCH = 2.0
 DELTA = 0.1
 MATCH = 0.02
+STEP = 1  # grid steps that a largest stable lr must rise or fall by (claims 4b, 5a, 5b)
 SATURATED = 0.7  # an output change of this fraction of the output's RMS: the step was too large
 SLOPE_BAND = 0.2  # a depth exponent within the theory's +- this (claim 1)
 LEMMA2_BAND = (0.5, 3.0)  # Lemma 2: E||x_l||^2 / d gains this much per block (claim 2)

@@ -1,7 +1,8 @@
 """The literature's claims (normbench/analysis/claims.py, judges_probe.py, judges_train.py,
 verdict.py): each judge on records built to agree, to disagree and to lack what it needs; the
 presets composing; and real probe presets at tiny size, judged by `normbench probe` and by
-`normbench compare` from the records."""
+`normbench compare` from the records. The claims judged on learning-rate sweeps (4, 5 and
+issue 20's) are tested in test_judges_lr.py and test_lr_presets.py."""
 
 from __future__ import annotations
 
@@ -126,136 +127,6 @@ def run(loss: float | None, *, status: str = "completed", diag: dict | None = No
 def arm(losses: tuple[float | None, ...], **cfg) -> list[Run]:
     """One run per seed with these final losses (None: diverged)."""
     return [run(loss, seed=s, **cfg) for s, loss in enumerate(losses)]
-
-
-TIGHT = (5.0, 5.01, 5.02)
-
-
-def warmup_runs(post_without: tuple, pre_without: tuple = TIGHT) -> list[Run]:
-    return [
-        *arm(pre_without, norm="pre", warmup=0),
-        *arm((5.02, 5.03, 5.04), norm="pre", warmup=50),
-        *arm((5.1, 5.11, 5.12), norm="post", warmup=50),
-        *arm(post_without, norm="post", warmup=0),
-    ]
-
-
-@pytest.mark.parametrize(
-    "post_without, pre_without, result",
-    [
-        ((None, 5.8, 5.81), TIGHT, [REPRODUCED, REPRODUCED]),  # a diverged seed is a failure
-        ((5.6, 5.62, 5.61), TIGHT, [REPRODUCED, REPRODUCED]),
-        ((5.12, 5.1, 5.11), TIGHT, [NOT_REPRODUCED, REPRODUCED]),
-        # 0.19 nats worse on average, >= 2 SE (0.10): counted before; the interval reaches 0.08
-        ((5.20, 5.35, 5.36), TIGHT, [UNDERPOWERED, REPRODUCED]),
-        # Pre-LN 0.04 nats worse on average, but one seed 0.16: not surely below 0.1
-        ((5.6, 5.62, 5.61), (5.0, 5.02, 5.2), [REPRODUCED, UNDERPOWERED]),
-    ],
-)
-def test_warmup_claim(post_without, pre_without, result):
-    v = judge("warmup", warmup_runs(post_without, pre_without))
-    assert outcomes(v) == result, v.markdown()
-    assert "without - with warmup: " in v.checks[0].measured
-    assert "diverged or collapsed without warmup" in v.checks[0].measured
-
-
-def collapse(runs: list[Run], **where: object) -> None:
-    """The selected runs end collapsed at the unigram level (normbench/run/collapse.py)."""
-    for r in runs:
-        if all(r.config[k] == v for k, v in where.items()):
-            r.summary.update(status="collapsed", val_loss=6.65, unigram={"val_ce": 6.6})
-
-
-def test_a_collapsed_arm_fails_like_a_diverged_one():
-    runs = warmup_runs((5.1, 5.1, 5.1))  # Post-LN no worse without warmup: not reproduced ...
-    assert outcomes(judge("warmup", runs)) == [NOT_REPRODUCED, REPRODUCED]
-    collapse(runs, **{"norm.name": "post", "optim.warmup_steps": 0})  # ... unless it collapsed
-    v = judge("warmup", runs)
-    assert v.outcome == REPRODUCED, v.markdown()
-    post = dict(v.measured)["post, no warmup: final val loss"]
-    assert "collapsed 3/3 (val/loss 6.65" in post and "unigram 6.6" in post
-    assert "diverged or collapsed without warmup 3/3" in v.checks[0].measured
-    # a collapsed Pre-LN is no Pre-LN that trains without warmup, whatever its loss
-    collapse(runs, **{"norm.name": "pre", "optim.warmup_steps": 0})
-    assert outcomes(judge("warmup", runs)) == [REPRODUCED, NOT_REPRODUCED]
-
-
-def test_warmup_claim_needs_both_arms():
-    runs = [r for r in warmup_runs((5.6, 5.6, 5.6)) if r.config["optim.warmup_steps"] == 0]
-    assert judge("warmup", runs).outcome == INCONCLUSIVE
-
-
-def depth_runs(shallow: dict, deep: dict) -> list[Run]:
-    """Per placement, its runs' losses at depth 6 and at depth 24."""
-    runs = []
-    for norm, losses in shallow.items():
-        runs += arm(losses, norm=norm, depth=6)
-    for norm, losses in deep.items():
-        runs += arm(losses, norm=norm, depth=24)
-    return runs
-
-
-def plus(losses: tuple, penalty: float) -> tuple:
-    return tuple(x + penalty for x in losses)
-
-
-def test_depth_breakdown_is_judged_against_pre_ln():
-    # Pre-LN: depth costs 0.05 nats; Post-LN diverges at 24; DeepNorm pays 0.08; B2T 0.5.
-    norms = ("pre", "post", "deepnorm", "b2t")
-    deep = {"pre": plus(TIGHT, 0.05), "post": (None,) * 3}
-    deep |= {"deepnorm": plus(TIGHT, 0.08), "b2t": plus(TIGHT, 0.5)}
-    runs = depth_runs(dict.fromkeys(norms, TIGHT), deep)
-    runs.append(run(5.0, norm="mix", depth=6))  # a sweep cut short: mix only at depth 6
-    v = judge("depth_breakdown", runs)
-    assert outcomes(v) == [REPRODUCED, REPRODUCED, NOT_REPRODUCED]  # post; deepnorm; b2t
-    assert v.outcome == "mixed: 2 reproduced, 1 not reproduced" and "mix" in v.note
-    assert "diverged or collapsed at depth 24: 3/3" in v.checks[0].measured
-    post_only = [r for r in runs if r.config["norm.name"] != "post" or r.config["depth"] == 6]
-    assert "norm=post needs runs at depth 6 and 24" in judge("depth_breakdown", post_only).note
-
-
-@pytest.mark.parametrize(
-    "post_deep, outcome",
-    [
-        (plus(TIGHT, 0.06), NOT_REPRODUCED),  # Post-LN pays what Pre-LN pays
-        # 0.16 nats more than Pre-LN on average, but one seed only 0.05 more: not surely 0.1
-        ((5.1, 5.25, 5.3), UNDERPOWERED),
-    ],
-)
-def test_depth_breakdown_post_ln_outcomes(post_deep, outcome):
-    runs = depth_runs({"pre": TIGHT, "post": TIGHT}, {"pre": plus(TIGHT, 0.05), "post": post_deep})
-    v = judge("depth_breakdown", runs)
-    assert outcomes(v) == [outcome], v.markdown()
-
-
-def test_depth_breakdown_needs_every_arm_to_train_when_shallow():
-    """Post-LN stuck at depth 6 (0.8 nats behind Pre-LN), DeepNorm 0.3 nats behind and Admin
-    diverging on one seed there: their sub-claims are out of regime; Mix-LN, which trains at
-    depth 6, is judged."""
-    shallow = {"pre": (5.8, 5.81, 5.82), "post": (6.6, 6.61, 6.62)}
-    shallow |= {"deepnorm": (6.1, 6.11, 6.12), "admin": (5.8, None, 5.82), "mix": (5.8, 5.81, 5.82)}
-    deep = {norm: plus(losses, 0.05) for norm, losses in shallow.items() if norm != "admin"}
-    deep["admin"] = (5.85, 5.86, 5.87)
-    v = judge("depth_breakdown", depth_runs(shallow, deep))
-    assert outcomes(v) == [OUT_OF_REGIME, OUT_OF_REGIME, OUT_OF_REGIME, REPRODUCED], v.markdown()
-    post, deepnorm, admin, _ = v.checks
-    assert "does not train at depth 6" in post.measured and "minus Pre-LN's: 0.8 [" in post.measured
-    assert "DeepNorm stays trainable" in deepnorm.condition and "0.3 [" in deepnorm.measured
-    assert "diverged 1/3" in admin.measured and "Pre-LN" not in admin.measured
-    assert v.outcome == "mixed: 1 reproduced, 3 inconclusive (out of regime)"
-    assert "out of regime: Post-LN, DeepNorm, Admin already fail(s) at depth 6" in v.note
-    assert "Mix-LN" not in v.note and "warmup" in v.note
-    assert v.measured
-
-
-def test_depth_breakdown_gates_the_reference_too():
-    """Pre-LN, the reference, diverging on one seed at depth 6: every arm compared with it is
-    out of regime, as an arm of its own that failed there would be."""
-    shallow = {"pre": (5.8, None, 5.82), "post": TIGHT, "deepnorm": TIGHT}
-    deep = {norm: plus(TIGHT, 0.05) for norm in shallow}
-    v = judge("depth_breakdown", depth_runs(shallow, deep))
-    assert outcomes(v) == [OUT_OF_REGIME, OUT_OF_REGIME], v.markdown()
-    assert all("Pre-LN, the reference, does not train at depth 6" in c.measured for c in v.checks)
 
 
 def test_peri_growth_uses_the_diagnostics():
