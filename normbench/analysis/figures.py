@@ -52,12 +52,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=-]+", "_", text).strip("_")[:120] or "all"
 
 
+DPI = 110
+
+
 def save(fig: Any, out: Path, stem: str) -> Path:
-    """PNG (embedded in the page) and SVG (for print) side by side; returns the PNG."""
+    """PNG (embedded in the page) and SVG (for print) side by side; returns the PNG. The
+    image is cut to the figure's artists (bbox_inches="tight"), so that every label is inside
+    it (a colour bar's label can be longer than a short figure is high)."""
     plt = _plt()
     png = out / f"{stem}.png"
-    fig.savefig(png, dpi=110)
-    fig.savefig(out / f"{stem}.svg")
+    fig.savefig(png, dpi=DPI, bbox_inches="tight", pad_inches=0.06)
+    fig.savefig(out / f"{stem}.svg", bbox_inches="tight", pad_inches=0.06)
     plt.close(fig)
     return png
 
@@ -244,7 +249,7 @@ def stability_maps(out: Path, runs: list[Run], axes: Axes) -> list[Path]:
         for ax in list(grid.flat)[n:]:
             ax.axis("off")
         if image is not None:
-            fig.colorbar(image, ax=grid, label="final val/loss (nats), mean over seeds")
+            fig.colorbar(image, ax=grid, label="final val/loss (nats),\nmean over seeds")
         fig.suptitle(
             f"stability map: norm={fmt(norm[0])}\n({_failures(by_norm, 'runs ')})"
             f"{vocab_suffix(axes)}"

@@ -61,7 +61,7 @@ def _panels(fig: Any) -> list[Any]:
 def _save(fig: Any, run_dir: Path, stem: str) -> list[Path]:
     paths = [run_dir / f"{stem}.{ext}" for ext in ("png", "svg")]
     for path in paths:
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.06)
     _pyplot().close(fig)
     return paths
 
