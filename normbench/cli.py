@@ -4,6 +4,7 @@
     normbench train -m [sweep]         a Hydra multirun: one job per combination
     normbench probe [overrides]        gradient / hidden-state norms and output change at init
     normbench compare PATH... [--out]  a report (HTML, tables, figures) from run records
+    normbench dashboard PATH...        that report as a W&B Report and workspace view
     normbench prepare [overrides]      download and tokenize the data into the cache
     normbench list [--markdown]        the placements and kinds, with their papers
     normbench --help
@@ -41,6 +42,8 @@ commands:
              norms and the output change after one step, across probe.norms x probe.depths
   compare    a report from run records: index.html, summary.csv/.md, loss curves, stability
              maps (placement x lr x depth), per-layer figures; `compare --help` for options
+  dashboard  the compare report of a sweep, published as a W&B Report and workspace view;
+             offline, its dashboard.json and the command that publishes it later
   prepare    download and tokenize the data into the token cache (for offline compute nodes)
   list       the placements (norm=...) and kinds (norm.kind=...), with equations and papers
 
@@ -52,6 +55,7 @@ examples:
   {PROG} train --cfg job          print the composed config ({PROG} train --help: all groups)
   {PROG} probe probe.norms=[pre,post] probe.depths=[6,12,24]
   {PROG} compare multirun/2026-11-24/10-00-00.000000 --x lr --y depth
+  {PROG} dashboard multirun/2026-11-24/10-00-00.000000 --project normbench
   {PROG} prepare data=wikitext2
 
 Bad input exits with status 2 and a one-line message; HYDRA_FULL_ERROR=1 shows tracebacks.
@@ -141,6 +145,13 @@ def cmd_compare(argv: list[str]) -> None:
     compare_main(argv)
 
 
+def cmd_dashboard(argv: list[str]) -> None:
+    """A sweep's W&B Report and workspace view; see normbench/analysis/wandb_report.py."""
+    from normbench.analysis.wandb_report import main as dashboard_main
+
+    dashboard_main(argv)
+
+
 def cmd_list(argv: list[str]) -> None:
     """Print the placements and kinds, generated from the code (`--markdown`: as tables)."""
     from normbench.model.catalog import catalogue_markdown, catalogue_text
@@ -155,6 +166,7 @@ COMMANDS = {
     "train": launch.train,
     "probe": launch.probe,
     "compare": cmd_compare,
+    "dashboard": cmd_dashboard,
     "prepare": launch.prepare,
     "list": cmd_list,
 }

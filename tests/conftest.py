@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from support import TINY, cli_environment, compose_config, read_jsonl, text_data, wikitext_lines
+from support import (
+    TINY,
+    cli_environment,
+    compose_config,
+    read_jsonl,
+    run_cli,
+    text_data,
+    wikitext_lines,
+)
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +48,25 @@ def one_share_of_the_cores_per_worker() -> None:
     mine = cores[index::count] if len(cores) >= count else [cores[index % len(cores)]]
     os.sched_setaffinity(0, mine)
     torch.set_num_threads(len(mine))
+
+
+SWEEP_ARGS = [*TINY, "train.max_steps=8", "train.eval_every=4", "optim.warmup_steps=0"]
+SWEEP_ARGS += ["diag.every=4", "precision=fp32"]
+
+
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory: pytest.TempPathFactory, text_files: tuple[Path, Path]) -> Path:
+    """A real 2 x 2 multirun: pre/post x lr 1e-3/10; lr=10 diverges. W&B offline.
+    (compare's tests and the dashboard's read it; neither writes into it but a report
+    under --out.)"""
+    root = tmp_path_factory.mktemp("sweep")
+    env = cli_environment(root)
+    sweep_dir = root / "sweep"
+    args = ["train", "-m", "norm=pre,post", "optim.lr=1e-3,10", *SWEEP_ARGS]
+    args += [*text_data(*text_files), f"hydra.sweep.dir={sweep_dir}"]
+    done = run_cli(args, cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    return sweep_dir
 
 
 @pytest.fixture

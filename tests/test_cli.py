@@ -287,7 +287,7 @@ def test_wandb_failure_keeps_the_local_record(tmp_path, cli_env, text_files):
         (["list", "--html"], "list takes no arguments but --markdown"),
         (
             ["frobnicate"],
-            "unknown command 'frobnicate'; choose one of: train, probe, compare, prepare, list",
+            "unknown command 'frobnicate'; choose one of: train, probe, compare, dashboard, prepare, list",
         ),
     ],
 )

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from normbench.analysis.claims import check_claim_names, judge_claims
+from normbench.analysis.dashboard import wandb_groups
 from normbench.analysis.lr_sensitivity import is_lr_sweep
 from normbench.analysis.page import write_html
 from normbench.analysis.records import (
@@ -128,6 +129,28 @@ def lr_study(tmp: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> 
     return {"cells": found, "diffs": diffs, "figures": lr_figures(tmp, found, axes, colors)}
 
 
+def write_dashboard(tmp: Path, runs: list[Run], axes: Axes) -> list[Path]:
+    """dashboard.json (normbench/analysis/dashboard.py) and its layout (dashboard.png), for
+    runs logged to W&B. A failure here is one warning: it never fails the report."""
+    from normbench.analysis.dashboard import build_spec, write_spec
+    from normbench.analysis.dashboard_figure import layout_figure
+
+    try:
+        verdicts = tmp / "verdicts.md"
+        text = verdicts.read_text(encoding="utf-8") if verdicts.is_file() else None
+        spec = build_spec(runs, axes, text.split("\n", 2)[2] if text else None)
+        if spec is not None:
+            write_spec(tmp, spec)
+            return [layout_figure(tmp, spec)]
+    except Exception as e:  # the dashboard is an extra: the report stands without it
+        print(
+            f"normbench compare: warning: no dashboard.json ({type(e).__name__}: {e})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return []
+
+
 def write_report(
     tmp: Path, records: Records, axes: Axes | None, verdicts: list[Any], sources: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, list[Path]]]:
@@ -155,6 +178,8 @@ def write_report(
     if probes:
         figures["probes"] = copy_probe_figures(tmp, probes)
     write_verdicts(tmp, verdicts)
+    if runs and axes is not None:
+        figures["dashboard"] = write_dashboard(tmp, runs, axes)
     write_html(
         tmp, runs, axes, rows, figures, sources, verdicts, probes, skipped, records.vocab_limit, lr
     )
@@ -170,6 +195,7 @@ def build_report(
     group_by: list[str] | None = None,
     vocab_choice: str | None = None,
     claims: list[str] | None = None,
+    need_wandb: bool = False,
 ) -> tuple[Path, list[Run], Axes | None, list[dict[str, Any]], dict[str, list[Path]]]:
     """Read the records of one vocabulary (`vocab_choice`, or the only one they have: see
     select_vocab) and write the report into `out` (default: default_out), with the verdicts
@@ -178,10 +204,16 @@ def build_report(
     `out` must be new or compare's own earlier report (check_out). The report is built in a
     hidden folder beside it and swapped in (install), so that a failure or Ctrl-C leaves the
     earlier report as it was and no half-written one; the earlier report is then deleted
-    file by file, as its marker lists them."""
+    file by file, as its marker lists them. `need_wandb` (normbench dashboard): refused,
+    nothing written, when no run was logged to W&B."""
     records = read_records(paths)
     select_vocab(records, vocab_choice)
     runs, probes = records.runs, records.probes
+    if need_wandb and not wandb_groups(runs):
+        raise CompareError(
+            "no dashboard: none of these runs was logged to W&B (logger=none); rerun the "
+            "sweep with logger=wandb"
+        )
     out = check_out(out or default_out(paths), records.inputs, paths, given=out is not None)
     axes = choose_axes(runs, x, y, group_by) if runs else None
     for i, run in enumerate(runs):
@@ -215,7 +247,8 @@ class _Parser(argparse.ArgumentParser):
         raise CompareError(f"{message} (see normbench compare --help)")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], need_wandb: bool = False) -> Path:
+    """The command; returns the report's folder (`need_wandb`: see build_report)."""
     parser = _Parser(
         prog="normbench compare",
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
@@ -254,7 +287,7 @@ def main(argv: list[str]) -> None:
         check_claim_names(args.claim)
     group_by = [k for k in args.group_by.split(",") if k] if args.group_by is not None else None
     out, runs, axes, rows, figures = build_report(
-        args.paths, args.out, args.x, args.y, group_by, args.vocab, args.claim
+        args.paths, args.out, args.x, args.y, group_by, args.vocab, args.claim, need_wandb
     )
     if args.wandb:
         from normbench.run.logger import log_report
@@ -264,3 +297,4 @@ def main(argv: list[str]) -> None:
         finally:  # W&B's files in the report are compare's too: the next run replaces them
             write_marker(out)
     print(f"report: {out / 'index.html'}", flush=True)
+    return out

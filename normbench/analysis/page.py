@@ -138,6 +138,8 @@ FIGURE_TITLES = {
     "layers": "Per-layer diagnostics (last values; for diverged runs, at the failure)",
     "divergence": "Diverged runs: the last steps before the event, layer by layer",
     "mechanisms": "Attention logits and log Z over training (x: divergence event)",
+    "dashboard": "W&B dashboard (dashboard.json; publish: normbench dashboard --publish "
+    "dashboard.json): its layout",
 }
 
 
