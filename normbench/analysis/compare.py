@@ -244,13 +244,13 @@ def build_report(
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
-        raise CompareError(f"{message} (see normbench compare --help)")
+        raise CompareError(f"{message} (see {self.prog} --help)")
 
 
-def main(argv: list[str], need_wandb: bool = False) -> Path:
+def main(argv: list[str], need_wandb: bool = False, prog: str = "normbench compare") -> Path:
     """The command; returns the report's folder (`need_wandb`: see build_report)."""
     parser = _Parser(
-        prog="normbench compare",
+        prog=prog,
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -219,7 +219,7 @@ def main(argv: list[str]) -> None:
     else:
         from normbench.analysis.compare import main as compare_main
 
-        path = compare_main(rest, need_wandb=True) / "dashboard.json"
+        path = compare_main(rest, need_wandb=True, prog="normbench dashboard") / "dashboard.json"
         if not path.is_file():  # compare said why on stderr
             raise CompareError(f"no dashboard was written in {path.parent}")
         print(f"dashboard: {path}", flush=True)
