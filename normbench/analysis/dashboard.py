@@ -130,6 +130,9 @@ def header(runs: list[Run], axes: Axes) -> dict[str, Any]:
             "collapsed": sum(r.collapsed for r in runs),
         },
         "vocab_limit": axes.vocab_limit,
+        "devices": sorted(
+            {f"{r.summary.get('device')}, {r.summary.get('precision')}" for r in runs}
+        ),
     }
 
 
@@ -255,5 +258,6 @@ def header_markdown(spec: dict[str, Any]) -> str:
         lines += [f"| {k} | {', '.join(v)} |" for k, v in h["axes"].items()]
     vocab = h.get("vocab_limit")
     lines += ["", f"Vocabulary: {'GPT-2 (full)' if vocab is None else f'{vocab} ids'}."]
+    lines.append(f"Device and precision: {'; '.join(h.get('devices') or ['unknown'])}.")
     lines.append(f"W&B group: {', '.join(spec['groups'])}.")
     return "\n".join(lines)

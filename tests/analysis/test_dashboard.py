@@ -115,6 +115,7 @@ def test_every_panel_and_column_names_a_key_the_wandb_files_have(dashboard, swee
     assert counts == {"runs": 4, "completed": 2, "diverged": 2, "collapsed": 0}
     assert sum(r.summary.get("diverged") is True for r in runs) == counts["diverged"]
     assert spec["header"]["command"].startswith("normbench train -m norm=pre,post")
+    assert spec["header"]["devices"] == ["cpu, fp32"]  # every number labelled with its machine
     assert spec["verdicts"] is None  # not a claim preset's sweep
 
 
@@ -192,6 +193,20 @@ def test_publish_offline_says_why_and_exits_0(dashboard, tmp_path, cli_env):
     env = {k: v for k, v in cli_env.items() if k != "WANDB_MODE"}  # and no netrc, no key
     done = run_cli(["dashboard", "--publish", str(dashboard[0])], cwd=tmp_path, env=env)
     assert done.returncode == 0 and "not published: no W&B credentials" in done.stderr
+
+
+def test_publish_to_an_unreachable_wandb_says_so_and_exits_0(dashboard, tmp_path, cli_env):
+    """Credentials present but the server unreachable (a closed local port): the publish path
+    runs through the library up to its first request, fails, and the command still ends 0."""
+    env = {k: v for k, v in cli_env.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="a" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
+    args = ["dashboard", "--publish", str(dashboard[0]), "--entity", "someone"]
+    done = run_cli(args, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("normbench dashboard: not published: W&B failed (")
+    assert line.endswith(f"publish it later with: normbench dashboard --publish {dashboard[0]}")
+    assert "a" * 40 not in done.stderr + done.stdout  # the key is never printed
 
 
 @pytest.mark.skipif(
