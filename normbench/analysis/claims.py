@@ -227,15 +227,23 @@ def _values(records: list[Any], key: str) -> str:
     return ",".join(found) if found else "-"
 
 
+def _ran_as(runs: list[Run]) -> str:
+    """The devices and precisions the runs resolved to (summary.json), e.g. `cpu fp32`."""
+    found = {f"{r.summary.get('device')} {r.summary.get('precision')}" for r in runs}
+    return ",".join(sorted(f for f in found if "None" not in f)) or "-"
+
+
 def run_setting(runs: list[Run]) -> str:
-    """The shared settings of a claim's training runs, in one line."""
+    """The shared settings of a claim's training runs, in one line (the precision as
+    configured and as the runs resolved it: `precision=auto` names no precision)."""
     v = lambda key: _values(runs, key)  # noqa: E731
     return (
         f"{len(runs)} runs: norm {v('norm.name')}, kind {v('norm.kind')}, depth {v('depth')}, "
         f"d_model {v('model.d_model')}, context {v('model.context')}, init {v('model.init')}; "
         f"{v('train.max_steps')} steps of {v('train.batch_size')} sequences; AdamW lr "
         f"{v('optim.lr')}, warmup {v('optim.warmup_steps')}, betas {v('optim.betas')}, "
-        f"grad clip {v('optim.grad_clip')}; {v('precision')}; seeds {v('seed')}; data "
+        f"grad clip {v('optim.grad_clip')}; precision={v('precision')}, ran as {_ran_as(runs)}; "
+        f"seeds {v('seed')}; data "
         f"{v('data.label')}, {vocab.label(one_vocab(runs))}"
     )
 

@@ -283,3 +283,17 @@ def test_probe_presets_produce_a_verdict(claim, extra, tmp_path, cli_env, text_f
         (logged,) = offline_runs(out / "wandb")
         assert logged.summary[f"verdict/{claim}"] == verdict["outcome"]
         assert any(h.get("compare/verdicts/_type") == "table-file" for h in logged.history)
+
+
+def test_the_setting_line_names_the_precision_the_runs_resolved():
+    """precision=auto names no precision: the line gives what the runs ran as."""
+    from normbench.analysis.claims import run_setting
+
+    runs = [
+        Run(Path(f"/r{i}"), {"precision": "auto", "seed": i},
+            {"device": "cpu", "precision": "fp32"}, [], [])
+        for i in range(2)
+    ]  # fmt: skip
+    assert "; precision=auto, ran as cpu fp32; seeds 0,1;" in run_setting(runs)
+    runs[1].summary["precision"] = "bf16"
+    assert "precision=auto, ran as cpu bf16,cpu fp32;" in run_setting(runs)
