@@ -96,7 +96,7 @@ from normbench.analysis.table import (
     table_markdown,
     write_csv,
 )
-from normbench.analysis.verdict import write_verdicts
+from normbench.analysis.verdict import verdicts_markdown, write_verdicts
 
 # This module is the command: its arguments, and `build_report`, which puts the report
 # together from the records (records.py), the summary table (table.py), the figures
@@ -129,16 +129,15 @@ def lr_study(tmp: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> 
     return {"cells": found, "diffs": diffs, "figures": lr_figures(tmp, found, axes, colors)}
 
 
-def write_dashboard(tmp: Path, runs: list[Run], axes: Axes) -> list[Path]:
+def write_dashboard(tmp: Path, runs: list[Run], axes: Axes, verdicts: list[Any]) -> list[Path]:
     """dashboard.json (normbench/analysis/dashboard.py) and its layout (dashboard.png), for
-    runs logged to W&B. A failure here is one warning: it never fails the report."""
+    runs logged to W&B, with the verdicts as verdicts.md has them. A failure here is one
+    warning: it never fails the report."""
     from normbench.analysis.dashboard import build_spec, write_spec
     from normbench.analysis.dashboard_figure import layout_figure
 
     try:
-        verdicts = tmp / "verdicts.md"
-        text = verdicts.read_text(encoding="utf-8") if verdicts.is_file() else None
-        spec = build_spec(runs, axes, text.split("\n", 2)[2] if text else None)
+        spec = build_spec(runs, axes, verdicts_markdown(verdicts) or None)
         if spec is not None:
             write_spec(tmp, spec)
             return [layout_figure(tmp, spec)]
@@ -179,7 +178,7 @@ def write_report(
         figures["probes"] = copy_probe_figures(tmp, probes)
     write_verdicts(tmp, verdicts)
     if runs and axes is not None:
-        figures["dashboard"] = write_dashboard(tmp, runs, axes)
+        figures["dashboard"] = write_dashboard(tmp, runs, axes, verdicts)
     write_html(
         tmp, runs, axes, rows, figures, sources, verdicts, probes, skipped, records.vocab_limit, lr
     )

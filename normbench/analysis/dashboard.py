@@ -39,6 +39,7 @@ import yaml
 from normbench.analysis.records import Run
 from normbench.analysis.table import Axes, fmt, group_runs
 from normbench.run.axes import AXES, order, short
+from normbench.run.vocab import name as vocab_name
 
 FORMAT = "normbench-dashboard/1"
 NAME = "dashboard.json"
@@ -71,11 +72,8 @@ def flat_axes(keys: list[str]) -> list[str]:
 
 def literal(value: Any) -> str:
     """A value in W&B's filter syntax (Python literals: strings quoted, None, numbers)."""
-    return (
-        repr(value)
-        if isinstance(value, (str, bool, int, float)) or value is None
-        else repr(str(value))
-    )
+    plain = isinstance(value, (str, bool, int, float)) or value is None
+    return repr(value if plain else str(value))
 
 
 def group_filter(groups: list[str]) -> str:
@@ -136,9 +134,9 @@ def header(runs: list[Run], axes: Axes) -> dict[str, Any]:
     }
 
 
-def curve_panels(runs: list[Run]) -> list[dict[str, Any]]:
-    """The line panels whose metrics some run logged (per-block metrics in block order)."""
-    keys = history_keys(runs)
+def curve_panels(keys: set[str]) -> list[dict[str, Any]]:
+    """The line panels whose metrics some run logged (`keys`: history_keys; per-block
+    metrics in block order)."""
     panels = []
     for title, metric in CURVES:
         if metric.endswith("/"):
@@ -184,10 +182,9 @@ def lr_panels(runs: list[Run], base: str) -> list[dict[str, Any]]:
     return panels
 
 
-def table(runs: list[Run]) -> dict[str, Any]:
-    present = {k for r in runs for k in r.summary} | (
-        {"val/loss"} if "val/loss" in history_keys(runs) else set()
-    )
+def table(runs: list[Run], keys: set[str]) -> dict[str, Any]:
+    """The runs table's grouping and columns (`keys`: history_keys)."""
+    present = {k for r in runs for k in r.summary} | ({"val/loss"} & keys)
     groupby = [short(k) for k in TABLE_GROUPS if any(k in r.config for r in runs)]
     return {"groupby": groupby, "columns": [c for c, key in COLUMNS if key in present]}
 
@@ -209,6 +206,7 @@ def build_spec(
     projects = sorted({p for r in runs if (p := (r.summary.get("wandb") or {}).get("project"))})
     entities = sorted({e for r in runs if (e := r.config.get("logger.entity"))})
     base = group_filter(groups)
+    keys = history_keys(runs)  # every metrics row, read once
     name = title or f"normbench: {Path(groups[0]).name}" + (
         f" and {len(groups) - 1} more" if len(groups) > 1 else ""
     )
@@ -220,10 +218,10 @@ def build_spec(
         "groups": groups,
         "filters": base,
         "header": header(runs, axes),
-        "table": table(runs),
+        "table": table(runs, keys),
         "parallel": parallel(runs, axes),
         "lr": lr_panels(runs, base),
-        "curves": {"panels": curve_panels(runs), "grids": curve_grids(runs, axes, base)},
+        "curves": {"panels": curve_panels(keys), "grids": curve_grids(runs, axes, base)},
         "verdicts": verdicts_markdown,
     }
 
@@ -256,8 +254,7 @@ def header_markdown(spec: dict[str, Any]) -> str:
     if h["axes"]:
         lines += ["", "| axis | values |", "|---|---|"]
         lines += [f"| {k} | {', '.join(v)} |" for k, v in h["axes"].items()]
-    vocab = h.get("vocab_limit")
-    lines += ["", f"Vocabulary: {'GPT-2 (full)' if vocab is None else f'{vocab} ids'}."]
+    lines += ["", f"Vocabulary: {vocab_name(h.get('vocab_limit'))}."]
     lines.append(f"Device and precision: {'; '.join(h.get('devices') or ['unknown'])}.")
     lines.append(f"W&B group: {', '.join(spec['groups'])}.")
     return "\n".join(lines)

@@ -205,11 +205,17 @@ class Verdict:
         return "\n".join(lines)
 
 
+def verdicts_markdown(verdicts: list[Verdict]) -> str:
+    """The verdicts as markdown, one section each (verdicts.md below its title; the
+    dashboard's verdicts block)."""
+    return "\n".join(v.markdown() for v in verdicts)
+
+
 def write_verdicts(out: Path, verdicts: list[Verdict]) -> None:
     """verdicts.md and verdicts.json (nothing when no record was run for a claim)."""
     if not verdicts:
         return
-    text = "# Verdicts\n\n" + "\n".join(v.markdown() for v in verdicts)
+    text = "# Verdicts\n\n" + verdicts_markdown(verdicts)
     (out / "verdicts.md").write_text(text, encoding="utf-8")
     data = [v.to_dict() for v in verdicts]
     (out / "verdicts.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

@@ -185,33 +185,25 @@ def publish(path: Path, entity: str | None, project: str | None) -> tuple[str, s
     return None
 
 
-def _split(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
+def _own_options(argv: list[str]) -> tuple[Any, list[str]]:
     """--publish, --project and --entity out of argv; the rest is compare's."""
-    own: dict[str, str | None] = {"--publish": None, "--project": None, "--entity": None}
-    rest, i = [], 0
-    while i < len(argv):
-        name, _, value = argv[i].partition("=")
-        if name in own:
-            if not value:
-                if i + 1 >= len(argv):
-                    raise CompareError(f"{name} needs a value (see normbench dashboard --help)")
-                i, value = i + 1, argv[i + 1]
-            own[name] = value
-        else:
-            rest.append(argv[i])
-        i += 1
-    return own, rest
+    from normbench.analysis.compare import _Parser
+
+    parser = _Parser(prog="normbench dashboard", add_help=False, allow_abbrev=False)
+    for name in ("--publish", "--project", "--entity"):
+        parser.add_argument(name)
+    return parser.parse_known_args(argv)
 
 
 def main(argv: list[str]) -> None:
     if argv in (["-h"], ["--help"]):
         print(__doc__, end="")
         return
-    own, rest = _split(argv)
-    if own["--publish"] is not None:
+    own, rest = _own_options(argv)
+    if own.publish is not None:
         if rest:
             raise CompareError(f"--publish takes one file; remove: {' '.join(rest)}")
-        path = Path(own["--publish"])
+        path = Path(own.publish)
         try:
             read_spec(path)
         except (OSError, ValueError) as e:
@@ -223,6 +215,6 @@ def main(argv: list[str]) -> None:
         if not path.is_file():  # compare said why on stderr
             raise CompareError(f"no dashboard was written in {path.parent}")
         print(f"dashboard: {path}", flush=True)
-    urls = publish(path, own["--entity"], own["--project"])
+    urls = publish(path, own.entity, own.project)
     if urls:
         print(f"W&B report: {urls[0]}\nW&B workspace view: {urls[1]}", flush=True)
