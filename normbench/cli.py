@@ -16,21 +16,18 @@ starts, so bad input gives one line on stderr, exit code 2, and no run directory
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-import normbench.launch as launch
-from normbench.errors import NormbenchError
-from normbench.run import dist
-from normbench.run.checkpoint import CheckpointWriteError
-from normbench.run.console import PROG, Terminated, is_user_error, one_line, say
-from normbench.run.job import Interrupted
-from normbench.run.record import RecordWriteError
-from normbench.run.rundir import RENAMED
+from normbench.errors import NormbenchError, WriteError
+from normbench.run.console import PROG, Interrupted, Terminated, is_user_error, one_line, say
+from normbench.run.record.rundir import RENAMED
 
 USAGE = f"""usage: {PROG} <command> [options] [overrides]
 
@@ -137,39 +134,23 @@ def _fail(message: str, code: int = 2) -> None:
 
 # --- the commands ---------------------------------------------------------------------------
 
-
-def cmd_compare(argv: list[str]) -> None:
-    """A report (HTML, tables, figures) from local run records; see normbench/analysis/compare.py."""
-    from normbench.analysis.compare import main as compare_main
-
-    compare_main(argv)
-
-
-def cmd_dashboard(argv: list[str]) -> None:
-    """A sweep's W&B Report and workspace view; see normbench/analysis/wandb_report.py."""
-    from normbench.analysis.wandb_report import main as dashboard_main
-
-    dashboard_main(argv)
-
-
-def cmd_list(argv: list[str]) -> None:
-    """Print the placements and kinds, generated from the code (`--markdown`: as tables)."""
-    from normbench.model.catalog import catalogue_markdown, catalogue_text
-
-    if argv not in ([], ["--markdown"]):
-        raise NormbenchError(f"list takes no arguments but --markdown (got {' '.join(argv)})")
-    print(catalogue_markdown() if argv else catalogue_text(), end="")
-
-
-# train, probe and prepare compose with Hydra and run as Hydra jobs: normbench/launch.py.
+# Each command's function, imported when the command runs: `--help` and `list` never import
+# torch or Hydra. train, probe and prepare compose with Hydra and run as Hydra jobs
+# (normbench/launch.py); compare and dashboard read records (normbench/analysis/report/).
 COMMANDS = {
-    "train": launch.train,
-    "probe": launch.probe,
-    "compare": cmd_compare,
-    "dashboard": cmd_dashboard,
-    "prepare": launch.prepare,
-    "list": cmd_list,
+    "train": "normbench.launch:train",
+    "probe": "normbench.launch:probe",
+    "compare": "normbench.analysis.report.compare:main",
+    "dashboard": "normbench.analysis.report.wandb_report:main",
+    "prepare": "normbench.launch:prepare",
+    "list": "normbench.model.catalog:main",
 }
+
+
+def command(name: str) -> Callable[[list[str]], None]:
+    """The function of the command `name` (its module imported now)."""
+    module, _, function = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 # --- signals and exit codes -----------------------------------------------------------------
@@ -189,25 +170,25 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         sys.exit(0 if argv else 2)
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        _fail(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        _fail(f"unknown command '{name}'; choose one of: {', '.join(COMMANDS)}")
     user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Hydra re-raises instead of printing its own multi-line report; we print one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    for name in ("SIGTERM", "SIGHUP"):  # an ignored one (SIGHUP under nohup) stays ignored
-        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
-            signal.signal(getattr(signal, name), _on_signal)
+    for signame in ("SIGTERM", "SIGHUP"):  # an ignored one (SIGHUP under nohup) stays ignored
+        number = getattr(signal, signame, None)
+        if number is not None and signal.getsignal(number) == signal.SIG_DFL:
+            signal.signal(number, _on_signal)
     # A log file that cannot be written (a full disk) must not print a traceback per line;
     # the run's own record says what failed.
     logging.raiseExceptions = False
     try:
-        COMMANDS[command](rest)
-        dist.finish()
+        command(name)(rest)
     except Interrupted as e:
         _fail(
             f"interrupted by {e.signal_name} after step {e.step}; the checkpoint and the record "
-            f"are written; resume with: {launch.resume_hint or 'the same command'}",
+            f"are written; resume with: {e.resume_command or 'the same command'}",
             _exit_code(e.signal_name),
         )
     except KeyboardInterrupt:
@@ -219,8 +200,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         if is_user_error(e):
             message = describe_error(e)
-            if launch.resume_hint and isinstance(e, (RecordWriteError, CheckpointWriteError)):
-                message += f"; once fixed, continue with: {launch.resume_hint}"
+            if isinstance(e, WriteError) and e.resume_command:
+                message += f"; once fixed, continue with: {e.resume_command}"
             _fail(message, getattr(e, "exit_code", 2))
         _fail(
             f"{type(e).__name__}: {one_line(str(e), 300)} "

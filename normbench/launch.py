@@ -5,45 +5,62 @@ before Hydra runs the first.
 This is the one module that uses Hydra's private API (`hydra._internal`): its config loader,
 the basic sweeper's cartesian product, its argument parser and `_run_hydra`. The task
 functions Hydra calls are `normbench.run.job.train_task` (one training job) and
-`normbench.analysis.probe_job.probe_task`.
+`normbench.analysis.report.probe.probe_task`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import _run_hydra, create_automatic_config_search_path, get_args_parser
+from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import setup_globals
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from normbench.errors import NormbenchError
+from normbench.analysis.claims.registry import check_claim
+from normbench.analysis.report.probe import probe_task
+from normbench.errors import ConfigError, NormbenchError, WriteError
 from normbench.run import dist
-from normbench.run.config import config_dir
-from normbench.run.console import PROG
-
-# The command that continues the run (or sweep) this process started: printed when it is
-# interrupted or stops on a write error (the default output folder is named by the time).
-resume_hint: str | None = None
-
+from normbench.run.config.checks import validate_probe
+from normbench.run.config.resolve import as_dict, resolve
+from normbench.run.config.schema import config_dir, register_configs
+from normbench.run.console import PROG, Interrupted
+from normbench.run.data.tokens import check_data_fits, load_tokens
+from normbench.run.dist import check_global_batch
+from normbench.run.job import check_same_config, train_task
+from normbench.run.record.checkpoint import RunLock
+from normbench.run.record.checkpoint import load as load_checkpoint
+from normbench.run.record.rundir import (
+    check_run_dir,
+    check_sweep_dir,
+    override_value,
+    resume_command,
+    sweep_definition,
+    write_sweep_manifest,
+)
+from normbench.run.record.writer import record_files
+from normbench.run.runtime import resolve_device
 
 # --- composition: the config of every job ---------------------------------------------------
 
 
 def hydra_args(argv: list[str], command: str = "train") -> tuple[Any, Any]:
-    from hydra._internal.utils import get_args_parser
-
     parser = get_args_parser()
     parser.prog = f"{PROG} {command}"
     return parser, parser.parse_args(argv)
 
 
 def _loader(args: Any) -> Any:
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_automatic_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-
     search_path = create_automatic_config_search_path(None, None, str(config_dir()))
     if args.config_dir is not None:
         extra = Path(args.config_dir).resolve()
@@ -55,8 +72,6 @@ def _loader(args: Any) -> Any:
 
 def _compose_base(args: Any, config_name: str) -> DictConfig:
     """The config with Hydra's node, in the mode the command line (or the config) asks for."""
-    from hydra.core.utils import setup_globals
-    from hydra.types import RunMode
 
     setup_globals()  # Hydra's resolvers (${now:...}) for the output directory's name
     loader = _loader(args)
@@ -71,8 +86,6 @@ def _compose_base(args: Any, config_name: str) -> DictConfig:
 
 
 def _is_multirun(cfg: DictConfig) -> bool:
-    from hydra.types import RunMode
-
     return cfg.hydra.mode == RunMode.MULTIRUN
 
 
@@ -91,8 +104,6 @@ def job_configs(args: Any, config_name: str, base: DictConfig | None = None) -> 
     jobs at run time, so only their base config is checked here. `base`: the composed
     base config, when the caller has it already.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     base = base if base is not None else _compose_base(args, config_name)
     if not _is_multirun(base) or not _basic_sweeper(base):
@@ -120,10 +131,6 @@ def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
     be written, and pin it as an override, so that every later composition, Hydra's own
     included, uses the same folder (the default one is named by the time, to the
     microsecond) and the resume command can name it."""
-    import tempfile
-
-    from normbench.errors import ConfigError
-    from normbench.run.rundir import override_value
 
     key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
     pinned = Path(str(OmegaConf.select(base, key))).expanduser()
@@ -155,12 +162,6 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     hydra.sweep.dir; release the lock when the command ends), and checked to hold no other
     configuration's run or sweep. A refused command leaves the directory as it was (no
     .hydra/, no log, no lock file of its own)."""
-    from normbench.run.rundir import (
-        check_run_dir,
-        check_sweep_dir,
-        sweep_definition,
-        write_sweep_manifest,
-    )
 
     base = _compose_base(args, config_name)
     key, target = pin_output_dir(args, base)
@@ -195,15 +196,6 @@ def _check_job(
     """One job's checks: its config, its claim, what it resumes, its device and batch, and
     its data (tokenized once per distinct data config, into `checked_data`). Returns the
     job's resolved config as plain values."""
-    from normbench.analysis.claims import check_claim
-    from normbench.errors import ConfigError
-    from normbench.run.checkpoint import load as load_checkpoint
-    from normbench.run.config import as_dict, resolve
-    from normbench.run.data import check_data_fits, load_tokens
-    from normbench.run.dist import check_global_batch
-    from normbench.run.job import check_same_config
-    from normbench.run.record import record_files
-    from normbench.run.runtime import resolve_device
 
     cfg = resolve(composed)
     config = as_dict(cfg)
@@ -229,7 +221,6 @@ def _lock(target: Path, check: Callable[[], None], then: Callable[[], None] | No
     """Take the output folder's lock, checking it before (so that a refusal touches nothing)
     and again under the lock (another process may have written in between); `then` runs
     under the lock. A refusal abandons the lock."""
-    from normbench.run.checkpoint import RunLock
 
     check()
     lock = RunLock.acquire(target)
@@ -247,7 +238,6 @@ def join_torchrun(args: Any, config_name: str) -> tuple[str, Any]:
     """Under torchrun: join the process group; rank 0 checks the job and takes the run
     directory (as preflight, whose result it returns), which every rank then uses (only
     rank 0 writes into it)."""
-    from normbench.run.rundir import override_value
 
     if args.multirun:
         raise NormbenchError("torchrun runs one job per launch; drop -m (sweep outside torchrun)")
@@ -279,9 +269,7 @@ def join_torchrun(args: Any, config_name: str) -> tuple[str, Any]:
 
 def run(args: Any, parser: Any, task: Callable[..., Any], config_name: str, lock: Any) -> None:
     """Hand `task` to Hydra, which runs the job (or the sweep's jobs); then release `lock`
-    (the output folder's, or None)."""
-    from hydra._internal.utils import _run_hydra
-
+    (the output folder's, or None) and leave torchrun's process group."""
     try:
         _run_hydra(
             args=args,
@@ -293,6 +281,7 @@ def run(args: Any, parser: Any, task: Callable[..., Any], config_name: str, lock
     finally:
         if lock is not None:
             lock.release()
+        dist.finish()
 
 
 def _informational(args: Any) -> bool:
@@ -302,11 +291,6 @@ def _informational(args: Any) -> bool:
 
 def train(argv: list[str]) -> None:
     """`normbench train`: check every job, take the output folder, run the job or sweep."""
-    global resume_hint
-    from normbench.run.config import register_configs
-    from normbench.run.job import train_task
-    from normbench.run.rundir import resume_command
-
     register_configs()
     parser, args = hydra_args(argv)
     config_name = args.config_name or "train"
@@ -315,15 +299,19 @@ def train(argv: list[str]) -> None:
         key, lock = join_torchrun(args, config_name)
     elif not _informational(args):
         key, lock = preflight(args, config_name)
-    if lock is not None:
-        resume_hint = resume_command(argv, key, lock.dir)
-    run(args, parser, train_task, config_name, lock)
+    # The command that continues this run (or sweep): printed when it is interrupted or
+    # stops on a write error, and kept in an interrupted run's summary.json (the default
+    # output folder is named by the time, so "the same command" would start another).
+    hint = resume_command(argv, key, lock.dir) if lock is not None else None
+    try:
+        run(args, parser, partial(train_task, resume_command=hint), config_name, lock)
+    except (Interrupted, WriteError) as e:
+        e.resume_command = e.resume_command or hint
+        raise
 
 
 def prepare(argv: list[str]) -> None:
     """Tokenize the configured data into the cache; print where it went."""
-    from normbench.run.config import register_configs
-    from normbench.run.data import load_tokens
 
     register_configs()
     parser, args = hydra_args(argv)
@@ -338,12 +326,6 @@ def prepare(argv: list[str]) -> None:
 def probe_jobs(args: Any) -> tuple[Any, list[Any]]:
     """The probe's base config and one validated config per placement x depth of
     probe.norms x probe.depths (each as `train norm=<p> depth=<N>` with the same overrides)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-
-    from normbench.analysis.claims import check_claim
-    from normbench.run.config import resolve
-    from normbench.run.validate import validate_probe
 
     loader = _loader(args)
 
@@ -372,12 +354,6 @@ def probe_jobs(args: Any) -> tuple[Any, list[Any]]:
 
 def probe(argv: list[str]) -> None:
     """Dynamics at initialization over probe.norms x probe.depths, in one run directory."""
-    from functools import partial
-
-    from normbench.analysis.probe_job import probe_task
-    from normbench.run.config import as_dict, register_configs
-    from normbench.run.data import check_data_fits, load_tokens
-    from normbench.run.rundir import check_run_dir
 
     register_configs()
     parser, args = hydra_args(argv, "probe")

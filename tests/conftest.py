@@ -83,10 +83,10 @@ def tiny_training(
     In float32: at d_model=32 a bf16 LM head is ~7x slower than float32 on a CPU (the
     50304 x 32 product is too thin for AMX), and the bf16 path is tested on its own.
     """
-    from normbench.run.config import as_dict
-    from normbench.run.data import load_tokens
+    from normbench.run.config.resolve import as_dict
+    from normbench.run.data.tokens import load_tokens
     from normbench.run.logger import NullLogger
-    from normbench.run.record import RunRecord
+    from normbench.run.record.writer import RunRecord
     from normbench.run.trainer import Trainer
 
     cache = tmp_path_factory.mktemp("cache")

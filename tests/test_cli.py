@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from normbench.run.summary import FIELDS, OPTIONAL
+from normbench.run.record.summary import FIELDS, OPTIONAL
 
 from support import REPO, TINY, read_jsonl, run_cli, text_data
 from support.wandb_records import offline_runs
@@ -135,7 +135,7 @@ def test_wheel_carries_configs_and_tokenizer(tmp_path):
     assert len(configs) > 10 and configs <= names, sorted(configs - names)
     assert {"normbench/assets/gpt2/vocab.bpe", "normbench/assets/gpt2/encoder.json"} <= names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    probe = "from normbench.run.config import config_dir; print(config_dir())"
+    probe = "from normbench.run.config.schema import config_dir; print(config_dir())"
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=tmp_path / "site",
@@ -399,7 +399,8 @@ def test_a_terminal_that_reports_no_size_still_shows_the_bar(tmp_path, cli_env, 
 def test_list_prints_the_catalogue_and_the_readme_embeds_it(tmp_path, cli_env):
     """`normbench list` names every placement and kind with its paper; the README's tables are
     `normbench list --markdown` verbatim (regenerate them when this fails)."""
-    from normbench.model import KINDS, PLACEMENTS
+    from normbench.model.kinds import KINDS
+    from normbench.model.placements import PLACEMENTS
 
     done = run_cli(["list"], cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr

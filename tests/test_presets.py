@@ -11,7 +11,7 @@ import re
 import pytest
 from hydra import compose, initialize_config_dir
 
-from normbench.run.config import config_dir, register_configs
+from normbench.run.config.schema import config_dir, register_configs
 
 EXPERIMENTS = config_dir() / "experiment"
 STATED = re.compile(r"\b(\d+) (?:jobs|runs)\b")

@@ -1,1 +1,3 @@
-"""The analysis layer: reading run records, statistics, claims, the probe, reports, figures."""
+"""The analysis layer, computed from records after the runs: reading them (`records.py`),
+statistics (`stats.py`), the summary table (`table.py`), LR sensitivity (`sensitivity.py`),
+the claims (`claims/`) and the reports (`report/`: compare, the dashboard, the probe's)."""

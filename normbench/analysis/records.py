@@ -5,9 +5,9 @@ A record that cannot be read (a summary.json that is not a JSON object, an empty
 config.yaml, ...) and a run folder with no record (a config or metrics but no summary.json:
 killed before the first write) become a `Skipped` with the reason. Folders that are never
 records: a run's own subfolders (`NOT_RUNS`), report folders (they hold `MARKER`) and
-compare's hidden folders beside a report (`TEMP_NAME`, normbench/analysis/reportdir.py).
+compare's hidden folders beside a report (`TEMP_NAME`, normbench/analysis/report/outdir.py).
 
-One report holds one vocabulary (`data.vocab_limit`, normbench/run/vocab.py): losses of runs
+One report holds one vocabulary (`data.vocab_limit`, normbench/run/data/vocab.py): losses of runs
 with different vocabularies are not comparable, so `select_vocab` keeps the records of one.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 
 from normbench.errors import NormbenchError
-from normbench.run import vocab
 from normbench.run.axes import order
-from normbench.run.rundir import flat
+from normbench.run.data import vocab
+from normbench.run.record.rundir import flat
 
 
 class CompareError(NormbenchError):
@@ -78,7 +78,7 @@ class Run:
 
     @property
     def collapsed(self) -> bool:
-        """Ended at the loss of the unigram predictor (normbench/run/collapse.py): trained to
+        """Ended at the loss of the unigram predictor (normbench/run/monitor/collapse.py): trained to
         the end, but not a healthy run."""
         return self.status == "collapsed"
 

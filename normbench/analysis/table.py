@@ -17,8 +17,8 @@ from typing import Any
 from normbench.analysis import markdown
 from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, vocab_note
 from normbench.analysis.stats import mean, mean_std
-from normbench.run import vocab
 from normbench.run.axes import AXES, IGNORED, long, order, short
+from normbench.run.data import vocab
 
 
 @dataclass
@@ -160,7 +160,7 @@ def speed_text(row: dict[str, Any]) -> str:
 
 def collapsed_text(row: dict[str, Any]) -> str:
     """`k/n`, and with any collapsed run their mean final val/loss against the unigram
-    predictor's (normbench/run/collapse.py)."""
+    predictor's (normbench/run/monitor/collapse.py)."""
     text = f"{row['collapsed']}/{row['runs']}"
     if row["collapsed"] and row["collapsed_val_loss_mean"] is not None:
         text += f" (val/loss {row['collapsed_val_loss_mean']:.4f}"

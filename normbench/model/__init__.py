@@ -1,7 +1,3 @@
-"""The model layer: the GPT, each placement's block, each kind of norm, the fused loss."""
-
-from normbench.model.gpt import GPT
-from normbench.model.kinds import KINDS, Norm, make_norm
-from normbench.model.placements import PLACEMENTS, Block
-
-__all__ = ["GPT", "KINDS", "PLACEMENTS", "Block", "Norm", "make_norm"]
+"""The model layer: the GPT (`gpt.py`), each placement's block (`placements.py`, the post-norm
+family in `postnorm.py`, their base in `block.py`), each kind of norm (`kinds.py`), the fused
+LM head and loss (`loss.py`), and the catalogue of `normbench list` (`catalog.py`)."""

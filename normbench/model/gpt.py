@@ -26,7 +26,7 @@ from normbench.model.placements import PLACEMENTS
 class Tap(nn.Module):
     """An identity on its arguments, where a forward hook reads an intermediate value: the
     q and k that SDPA receives (with the logit scale), the output logits' statistics. The
-    model computes nothing for it; the diagnostics (run/diag.py) hook it."""
+    model computes nothing for it; the diagnostics (run/monitor/diag.py) hook it."""
 
     def forward(self, *values: Any) -> tuple[Any, ...]:
         return values

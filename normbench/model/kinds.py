@@ -2,7 +2,7 @@
 
 Every kind computes in (at least) float32 and casts back to the input's dtype, so that under
 bf16 autocast the statistics are never taken in bf16. Each class states which of the options
-`eps`, `bias` and `alpha0` it has (`options`); `normbench.run.config.validate` rejects an option
+`eps`, `bias` and `alpha0` it has (`options`); `normbench.run.config.checks.validate` rejects an option
 set for a kind that lacks it, and fills in the kind's defaults so the saved config is the one
 that ran.
 """

@@ -4,7 +4,7 @@ One table, `AXES` (dotted config key -> short name), serves every place that nam
 the shallow keys of a W&B run's config (normbench/run/logger.py, `axes_of`), the columns and
 labels of `normbench compare` and its `--x`/`--y`/`--group-by` names
 (normbench/analysis/table.py), and the judges' selections of runs
-(normbench/analysis/judges_train.py). Its order is the order of the axes in a report. A key
+(normbench/analysis/claims/train.py). Its order is the order of the axes in a report. A key
 that is not in the table keeps its dotted path as its name.
 
 `IGNORED` are the prefixes of keys that are never axes even when they vary: where things
@@ -47,7 +47,7 @@ def long(name: str) -> str:
 
 
 def axes_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The axes of a flattened config (normbench.run.rundir.flat) under their short names,
+    """The axes of a flattened config (normbench.run.record.rundir.flat) under their short names,
     in the table's order; keys the config lacks are left out."""
     return {name: config[key] for key, name in AXES.items() if key in config}
 

@@ -1,5 +1,6 @@
 """The process's console: lines to stdout or stderr, one-line messages, which errors are the
-user's to fix, and the exception a signal raises outside the training loop.
+user's to fix, and the exceptions a signal raises: outside the training loop (`Terminated`),
+and after the loop stopped cleanly on it (`Interrupted`).
 
 The command line prints with these, and so does a training job (run/job.py), which sits
 below it.
@@ -18,6 +19,16 @@ PROG = "normbench"  # the command's name, in usage lines and error messages
 class Terminated(BaseException):
     """SIGTERM (e.g. a cluster's time limit) or SIGHUP (the terminal closed) outside the
     training loop: unwinds like Ctrl-C so the record is written."""
+
+
+class Interrupted(BaseException):
+    """A run stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint and record:
+    ends the sweep too, with exit code 128 + the signal's number (130, 143, 129)."""
+
+    def __init__(self, signal_name: str, step: int, resume_command: str | None = None) -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.step = signal_name, step
+        self.resume_command = resume_command  # the command that continues the run
 
 
 def one_line(text: str, limit: int = 400) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from normbench.errors import ConfigError
-from normbench.run.files import sha256_text, write_atomic
+from normbench.run.record.files import sha256_text, write_atomic
 
 # CPU flags (Linux /proc/cpuinfo names) of a native bf16 unit, and how the reason names it.
 BF16_CPU_FLAGS = {"amx_bf16": "AMX", "avx512_bf16": "AVX512_BF16", "bf16": "Arm BF16"}

@@ -15,26 +15,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from normbench.errors import ConfigError
 from normbench.run import dist
-from normbench.run.config import NormbenchConfig
-from normbench.run.console import Terminated, is_user_error, one_line, say
-from normbench.run.logger import Logger
-from normbench.run.record import Record
-from normbench.run.runtime import StopRequest
-from normbench.run.summary import FINISHED, Summary
+from normbench.run.config.resolve import as_dict, resolve
+from normbench.run.config.schema import NormbenchConfig
+from normbench.run.console import Interrupted, Terminated, is_user_error, one_line, say
+from normbench.run.data.tokens import check_data_fits, load_tokens
+from normbench.run.logger import Logger, NullLogger, make_logger
+from normbench.run.monitor.divergence import objective
+from normbench.run.record import checkpoint
+from normbench.run.record.checkpoint import Checkpointer, RunLock
+from normbench.run.record.rundir import check_run_dir, differences
+from normbench.run.record.summary import FINISHED, Summary
+from normbench.run.record.writer import (
+    NullRecord,
+    Record,
+    RecordWriteError,
+    RunRecord,
+    record_files,
+)
+from normbench.run.removal import measure_layer_removal
+from normbench.run.runtime import StopRequest, configure_threads
+from normbench.run.trainer import Trainer
 
 log = logging.getLogger("normbench")
-
-
-class Interrupted(BaseException):
-    """A run stopped by SIGINT, SIGTERM or SIGHUP after writing its checkpoint and record:
-    ends the sweep too, with exit code 128 + the signal's number (130, 143, 129)."""
-
-    def __init__(self, signal_name: str, step: int) -> None:
-        super().__init__(signal_name)
-        self.signal_name, self.step = signal_name, step
 
 
 def plan_resume(
@@ -52,10 +60,6 @@ def plan_resume(
     writes the record, and another rank that starts late could find rank 0's new record
     files before its config.yaml (a run record it would refuse as nobody's).
     """
-    from normbench.errors import ConfigError
-    from normbench.run import checkpoint
-    from normbench.run.record import record_files
-    from normbench.run.rundir import check_run_dir
 
     mode = str(cfg.train.resume)
     existing = record_files(run_dir) if main else []
@@ -89,8 +93,6 @@ def plan_resume(
 
 def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
     """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
-    from normbench.errors import ConfigError
-    from normbench.run.rundir import differences
 
     diffs = differences(state.get("config", {}), config)
     if diffs:
@@ -100,18 +102,14 @@ def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
         )
 
 
-def train_task(cfg: DictConfig) -> float:
+def train_task(cfg: DictConfig, resume_command: str | None = None) -> float:
     """One Hydra job: train, write the run record, log to W&B; return the objective.
 
     The objective (for sweepers that optimize) is the best validation loss, or for a run
     that collapsed or diverged a finite penalty worse than any completed run
-    (`divergence.objective`).
+    (`divergence.objective`). `resume_command`, the command that continues the run, goes
+    into the summary of a run that was interrupted or failed.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from normbench.run.checkpoint import RunLock
-    from normbench.run.config import as_dict, resolve
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir).resolve()
@@ -121,7 +119,7 @@ def train_task(cfg: DictConfig) -> float:
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
     lock = RunLock.acquire(run_dir) if main else None
     try:
-        return _train_job(typed, run_dir, group, config, main)
+        return _train_job(typed, run_dir, group, config, main, resume_command)
     finally:
         if lock is not None:
             lock.release()
@@ -139,20 +137,26 @@ class _Job:
     stop: StopRequest
     summary: Summary
     logger: Logger
+    resume_command: str | None = None  # the command that continues the run
 
 
 def _train_job(
-    cfg: NormbenchConfig, run_dir: Path, group: str | None, config: dict[str, Any], main: bool
+    cfg: NormbenchConfig,
+    run_dir: Path,
+    group: str | None,
+    config: dict[str, Any],
+    main: bool,
+    resume_command: str | None,
 ) -> float:
     """train_task's body, holding the run directory's lock."""
-    from normbench.run.logger import NullLogger
-    from normbench.run.record import NullRecord, RunRecord
 
     resume, keep_until, finished = plan_resume(cfg, run_dir, config, main)
     if finished:
         return _already_finished(cfg, run_dir, main)
     record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
-    job = _Job(cfg, run_dir, config, main, record, StopRequest(), Summary(), NullLogger())
+    job = _Job(
+        cfg, run_dir, config, main, record, StopRequest(), Summary(), NullLogger(), resume_command
+    )
     try:
         _train(job, group, resume)
     except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
@@ -169,13 +173,12 @@ def _train_job(
     finally:
         _finish(job)
     if job.summary.status == "interrupted":
-        raise Interrupted(str(job.stop.signal), job.summary.steps)
+        raise Interrupted(str(job.stop.signal), job.summary.steps, resume_command)
     return job.summary.objective
 
 
 def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
     """A run that already finished: say so, return its objective."""
-    from normbench.run.divergence import objective
 
     summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))
     if main:
@@ -186,14 +189,6 @@ def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
 
 def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
     """Write the config, open the logger and the checkpointer, load the data, train."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from normbench.run.checkpoint import Checkpointer
-    from normbench.run.data import check_data_fits, load_tokens
-    from normbench.run.logger import make_logger
-    from normbench.run.removal import measure_layer_removal
-    from normbench.run.runtime import configure_threads
-    from normbench.run.trainer import Trainer
 
     cfg, run_dir, config, summary = job.cfg, job.run_dir, job.config, job.summary
     job.record.write_config(config)
@@ -230,14 +225,13 @@ def _record_failure(job: _Job, e: BaseException) -> None:
 def _finish(job: _Job) -> None:
     """However the job ended: write the summary, close the record and the logger, log the
     outcome and say where the run is. A summary that could not be written raises last."""
-    from normbench.run.divergence import objective
-    from normbench.run.record import RecordWriteError
-
     cfg, summary = job.cfg, job.summary
     summary.objective = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
     summary.wandb = job.logger.info
     if job.stop.requested and summary.stopped_by is None:
         summary.stopped_by = job.stop.signal
+    if summary.status in ("failed", "interrupted"):
+        summary.resume_command = job.resume_command
     unrecorded = None
     try:
         job.record.write_summary(summary)

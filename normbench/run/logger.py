@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from normbench.run import vocab
 from normbench.run.axes import axes_of
-from normbench.run.config import NormbenchConfig, WandbConfig
-from normbench.run.rundir import flat
+from normbench.run.config.schema import NormbenchConfig, WandbConfig
+from normbench.run.data import vocab
+from normbench.run.record.rundir import flat
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +198,13 @@ def make_logger(
 
     A run with `data.vocab_limit=K` has `-vocabK` at the end of its default name and the tag
     `vocab=K` (`vocab=full` otherwise); the mapping itself joins the config (`vocab`) once
-    the data is loaded (normbench/run/vocab.py: record_vocab)."""
+    the data is loaded (normbench/run/data/vocab.py: record_vocab)."""
     if cfg.logger.backend == "none":
         return NullLogger()
     placement, kind = str(cfg.norm.name), str(cfg.norm.kind)
     limit = vocab.limit_of(cfg.data)
     # The experiment's axes (normbench/run/axes.py) as shallow keys; vocab_limit null: GPT-2's
-    # full vocabulary (normbench/run/vocab.py).
+    # full vocabulary (normbench/run/data/vocab.py).
     axes = {**axes_of(flat(config)), "vocab_limit": limit}
     name = cfg.logger.name or f"{placement}-{kind}-d{cfg.depth}-lr{cfg.optim.lr:g}-s{cfg.seed}"
     if limit is not None:  # losses of another vocabulary are not comparable: say so everywhere
@@ -234,7 +234,7 @@ def _report_tables(out: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, Any
         tables["compare/summary"] = wandb.Table(columns=keys, data=data)
     verdicts = []
     verdicts_file = out / "verdicts.json"
-    if verdicts_file.is_file():  # the claims judged (normbench/analysis/claims.py)
+    if verdicts_file.is_file():  # the claims judged (normbench/analysis/claims/registry.py)
         verdicts = json.loads(verdicts_file.read_text(encoding="utf-8"))
         tables["compare/verdicts"] = wandb.Table(
             columns=["claim", "outcome", "conditions", "note"],
@@ -249,7 +249,7 @@ def _report_tables(out: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, Any
             ],
         )
     lr_file = out / "lr_sensitivity.json"
-    if lr_file.is_file():  # an LR-sensitivity sweep (normbench/analysis/lr_sensitivity.py)
+    if lr_file.is_file():  # an LR-sensitivity sweep (normbench/analysis/sensitivity.py)
         cells = json.loads(lr_file.read_text(encoding="utf-8"))["cells"]
         keys = [k for k in cells[0] if k not in ("curve", "runs")]
         tables["compare/lr_sensitivity"] = wandb.Table(

@@ -4,7 +4,7 @@ turn, its input passed on unchanged (x_{l+1} = x_l: `GPT.without`), against the 
 model's. A block whose removal costs little contributes little to the trained model.
 
 summary.json's `layer_removal` is {"full": loss, "block_01": loss without block 1, ...}
-(the per-block keys of the diagnostics, run/diag.py's `block_names`); the log (metrics.jsonl
+(the per-block keys of the diagnostics, run/monitor/diag.py's `block_names`); the log (metrics.jsonl
 and W&B) gets one row of the same losses as `removal/full`, `removal/block_01`, ....
 
 Every loss, `full` included, is measured here by the uncompiled model on the batches of every
@@ -19,8 +19,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from normbench.model import GPT
-from normbench.run.diag import block_names
+from normbench.model.gpt import GPT
+from normbench.run.monitor.diag import block_names
 from normbench.run.steps import evaluate
 
 if TYPE_CHECKING:

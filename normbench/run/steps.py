@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from normbench.model import GPT
+from normbench.model.gpt import GPT
 from normbench.run import dist
-from normbench.run.data import eval_windows
+from normbench.run.data.batches import eval_windows
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -5,9 +5,9 @@
 update); `evaluate()` the validation loss; `fit()` the loop around them (logging, evaluation,
 checkpoints, a graceful stop). `make bench` times the same `step()`.
 
-Divergence is a result, not a crash: the detectors of `divergence.*` (run/divergence.py)
+Divergence is a result, not a crash: the detectors of `divergence.*` (run/monitor/divergence.py)
 turn it into events, and with `divergence.action=stop` the run ends with status `diverged`,
-the step and the detector. The per-layer diagnostics (run/diag.py) are measured on the
+the step and the detector. The per-layer diagnostics (run/monitor/diag.py) are measured on the
 training step itself.
 """
 
@@ -21,21 +21,23 @@ from typing import Any
 
 import torch
 
-from normbench.model import GPT
-from normbench.run import checkpoint, dist, hardware
-from normbench.run.collapse import record_unigram, unigram_of
-from normbench.run.config import NormbenchConfig
-from normbench.run.data import RandomWindows, TokenSplits
-from normbench.run.diag import Diagnostics
-from normbench.run.divergence import DivergenceMonitor, Event, describe
+from normbench.model.gpt import GPT
+from normbench.run import dist, hardware
+from normbench.run.config.schema import NormbenchConfig
+from normbench.run.data.batches import RandomWindows
+from normbench.run.data.tokens import TokenSplits
+from normbench.run.data.vocab import record_vocab
 from normbench.run.logger import Logger, NullLogger
+from normbench.run.monitor.collapse import record_unigram, unigram_of
+from normbench.run.monitor.diag import Diagnostics
+from normbench.run.monitor.divergence import DivergenceMonitor, Event, describe
 from normbench.run.optim import build_optimizer, build_scheduler
 from normbench.run.progress import Progress
-from normbench.run.record import NullRecord, Record
+from normbench.run.record import checkpoint
+from normbench.run.record.summary import FIELDS, Summary
+from normbench.run.record.writer import NullRecord, Record
 from normbench.run.runtime import StopRequest, process_age, resolve_device, tune_cpu_allocator
 from normbench.run.steps import evaluate, forward_backward
-from normbench.run.summary import FIELDS, Summary
-from normbench.run.vocab import record_vocab
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class StepResult:
     loss: float
     grad_norm: float
     lr: float | None
-    stats: dict[str, Any]  # the per-layer statistics of the step (run/diag.py)
+    stats: dict[str, Any]  # the per-layer statistics of the step (run/monitor/diag.py)
     events: list[Event] = field(default_factory=list)
     stopped: bool = False
     diag_row: dict[str, Any] | None = None  # the full diagnostics, on diag.every steps
@@ -96,7 +98,7 @@ class Trainer:
     """One run's training: the model, its optimizer and schedule, the batches, the detectors
     and the diagnostics, and the summary they fill in.
 
-    `resume` is a checkpoint's state (run/checkpoint.py), from which `fit` continues exactly
+    `resume` is a checkpoint's state (run/record/checkpoint.py), from which `fit` continues exactly
     as if the run had never stopped; `record` and `logger` receive the rows (nothing by
     default, as in a benchmark). `tune_allocator=False` keeps glibc's defaults (a benchmark's
     lever; see run/runtime.py).
@@ -248,11 +250,11 @@ class Trainer:
 
     def fit(self, checkpointer: Any = None) -> None:
         """Train to `train.max_steps` (or divergence, or a stop request), filling in the
-        summary. Its status becomes `completed`, `collapsed` (run/collapse.py), `diverged` or
+        summary. Its status becomes `completed`, `collapsed` (run/monitor/collapse.py), `diverged` or
         `interrupted` only at the end; until then an interrupted or crashed run still reports
         how far it got.
 
-        `checkpointer` (run/checkpoint.py) is asked after every step whether the loop's state
+        `checkpointer` (run/record/checkpoint.py) is asked after every step whether the loop's state
         is due and saves it then and when a stop is requested.
         """
         start = self._start()
@@ -324,7 +326,7 @@ class Trainer:
         loop["interval_losses"].append(result.loss)
         self.summary.steps = step
         # Step 1 is always logged: its train/loss is the loss at initialization (the first
-        # batch before any update), the l0 of an LR-sensitivity study (analysis/lr_sensitivity.py).
+        # batch before any update), the l0 of an LR-sensitivity study (analysis/sensitivity.py).
         logged = step % t.log_every == 0 or step in (1, t.max_steps)
         losses = loop["interval_losses"]
         row = {
@@ -407,7 +409,7 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self, step: int, evaluated: bool) -> dict[str, Any]:
-        """Everything the loop needs to continue after `step` (see run/checkpoint.py)."""
+        """Everything the loop needs to continue after `step` (see run/record/checkpoint.py)."""
         return {
             "step": step,
             "evaluated": evaluated,

@@ -1,4 +1,4 @@
-"""The literature's claims (normbench/analysis/claims.py, judges_probe.py, judges_train.py,
+"""The literature's claims (normbench/analysis/claims/registry.py, judges_probe.py, judges_train.py,
 verdict.py): each judge on records built to agree, to disagree and to lack what it needs; the
 presets composing; and real probe presets at tiny size, judged by `normbench probe` and by
 `normbench compare` from the records. The claims judged on learning-rate sweeps (4, 5 and
@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from normbench.analysis.claims import CLAIMS, judge
-from normbench.analysis.records import Run
-from normbench.analysis.stats import FAILS, HOLDS, UNDECIDED, r_squared, spearman
-from normbench.analysis.verdict import (
+from normbench.analysis.claims.registry import CLAIMS, judge
+from normbench.analysis.claims.verdict import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     OUT_OF_REGIME,
@@ -26,6 +24,8 @@ from normbench.analysis.verdict import (
     Verdict,
     css_class,
 )
+from normbench.analysis.records import Run
+from normbench.analysis.stats import FAILS, HOLDS, UNDECIDED, r_squared, spearman
 
 from support import TINY, run_cli, text_data
 from support.wandb_records import offline_runs
@@ -85,7 +85,7 @@ def test_a_decision_maps_to_an_outcome():
 
 
 def test_the_outcome_column_and_its_class():
-    from normbench.analysis.page import CSS, _verdict_html
+    from normbench.analysis.report.page import CSS, _verdict_html
 
     v = verdict(REPRODUCED, UNDERPOWERED)
     md = v.markdown()
@@ -176,9 +176,10 @@ def test_rmsnorm_claim_by_tost(rms, outcome):
 def test_training_presets_compose(name):
     from omegaconf import open_dict
 
-    from normbench.analysis.claims import check_claim
+    from normbench.analysis.claims.registry import check_claim
     from normbench.launch import hydra_args, job_configs
-    from normbench.run.config import register_configs, resolve
+    from normbench.run.config.resolve import resolve
+    from normbench.run.config.schema import register_configs
 
     register_configs()
     _, args = hydra_args(["-m", f"experiment={name}", "logger=none"])
@@ -287,7 +288,7 @@ def test_probe_presets_produce_a_verdict(claim, extra, tmp_path, cli_env, text_f
 
 def test_the_setting_line_names_the_precision_the_runs_resolved():
     """precision=auto names no precision: the line gives what the runs ran as."""
-    from normbench.analysis.claims import run_setting
+    from normbench.analysis.claims.registry import run_setting
 
     runs = [
         Run(Path(f"/r{i}"), {"precision": "auto", "seed": i},

@@ -69,7 +69,7 @@ def test_compare_writes_every_file_and_the_numbers_of_the_records(sweep, tmp_pat
     for norm in ("pre", "post"):
         svg = (report / f"stability_{norm}.svg").read_text()
         assert "✕ 1/1 diverged" in svg and "1/2 runs diverged" in svg
-    from normbench.run.divergence import DETECTORS
+    from normbench.run.monitor.divergence import DETECTORS
 
     curves = (report / "curves_lr=10.svg").read_text()
     assert sum(curves.count(f">{kind}<") for kind in DETECTORS) >= 2  # one per diverged run
@@ -274,7 +274,8 @@ def test_sweep_presets_run_with_one_override(preset, jobs):
     from omegaconf import open_dict
 
     from normbench.launch import hydra_args, job_configs
-    from normbench.run.config import register_configs, resolve
+    from normbench.run.config.resolve import resolve
+    from normbench.run.config.schema import register_configs
 
     register_configs()
     _, args = hydra_args(["-m", f"experiment={preset}", "logger=none"])
@@ -327,9 +328,9 @@ def test_a_key_missing_from_older_records_is_not_an_axis():
 def test_a_figures_labels_are_inside_its_image(tmp_path):
     """A colour bar's label longer than the figure is high (a stability map of one depth)
     is not cut off: the saved image holds it."""
-    from normbench.analysis.figures import DPI, _plt, save
+    from normbench.analysis.report.figures.style import DPI, pyplot, save
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 1.5), layout="constrained")
     image = ax.imshow([[1.0, 2.0]])
     label = "final val/loss (nats), mean over seeds, a label longer than the figure"

@@ -155,8 +155,8 @@ def test_a_report_logged_to_wandb_can_be_replaced(mine, tmp_path, cli_env):
 
 def test_an_interrupted_build_keeps_the_old_report(mine, tmp_path, cli_env, monkeypatch):
     """Ctrl-C while the figures are drawn: the earlier report stays whole, nothing beside it."""
-    from normbench.analysis import compare as cmp
-    from normbench.analysis import figures
+    from normbench.analysis.report import compare as cmp
+    from normbench.analysis.report.figures import runs as figures
 
     assert compare([str(mine)], cwd=tmp_path, env=cli_env).returncode == 0
     before = snapshot(mine)
@@ -171,7 +171,7 @@ def test_an_interrupted_build_keeps_the_old_report(mine, tmp_path, cli_env, monk
 
 
 def fake_report(folder: Path, text: str) -> Path:
-    from normbench.analysis.reportdir import write_marker
+    from normbench.analysis.report.outdir import write_marker
 
     (folder / "sub").mkdir(parents=True)
     (folder / "index.html").write_text(text)
@@ -182,7 +182,7 @@ def fake_report(folder: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "rename-aside"])
 def test_install_swaps_and_removes_only_listed_files(exchange, tmp_path, monkeypatch):
-    from normbench.analysis import reportdir
+    from normbench.analysis.report import outdir as reportdir
 
     if not exchange:  # a system without renameat2
         monkeypatch.setattr(reportdir, "_renameat2", lambda *a: False)
@@ -314,8 +314,8 @@ def test_labels_are_escaped_in_markdown_and_formula_safe_in_csv(mine, tmp_path, 
 
 
 def test_csv_cell_and_verdicts_markdown_escape_user_text(tmp_path):
+    from normbench.analysis.claims.verdict import REPRODUCED, Check, Verdict, write_verdicts
     from normbench.analysis.table import csv_cell
-    from normbench.analysis.verdict import REPRODUCED, Check, Verdict, write_verdicts
 
     cells = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "plain", "", -1.5, 3, True, None]
     assert [csv_cell(c) for c in cells] == [

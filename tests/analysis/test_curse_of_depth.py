@@ -1,4 +1,4 @@
-"""The curse of depth (normbench/analysis/judges_removal.py, docs/reproductions.md's
+"""The curse of depth (normbench/analysis/claims/train.py, docs/reproductions.md's
 pre-registration of issue 20): Δ_l and R from the layer-removal losses; the judge on
 constructed records for every outcome; the preset run for real at tiny size and judged by
 `normbench compare`."""
@@ -11,9 +11,9 @@ import pytest
 from test_claims import outcomes, run
 from test_judges_train import judged
 
-from normbench.analysis.claims import judge
-from normbench.analysis.judges_removal import depth_ratio, removal_costs
-from normbench.analysis.verdict import (
+from normbench.analysis.claims.registry import judge
+from normbench.analysis.claims.train import depth_ratio, removal_costs
+from normbench.analysis.claims.verdict import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     OUT_OF_REGIME,

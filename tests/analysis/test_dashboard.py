@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from normbench.analysis.dashboard import FORMAT, build_spec, read_spec
 from normbench.analysis.records import read_records
+from normbench.analysis.report.dashboard import FORMAT, build_spec, read_spec
 from normbench.analysis.table import choose_axes
 from normbench.run.axes import AXES
 
@@ -150,7 +150,7 @@ def test_the_library_builds_the_report_and_view_offline(dashboard):
     """wandb-workspaces' objects, converted to what W&B stores, with no network."""
     import wandb_workspaces.reports.v2 as wr
 
-    from normbench.analysis.wandb_report import report, workspace
+    from normbench.analysis.report.wandb_report import report, workspace
 
     spec = read_spec(dashboard[0])
     built = report(spec, "an-entity", "normbench")

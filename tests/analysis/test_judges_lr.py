@@ -1,4 +1,4 @@
-"""The claims judged on learning-rate sweeps (normbench/analysis/judges_lr.py, lr_claims.py),
+"""The claims judged on learning-rate sweeps (normbench/analysis/claims/lr.py, lr_claims.py),
 on run records built to a known answer: each judge's outcomes (reproduced, not reproduced,
 underpowered, out of regime), what it reports, and what it says is missing. Three seeds over
 the grid 1e-3, 1e-2, 1e-1 (a step of x10); l0 = 8 nats."""
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from normbench.analysis import lr_claims
-from normbench.analysis.claims import judge, judge_claims
-from normbench.analysis.records import Run
-from normbench.analysis.verdict import (
+from normbench.analysis.claims import sweeps as lr_claims
+from normbench.analysis.claims.registry import judge, judge_claims
+from normbench.analysis.claims.verdict import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     OUT_OF_REGIME,
@@ -20,6 +19,7 @@ from normbench.analysis.verdict import (
     UNDERPOWERED,
     Missing,
 )
+from normbench.analysis.records import Run
 
 GRID = (1e-3, 1e-2, 1e-1)
 GOOD = (4.1, 4.0, 4.05)  # trains at every lr: sensitivity ~0.05, largest stable lr 0.1

@@ -1,4 +1,4 @@
-"""The judges of the probe claims (normbench/analysis/judges_probe.py, judges_output_change.py)
+"""The judges of the probe claims (normbench/analysis/claims/probe.py, judges_output_change.py)
 on per-seed probe tables built to agree with the theory, to disagree with it, to be too noisy
 to tell, to fall outside the regime a claim presupposes, and to lack what a claim needs: the
 procedures of docs/reproductions.md, "Pre-registration, issue 20" (claims 1-3)."""
@@ -10,10 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from normbench.analysis.claims import judge
-from normbench.analysis.judges_probe import ProbeTable, within
-from normbench.analysis.stats import FAILS, HOLDS, UNDECIDED, Interval
-from normbench.analysis.verdict import (
+from normbench.analysis.claims.probe import ProbeTable, within
+from normbench.analysis.claims.registry import judge
+from normbench.analysis.claims.verdict import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     OUT_OF_REGIME,
@@ -21,6 +20,7 @@ from normbench.analysis.verdict import (
     UNDERPOWERED,
     Verdict,
 )
+from normbench.analysis.stats import FAILS, HOLDS, UNDECIDED, Interval
 
 SEEDS = (0, 1, 2)
 DEPTHS = (6, 12, 24)

@@ -10,8 +10,8 @@ import json
 import pytest
 from test_claims import arm, is_outcome, outcomes, run
 
-from normbench.analysis.claims import judge
-from normbench.analysis.verdict import (
+from normbench.analysis.claims.registry import judge
+from normbench.analysis.claims.verdict import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
     OUT_OF_REGIME,

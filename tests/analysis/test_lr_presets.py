@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from normbench.analysis.claims import CLAIMS
-from normbench.analysis.verdict import OUTCOMES
+from normbench.analysis.claims.registry import CLAIMS
+from normbench.analysis.claims.verdict import OUTCOMES
 
 from support import run_cli, text_data, wikitext_lines
 

@@ -1,4 +1,4 @@
-"""LR sensitivity (normbench/analysis/lr_sensitivity.py): the statistics on grids built to a
+"""LR sensitivity (normbench/analysis/sensitivity.py): the statistics on grids built to a
 known answer (diverged runs counted at l0, collapsed ones at their loss, l* recomputed on each
 resample, the largest stable lr), the comparisons between cells, and a tiny end-to-end study:
 `normbench train -m experiment=lr_sensitivity` then `normbench compare`, with its tables,
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench.analysis import lr_sensitivity as lrs
+from normbench.analysis import sensitivity as lrs
 from normbench.analysis.records import Run
 from normbench.analysis.table import choose_axes
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from normbench.analysis.probe import probe_model
 from normbench.run.optim import build_optimizer
+from normbench.run.probe import probe_model
 
 from support import TINY, run_cli, text_data
 from support.models import gpt

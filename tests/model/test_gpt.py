@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.model import KINDS, PLACEMENTS, make_norm
 from normbench.model.gpt import MLP, CausalSelfAttention, ResidualProjection
-from normbench.model.placements import PostLN, PreLN
+from normbench.model.kinds import KINDS, make_norm
+from normbench.model.placements import PLACEMENTS, PostLN, PreLN
 
 from support.models import D, H, gpt, randomize
 

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from normbench.model import KINDS, make_norm
-from normbench.model.kinds import kind_options
+from normbench.model.kinds import KINDS, kind_options, make_norm
 
 D = 64
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from normbench.model import GPT, PLACEMENTS
-from normbench.model.gpt import FusedQKV, ResidualProjection
+from normbench.model.gpt import GPT, FusedQKV, ResidualProjection
+from normbench.model.placements import PLACEMENTS
 
 from support import reference as ref
 from support.models import D, gpt, randomize

@@ -1,4 +1,4 @@
-"""Collapse onto the unigram predictor (normbench/run/collapse.py): the reference by hand, its
+"""Collapse onto the unigram predictor (normbench/run/monitor/collapse.py): the reference by hand, its
 cache, the detector on constructed sequences, the outcome and its rank, the settings."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import yaml
 from omegaconf import OmegaConf
 
 from normbench.errors import ConfigError
-from normbench.run.collapse import FILE, CollapseDetector, cross_entropies, unigram_of
-from normbench.run.data import TokenSplits, load_tokens
-from normbench.run.divergence import DivergenceMonitor, objective
-from normbench.run.rundir import IMPLIED, differences
-from normbench.run.summary import Summary
+from normbench.run.data.tokens import TokenSplits, load_tokens
+from normbench.run.monitor.collapse import FILE, CollapseDetector, cross_entropies, unigram_of
+from normbench.run.monitor.divergence import DivergenceMonitor, objective
+from normbench.run.record.rundir import IMPLIED, differences
+from normbench.run.record.summary import Summary
 
 from support import REPO, compose_config, read_jsonl, run_cli, text_data
 from support.wandb_records import offline_runs

@@ -10,8 +10,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from normbench.cli import describe_error
 from normbench.errors import ConfigError
-from normbench.run.config import as_dict, config_dir, register_configs, resolve
-from normbench.run.validate import validate
+from normbench.run.config.checks import validate
+from normbench.run.config.resolve import as_dict, resolve
+from normbench.run.config.schema import config_dir, register_configs
 
 
 def make(*overrides: str):
@@ -47,7 +48,7 @@ def test_validate_changes_nothing_and_resolve_returns_typed_objects():
     """validate only checks; resolve fills in the derived values on a typed copy."""
     import dataclasses
 
-    from normbench.run.config import ModelConfig, NormbenchConfig
+    from normbench.run.config.schema import ModelConfig, NormbenchConfig
 
     cfg = make("norm=deepnorm", "depth=12")
     before = OmegaConf.to_container(cfg)
@@ -123,7 +124,8 @@ def test_the_kind_fills_in_its_defaults_and_only_its_options(kind, options):
 
 
 def test_every_placement_and_kind_is_a_choice():
-    from normbench.model import KINDS, PLACEMENTS
+    from normbench.model.kinds import KINDS
+    from normbench.model.placements import PLACEMENTS
 
     yamls = {p.stem for p in (config_dir() / "norm").glob("*.yaml")}
     assert yamls == set(PLACEMENTS)  # one YAML per placement class

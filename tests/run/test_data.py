@@ -15,12 +15,11 @@ from omegaconf import OmegaConf
 
 import normbench
 from normbench.errors import ConfigError, DataError
-from normbench.run.config import Documents
-from normbench.run.data import (
+from normbench.run.config.schema import Documents
+from normbench.run.data.batches import RandomWindows, eval_windows
+from normbench.run.data.tokens import (
     EOT,
-    RandomWindows,
     check_data_fits,
-    eval_windows,
     gpt2_encoding,
     load_tokens,
     split_documents,

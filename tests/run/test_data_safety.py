@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from normbench.run import checkpoint
+from normbench.run.record import checkpoint
 
 from support import TINY, run_cli, start_cli, text_data, wait_for
 
@@ -372,8 +372,8 @@ def test_a_disk_that_fills_up_mid_run_still_leaves_a_failed_record(tmp_path, cli
 def test_a_summary_that_meets_a_full_disk_uses_the_space_kept_for_it(tmp_path, monkeypatch):
     """The one write that must succeed (an ENOSPC injected at the summary's write, where no
     tmpfs can be had): the reserve is given back and the summary written."""
-    from normbench.run.record import RESERVE, RunRecord
-    from normbench.run.summary import Summary
+    from normbench.run.record.summary import Summary
+    from normbench.run.record.writer import RESERVE, RunRecord
 
     record = RunRecord(tmp_path)
     assert (tmp_path / RESERVE).stat().st_size == 1 << 20

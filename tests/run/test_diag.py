@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from normbench.run.diag import Diagnostics, attention_logits, blame, block_names
+from normbench.run.monitor.diag import Diagnostics, attention_logits, blame, block_names
 from normbench.run.optim import build_optimizer
 from normbench.run.steps import forward_backward
 

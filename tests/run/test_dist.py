@@ -67,7 +67,7 @@ def test_only_rank_0_checks_whose_the_run_directory_is(resume, tmp_path):
     before its config.yaml: only rank 0, which holds the lock and writes the record, judges
     the directory; the others take what rank 0 found (a failure there ends them all)."""
     from normbench.errors import ConfigError
-    from normbench.run.config import as_dict
+    from normbench.run.config.resolve import as_dict
     from normbench.run.job import plan_resume
 
     from support import compose_config

@@ -10,14 +10,14 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from normbench.run.divergence import (
+from normbench.run.monitor.divergence import (
     DivergenceMonitor,
     GradExplosionDetector,
     SpikeDetector,
     StagnationDetector,
     objective,
 )
-from normbench.run.summary import Summary
+from normbench.run.record.summary import Summary
 
 from support import REPO, TINY, read_jsonl, run_cli, text_data
 from support.wandb_records import offline_runs
@@ -374,7 +374,7 @@ def test_older_records_read_as_not_watched_by_the_logit_detectors(name):
     """A record written before these detectors (which can stop a run) was not watched by
     them: IMPLIED turns them off and repeats today's other settings, so that resuming it
     with `divergence.<name>.enabled=false` finds no other difference."""
-    from normbench.run.rundir import IMPLIED, differences
+    from normbench.run.record.rundir import IMPLIED, differences
 
     today = yaml.safe_load((REPO / "configs/divergence/default.yaml").read_text())[name]
     implied = {k.rsplit(".", 1)[1]: v for k, v in IMPLIED.items() if f".{name}." in k}

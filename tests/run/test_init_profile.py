@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from normbench.run.data import RandomWindows, load_tokens
+from normbench.run.data.batches import RandomWindows
+from normbench.run.data.tokens import load_tokens
 from normbench.run.logger import NullLogger
-from normbench.run.record import RunRecord
+from normbench.run.record.writer import RunRecord
 from normbench.run.trainer import Trainer
 
 from support import TINY, compose_config, text_data

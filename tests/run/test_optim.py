@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from normbench.run.config import Schedule
+from normbench.run.config.schema import Schedule
 from normbench.run.optim import build_optimizer, build_scheduler, lr_at
 
 KW = dict(lr=1.0, min_lr=0.1, warmup=10, max_steps=110)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from normbench.run.checkpoint import checkpoints, verified
+from normbench.run.record.checkpoint import checkpoints, verified
 
 from support import TINY, cli_environment, read_jsonl, run_cli, start_cli, text_data, wait_for
 from support.wandb_records import offline_runs

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from normbench.run.checkpoint import CheckpointError, load_model
-from normbench.run.rundir import differences
+from normbench.run.record.checkpoint import CheckpointError, load_model
+from normbench.run.record.rundir import differences
 
 from support.models import gpt
 

@@ -16,9 +16,15 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from normbench.run.config import Documents
-from normbench.run.data import EOT, cache_directory, gpt2_encoding, load_tokens, source_identity
-from normbench.run.vocab import GPT2_VOCAB, kept_tokens, lookup
+from normbench.run.config.schema import Documents
+from normbench.run.data.tokens import (
+    EOT,
+    cache_directory,
+    gpt2_encoding,
+    load_tokens,
+    source_identity,
+)
+from normbench.run.data.vocab import GPT2_VOCAB, kept_tokens, lookup
 
 from support import REPO, TINY, cli_environment, compose_config, read_jsonl, run_cli, text_data
 from support.wandb_records import offline_runs
@@ -155,7 +161,7 @@ def test_the_model_vocabulary_follows_the_data():
     cfg = compose_config("data.vocab_limit=4000", "model.vocab_size=4000")
     assert cfg.model.vocab_size == 4000  # exactly K, if asked
     assert compose_config("model.vocab_size=50257").model.vocab_size == 50257
-    from normbench.run.config import resolve
+    from normbench.run.config.resolve import resolve
 
     again = resolve(OmegaConf.structured(cfg))  # resolving the resolved config changes nothing
     assert again.model.vocab_size == 4000 and cfg.model.vocab_size == 4000
@@ -201,7 +207,7 @@ def test_bad_values_are_one_line(overrides, message):
 
 def test_older_records_are_full_vocabulary_runs():
     """A record written before data.vocab_limit existed is the same config as null."""
-    from normbench.run.rundir import differences
+    from normbench.run.record.rundir import differences
 
     old = {"data": {"label": "x"}, "model": {"vocab_size": 50304}}
     now = {"data": {"label": "x", "vocab_limit": None}, "model": {"vocab_size": 50304}}

@@ -98,7 +98,8 @@ def compose_config(*overrides: str) -> Any:
     """The validated config that `normbench train <overrides>` would run (real Hydra)."""
     from hydra import compose, initialize_config_dir
 
-    from normbench.run.config import config_dir, register_configs, resolve
+    from normbench.run.config.resolve import resolve
+    from normbench.run.config.schema import config_dir, register_configs
 
     register_configs()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):

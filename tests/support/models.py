@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normbench.model import GPT
+from normbench.model.gpt import GPT
 
 D, H = 32, 4
 # The placements with options of their own need them (the YAML defaults of configs/norm).

@@ -1,0 +1,410 @@
+"""Per-layer diagnostics (`diag.*`): the training dynamics that explain a failure.
+
+Two tiers, both measured on the training step itself (no extra forward pass):
+
+- per-layer statistics, cheap enough for every step: the gradient norm of every block and
+  of its sublayers (`grad_norm/block_07/attn`, `.../mlp`, `.../norm` for the block's norm and
+  placement parameters), of the embeddings, of the embedding norm (`embed_norm`, Peri-LN's)
+  and of the final norm; the RMS and max |value| of the residual stream entering each block
+  and leaving the last one (`resid_rms/block_07`, `resid_max/out`); the largest and the mean
+  attention logit q.k x scale of each layer, over the causal pairs, from the q and k that
+  SDPA receives (`attn_logit_max/block_07`, `attn_logit_mean/...`; Wortsman et al.
+  2309.14322's attention-logit growth); the RMS of every norm's input
+  (`norm_in_rms/block_07/norm_a`; for a post-norm placement the sum x + F(x), the quantity
+  of Xiong et al.'s Lemma 2); the output logits' normalizer log Z, its mean, max and mean
+  square over the batch's tokens (`logits/logz_mean`, `..._max`, `..._sq_mean`), from the
+  fused head without materializing the logits. They fill a ring buffer of the last
+  `divergence.history` steps, written with a divergence event, and are logged every
+  `diag.every` steps;
+- every `diag.every` steps, also: the update-to-weight ratio ||dw|| / ||w|| of each block
+  after the optimizer step (`update_ratio/block_07`), the attention entropy of each layer
+  in nats, averaged over batch, heads and positions (`attn_entropy/block_07`; its collapse
+  precedes divergence, 2303.06296), the largest |logit| of the output (`logits/max_abs`), the
+  mean gain of every norm (`norm_gain/block_07/norm_a`), with `diag.from_init` the
+  accumulated update ||theta_t - theta_0|| / ||theta_0|| of each block (`from_init/block_07`,
+  DeepNet 2203.00555's measure; it keeps a copy of the initial weights), and with
+  `diag.per_param=true` the gradient norm of every parameter tensor (`grad_norm/param/<name>`).
+
+Gradient norms are taken after the backward pass and before clipping. Blocks are numbered
+from 1, zero-padded (`block_01` ... `block_48`), as in the specification's `l`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from statistics import median
+from typing import Any
+
+import torch
+from torch import nn
+
+from normbench.model.gpt import GPT
+from normbench.model.kinds import Norm
+from normbench.model.loss import HEAD_STATS
+
+LAYER_PREFIXES = (
+    "grad_norm/",
+    "resid_rms/",
+    "resid_max/",
+    "update_ratio/",
+    "attn_entropy/",
+    "attn_logit_max/",
+    "norm_in_rms/",
+    "from_init/",
+)
+# Measured on `diag.every` steps only (the rest is measured on every step that records).
+FULL_ONLY = ("attn_entropy/", "grad_norm/param/", "logits/max_abs")
+ATTENTION_CHUNK = 1 << 24  # logits per chunk when measuring attention (64 MB in float32)
+
+
+def block_names(depth: int) -> list[str]:
+    width = max(2, len(str(depth)))
+    return [f"block_{layer:0{width}d}" for layer in range(1, depth + 1)]
+
+
+def hook_streams(model: GPT, record: Callable[[int, str, torch.Tensor], None]) -> list[Any]:
+    """Forward hooks on the residual stream: `record(layer, suffix, x)` with each tensor of
+    the stream entering block `layer` (1 .. N) and leaving the last block (layer N + 1). A
+    placement with several streams (ResiDual's pair) gives each with its suffix (the block's
+    `streams`, '' for the main one). Returns the hooks' handles (`.remove()` them)."""
+    blocks = list(model.blocks)
+    streams = type(blocks[0]).streams
+
+    def split(layer: int, stream: Any) -> None:
+        tensors = stream if isinstance(stream, tuple) else (stream,)
+        for suffix, x in zip(streams, tensors, strict=True):
+            record(layer, suffix, x)
+
+    handles = [
+        block.register_forward_pre_hook(lambda m, args, layer=layer: split(layer, args[0]))
+        for layer, block in enumerate(blocks, start=1)
+    ]
+    last = len(blocks) + 1
+    handles.append(blocks[-1].register_forward_hook(lambda m, args, out: split(last, out)))
+    return handles
+
+
+@lru_cache(maxsize=8)
+def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
+    """(T x T) additive mask: 0 where j <= i, -inf where key j follows query i (built once per
+    length and device, not per layer and step)."""
+    return torch.full((T, T), -math.inf, device=device).triu_(diagonal=1)
+
+
+def attention_logits(
+    q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = ATTENTION_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest and the mean of q_i . k_j x scale over the causal pairs j <= i, in float32,
+    for q and k of shape (B, heads, T, head_dim). The max takes the (T x T) products, a chunk
+    of batch rows at a time; the mean is sum_i q_i . (sum_{j<=i} k_j), without them."""
+    B, H, T, D = q.shape
+    q = q.detach().float().reshape(B * H, T, D)
+    k = k.detach().float().reshape(B * H, T, D)
+    mask = _causal_mask(T, q.device)
+    rows = max(1, chunk // (T * T))
+    peak = torch.full((), -math.inf, device=q.device)
+    for start in range(0, B * H, rows):
+        logits = torch.bmm(q[start : start + rows], k[start : start + rows].transpose(1, 2))
+        peak = torch.maximum(peak, logits.add_(mask).amax())
+    total = torch.linalg.vecdot(q, k.cumsum(dim=1)).sum()
+    pairs = B * H * T * (T + 1) // 2
+    return peak * scale, total * scale / pairs
+
+
+def norm_modules(model: GPT, names: list[str]) -> dict[str, Norm]:
+    """Every norm of the model by its place: `block_07/norm_a`, `block_07/attn.qk_norm.q_norm`,
+    `final` (the model's final norm), `embed/...` for a norm outside the blocks."""
+    found = {}
+    for path, module in model.named_modules():
+        if not isinstance(module, Norm) or not any(True for _ in module.parameters()):
+            continue  # the identity kind has nothing to measure
+        parts = path.split(".")
+        if parts[0] == "blocks":
+            key = f"{names[int(parts[1])]}/{'.'.join(parts[2:])}"
+        else:
+            key = "final" if path == "norm_f" else f"embed/{path}"
+        found[key] = module
+    return found
+
+
+def _gain(norm: Norm) -> torch.Tensor | None:
+    """The mean of a norm's gain (g of ScaleNorm, the weight of the others)."""
+    gain = getattr(norm, "weight", None)
+    gain = gain if isinstance(gain, torch.Tensor) else getattr(norm, "g", None)
+    return None if gain is None else gain.detach().float().mean()
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of each tensor, in float32, as one vector (one fused kernel where possible)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack([n.float() for n in torch._foreach_norm(tensors)])
+
+
+class Diagnostics:
+    """Hooks and statistics for one model; the training loop calls, per step:
+
+    `with diag.watch(step): forward_backward(..., on_grads=diag.on_grads)`, then
+    `diag.step_stats(...)` (per-layer statistics, also pushed to the ring buffer), then around
+    the optimizer step `diag.before_update()` and `diag.after_update()` (the full row on
+    `diag.every` steps, else None).
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        *,
+        every: int,
+        per_param: bool,
+        history: int,
+        from_init: bool = False,
+        attn_rows: int = 0,
+    ) -> None:
+        self.model, self.every, self.per_param = model, every, per_param
+        self.attn_rows = attn_rows or None  # 0: every sequence of the batch
+        self.from_init = from_init and every > 0
+        self.initial: dict[str, list[torch.Tensor]] | None = None  # theta_0, per block
+        self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        self.names = block_names(len(model.blocks))
+        # Parameter groups, by the modules' roles (a block's `attn` and `mlp` are its
+        # sublayers; anything else in a block is a norm or a placement parameter).
+        self.groups: dict[str, list[nn.Parameter]] = {}
+        for name, block in zip(self.names, model.blocks, strict=True):
+            sub = {id(p) for m in (block.attn, block.mlp) for p in m.parameters()}
+            self.groups[f"{name}/attn"] = list(block.attn.parameters())
+            self.groups[f"{name}/mlp"] = list(block.mlp.parameters())
+            rest = [p for p in block.parameters() if id(p) not in sub]
+            if rest:
+                self.groups[f"{name}/norm"] = rest
+        self.groups["embed"] = [model.wte.weight, model.wpe.weight]  # wte is also the LM head
+        embed_norm = list(model.norm_e.parameters())  # Peri-LN's norm of the embedding output
+        if embed_norm:
+            self.groups["embed_norm"] = embed_norm
+        final = list(model.norm_f.parameters())
+        if final:
+            self.groups["final_norm"] = final
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.norms = norm_modules(model, self.names)
+        self.step, self.light, self.full, self.recording = 0, False, False, False
+        self.current: dict[str, torch.Tensor] = {}
+        self.before: dict[str, list[torch.Tensor]] = {}
+        self.handles: list[Any] = []
+        if every > 0 or history > 0:
+            self.attach()
+
+    def is_full(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    # --- during the forward and backward pass -----------------------------------------------
+
+    @contextmanager
+    def watch(self, step: int) -> Iterator[None]:
+        """Turn the hooks on for this step's forward pass (and attention's, on full steps)."""
+        self.step, self.full = step, self.is_full(step)
+        self.light = self.full or self.history.maxlen > 0
+        self.current = {}
+        if self.from_init and self.initial is None:  # theta_0: the weights before step 1
+            self.initial = {k: [p.detach().clone() for p in v] for k, v in self.blocks().items()}
+        self.recording, self.model.extremes = True, self.full
+        try:
+            yield
+        finally:
+            self.recording = False  # the hooks stay attached but record nothing
+            self.model.extremes = False
+
+    def attach(self) -> None:
+        """Register the hooks once: on the residual stream (entering each block and leaving
+        the last: hook_streams) and on each attention module. They record only inside
+        `watch`, so that a compiled model sees the same hooks at every step."""
+        self.handles += hook_streams(self.model, self._record_stream)
+        for name, block in zip(self.names, self.model.blocks, strict=True):
+            self.handles.append(block.attn.register_forward_pre_hook(self._entropy_hook(name)))
+            self.handles.append(block.attn.scores.register_forward_hook(self._logit_hook(name)))
+        for key, norm in self.norms.items():
+            self.handles.append(norm.register_forward_pre_hook(self._norm_hook(key)))
+        self.handles.append(self.model.head_stats.register_forward_hook(self._head_hook))
+
+    def close(self) -> None:
+        """Remove the hooks from the model."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _record_stream(self, layer: int, suffix: str, x: torch.Tensor) -> None:
+        """The RMS and max |value| of the stream entering block `layer` (`out`: leaving the
+        last block), on the steps that record."""
+        if not (self.recording and self.light):
+            return
+        where = self.names[layer - 1] if layer <= len(self.names) else "out"
+        key = f"{where}/{suffix}" if suffix else where
+        x = x.detach().float()
+        self.current[f"resid_rms/{key}"] = x.square().mean().sqrt()
+        self.current[f"resid_max/{key}"] = x.abs().max()
+
+    def _logit_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if self.recording and self.light:
+                q, k, scale = args
+                peak, mean = attention_logits(q[: self.attn_rows], k[: self.attn_rows], scale)
+                self.current[f"attn_logit_max/{name}"] = peak
+                self.current[f"attn_logit_mean/{name}"] = mean
+
+        return hook
+
+    def _norm_hook(self, key: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if self.recording and self.light:
+                x = args[0].detach()
+                rms = torch.linalg.vector_norm(x, dtype=torch.float32) / math.sqrt(x.numel())
+                self.current[f"norm_in_rms/{key}"] = rms
+
+        return hook
+
+    def _head_hook(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        """The output logits' statistics (model/loss.py HEAD_STATS) of the training forward."""
+        if not (self.recording and self.light):
+            return
+        for name, value in zip(HEAD_STATS, args[0], strict=True):
+            if name != "logit_max_abs":
+                self.current[f"logits/{name}"] = value
+            elif self.full:  # measured when the model's `extremes` is set: on full steps
+                self.current["logits/max_abs"] = value
+
+    def _entropy_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not (self.recording and self.full):
+                return
+            p = module.attention_probs(args[0].detach())
+            entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # 0 log 0 = 0
+            self.current[f"attn_entropy/{name}"] = entropy.mean()
+
+        return hook
+
+    def on_grads(self) -> None:
+        """After the backward pass, before clipping: gradient norms per block and sublayer."""
+        if not self.light:
+            return
+        keys, grads, index = list(self.groups), [], []
+        for i, key in enumerate(keys):
+            for p in self.groups[key]:
+                if p.grad is not None:
+                    grads.append(p.grad.detach())
+                    index.append(i)
+        norms = _norms(grads)
+        squares = torch.zeros(len(keys), device=norms.device).index_add_(
+            0, torch.tensor(index, device=norms.device), norms.square()
+        )
+        for i, key in enumerate(keys):
+            self.current[f"grad_norm/{key}"] = squares[i].sqrt()
+        for name in self.names:
+            parts = [squares[keys.index(k)] for k in keys if k.startswith(f"{name}/")]
+            self.current[f"grad_norm/{name}"] = torch.stack(parts).sum().sqrt()
+        if self.full and self.per_param:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            for p, n in zip(params, _norms([p.grad.detach() for p in params]), strict=True):
+                self.current[f"grad_norm/param/{self.param_names[id(p)]}"] = n
+
+    # --- after the backward pass --------------------------------------------------------------
+
+    def step_stats(self, loss: float, grad_norm: float) -> dict[str, Any]:
+        """This step's per-layer statistics as numbers (pushed to the ring buffer)."""
+        if not self.light:
+            return {}
+        light = {k: v for k, v in self.current.items() if not k.startswith(FULL_ONLY)}
+        values = torch.stack(list(light.values())).tolist() if light else []
+        row = {"step": self.step, "loss": loss, "grad_norm": grad_norm}
+        row |= dict(zip(light, values, strict=True))
+        if self.history.maxlen:
+            self.history.append(row)
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history), "initial": self.initial}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history.clear()
+        self.history.extend(state["history"])
+        if self.from_init:  # a checkpoint from before diag.from_init: measured from here on
+            self.initial = state.get("initial")
+
+    def recent(self) -> list[dict[str, Any]]:
+        """The ring buffer: per-layer statistics of the last `divergence.history` steps."""
+        return list(self.history)
+
+    @torch.no_grad()
+    def before_update(self) -> None:
+        """On a full step, keep the weights of each block to measure the update."""
+        self.before = {}
+        if self.full:
+            for name, params in self.update_groups().items():
+                self.before[name] = [p.detach().clone() for p in params]
+
+    def blocks(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters of each block, by its name."""
+        return {
+            name: list(block.parameters())
+            for name, block in zip(self.names, self.model.blocks, strict=True)
+        }
+
+    def update_groups(self) -> dict[str, list[nn.Parameter]]:
+        return self.blocks() | {"embed": self.groups["embed"]}
+
+    def _relative(self, now: list[torch.Tensor], then: list[torch.Tensor]) -> torch.Tensor:
+        """||now - then|| / ||then|| over a group of tensors."""
+        delta = _norms([p.detach() - o for p, o in zip(now, then, strict=True)])
+        return delta.square().sum().sqrt() / _norms(then).square().sum().sqrt()
+
+    @torch.no_grad()
+    def after_update(self, stats: dict[str, Any]) -> dict[str, Any] | None:
+        """On a full step: the row of every diagnostic (`stats` plus the update ratios,
+        attention entropies and per-parameter norms); otherwise None."""
+        if not self.full:
+            return None
+        extra: dict[str, torch.Tensor] = {}
+        for name, params in self.update_groups().items():
+            extra[f"update_ratio/{name}"] = self._relative(params, self.before[name])
+        if self.initial is not None:
+            for name, params in self.blocks().items():
+                extra[f"from_init/{name}"] = self._relative(params, self.initial[name])
+        for key, norm in self.norms.items():
+            if (gain := _gain(norm)) is not None:
+                extra[f"norm_gain/{key}"] = gain
+        extra |= {k: v for k, v in self.current.items() if k.startswith(FULL_ONLY)}
+        values = torch.stack(list(extra.values())).tolist()
+        self.before = {}
+        row = {k: v for k, v in stats.items() if k not in ("loss", "grad_norm")}
+        return row | dict(zip(extra, values, strict=True))
+
+
+def blame(history: list[dict[str, Any]], top: int = 3) -> dict[str, Any]:
+    """Which layer went first: from the ring buffer (oldest first, the event's step last).
+
+    `first_nonfinite`: the first per-layer statistic to become NaN or infinite (earliest
+    step, then forward order). `largest_growth`: the per-layer statistics whose value at the
+    last step is the largest multiple of their median over the earlier steps.
+    """
+    out: dict[str, Any] = {"first_nonfinite": None, "largest_growth": []}
+    if not history:
+        return out
+    for row in history:
+        for key, value in row.items():
+            if key.startswith(LAYER_PREFIXES) and value is not None and not math.isfinite(value):
+                out["first_nonfinite"] = {"step": row["step"], "key": key}
+                break
+        if out["first_nonfinite"]:
+            break
+    last, earlier = history[-1], history[:-1]
+    growth = []
+    for key, value in last.items():
+        if not key.startswith(LAYER_PREFIXES) or value is None or not math.isfinite(value):
+            continue
+        past = [r[key] for r in earlier if r.get(key) is not None and math.isfinite(r[key])]
+        if past and median(past) > 0:
+            growth.append({"key": key, "ratio": value / median(past)})
+    growth.sort(key=lambda g: -g["ratio"])
+    out["largest_growth"] = growth[:top]
+    return out
