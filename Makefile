@@ -1,4 +1,4 @@
-# normbench: `make train` (install + a short default training), `make test` (install + tests).
+# normbench: `make train` (install + a first training), `make test` (install + tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -21,14 +21,26 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# A short default training on WikiText-2 from the hub. Where the hub cannot be reached and
-# ../shared has the WikiText-2 split files, it trains on those instead and says so.
+# The first run. Where torch sees no GPU it is the CPU quick start (experiment=quickstart,
+# a few minutes on 2 cores), which its first line names; with a GPU (or QUICK= set empty,
+# or an experiment=... in ARGS) the full default. It trains on WikiText-2 from the hub; where
+# the hub cannot be reached and ../shared has the WikiText-2 split files, on those instead,
+# and says so.
+QUICK ?= auto
 train: install
-	@if $(NB) prepare $(ARGS); then \
-	  $(NB) train $(ARGS); \
+	@quick="$(QUICK)"; \
+	case "$(ARGS)" in *experiment=*) quick="";; esac; \
+	if [ "$$quick" = auto ]; then \
+	  quick=$$($(PY) -c 'import torch; gpu = torch.cuda.is_available() or torch.backends.mps.is_available(); print("" if gpu else "experiment=quickstart")'); \
+	  if [ -n "$$quick" ]; then \
+	    echo "make train: no GPU here, so the CPU quick start ($$quick: configs/experiment/quickstart.yaml, a few minutes); on a GPU, or with QUICK=, the full default" >&2; \
+	  fi; \
+	fi; \
+	if $(NB) prepare $$quick $(ARGS); then \
+	  $(NB) train $$quick $(ARGS); \
 	elif [ -f "$(WIKITEXT_FILES)/wiki.valid.tokens" ]; then \
 	  echo "make train: using the local split files in $(WIKITEXT_FILES) (data=wikitext2_files: trains on the validation split, evaluates on the test split)" >&2; \
-	  $(NB) train data=wikitext2_files data.dir=$(WIKITEXT_FILES) $(ARGS); \
+	  $(NB) train data=wikitext2_files data.dir=$(WIKITEXT_FILES) $$quick $(ARGS); \
 	else exit 2; fi
 
 # The tests run on every core (pytest-xdist, one worker per core; see tests/conftest.py).

@@ -10,10 +10,11 @@ functions Hydra calls are `normbench.run.job.train_task` (one training job) and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from normbench.run import dist
 from normbench.run.config.checks import validate_probe
 from normbench.run.config.resolve import as_dict, resolve
 from normbench.run.config.schema import config_dir, register_configs
-from normbench.run.console import PROG, Interrupted
+from normbench.run.console import PROG, Interrupted, say
 from normbench.run.data.tokens import check_data_fits, load_tokens
 from normbench.run.dist import check_global_batch
 from normbench.run.job import check_same_config, train_task
@@ -271,17 +272,44 @@ def run(args: Any, parser: Any, task: Callable[..., Any], config_name: str, lock
     """Hand `task` to Hydra, which runs the job (or the sweep's jobs); then release `lock`
     (the output folder's, or None) and leave torchrun's process group."""
     try:
-        _run_hydra(
-            args=args,
-            args_parser=parser,
-            task_function=task,
-            config_path=str(config_dir()),
-            config_name=config_name,
-        )
+        with _without_hydras_job_error():
+            _run_hydra(
+                args=args,
+                args_parser=parser,
+                task_function=task,
+                config_path=str(config_dir()),
+                config_name=config_name,
+            )
     finally:
         if lock is not None:
             lock.release()
         dist.finish()
+
+
+class _DropLine:
+    """sys.stderr without the lines that start with `prefix` (everything else passes)."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        self.stream, self.prefix = stream, prefix
+
+    def write(self, text: str) -> int:
+        return len(text) if text.startswith(self.prefix) else self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding: the stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _without_hydras_job_error() -> Iterator[None]:
+    """Hydra writes `Error executing job with overrides: [...]` to stderr before it re-raises
+    a job's exception (hydra.core.utils.JobReturn.return_value); the command line then prints
+    its own one line for it, so Hydra's is dropped."""
+    stream = sys.stderr
+    sys.stderr = _DropLine(stream, "Error executing job with overrides:")  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stderr = stream
 
 
 def _informational(args: Any) -> bool:
@@ -308,11 +336,12 @@ def train(argv: list[str]) -> None:
     except (Interrupted, WriteError) as e:
         e.resume_command = e.resume_command or hint
         raise
+    if lock is not None and dist.is_main():
+        say(f"next: {PROG} compare {lock.dir}   (a report: tables, loss curves, figures)", "stderr")
 
 
 def prepare(argv: list[str]) -> None:
     """Tokenize the configured data into the cache; print where it went."""
-
     register_configs()
     parser, args = hydra_args(argv)
     if args.multirun or args.cfg or args.info:

@@ -80,6 +80,7 @@ def test_train_writes_the_run_record(placement, tmp_path, cli_env, text_files):
     done = run_cli(args, cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"run_dir: {run_dir}"
+    assert done.stderr.splitlines()[-1].startswith(f"next: normbench compare {run_dir}   (")
     config = check_run_dir(run_dir)
     constants = config["norm"].pop("constants")
     assert constants == pytest.approx(recorded.pop("constants"))
@@ -239,7 +240,10 @@ def test_interrupted_run_is_recorded_as_interrupted(sig, code, name, tmp_path, c
         "and the record are written; resume with: normbench train "
     )
     assert err.splitlines()[-1].endswith(f"hydra.run.dir={run_dir}")
+    assert "Error executing job" not in err  # Hydra's own line, before ours
     assert summary["status"] == "interrupted" and summary["stopped_by"] == name
+    resume = err.splitlines()[-1].split("resume with: ", 1)[1]
+    assert summary["resume_command"] == resume  # for when the terminal lost the line
     assert summary["steps"] >= 2
     assert (run_dir / "checkpoints" / f"step_{summary['steps']:08d}.pt").is_file()
     (run,) = offline_runs(run_dir / "wandb")

@@ -1,4 +1,5 @@
-"""A small GPT whose blocks are normalization placements (docs/variants.md).
+"""A small GPT whose blocks are normalization placements (the specification of placements
+and kinds: ../shared/docs/variants.md beside the repository).
 
 token + learned position embeddings -> embedding norm (if the placement has one: Peri-LN) ->
 `depth` blocks -> final norm (if the placement has one) -> LM head tied to the token

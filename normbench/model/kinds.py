@@ -1,4 +1,4 @@
-"""Normalization kinds (`norm.kind=<name>`), as specified in docs/variants.md.
+"""Normalization kinds (`norm.kind=<name>`), as specified in ../shared/docs/variants.md.
 
 Every kind computes in (at least) float32 and casts back to the input's dtype, so that under
 bf16 autocast the statistics are never taken in bf16. Each class states which of the options

@@ -1,4 +1,5 @@
-"""Normalization placements (`norm=<name>`): one class per block equation, see docs/variants.md.
+"""Normalization placements (`norm=<name>`): one class per block equation (the specification:
+../shared/docs/variants.md).
 
 Notation as in the specification: `x` is the residual stream entering the block, `A` causal
 self-attention (with its output projection W_o), `M` the MLP W2(act(W1 .)), `F` either

@@ -1,7 +1,7 @@
 """Experiment tracking (`logger=wandb|none`).
 
-W&B conventions (docs/conventions.md): one run per Hydra job, finished with exit code 1 when
-the job fails; the comparison axes as shallow config keys beside the full config under `cfg`;
+W&B conventions (../shared/docs/conventions.md): one run per Hydra job, finished with exit
+code 1 when the job fails; the comparison axes as shallow config keys beside the full config under `cfg`;
 `step` as the x-axis of every metric; `val/loss` summarised as min and last; files inside the
 run directory. Online when credentials exist, otherwise offline; WANDB_MODE always wins.
 Every W&B call is guarded: a tracking failure prints one warning and training goes on.

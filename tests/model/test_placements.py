@@ -1,4 +1,4 @@
-"""Every placement against its equation in docs/variants.md, its constants, its init, training."""
+"""Every placement against its equation in ../shared/docs/variants.md, its constants, its init, training."""
 
 from __future__ import annotations
 

@@ -362,8 +362,10 @@ def test_a_disk_that_fills_up_mid_run_still_leaves_a_failed_record(tmp_path, cli
     last = err.splitlines()[-1]
     assert "Traceback" not in err and last.startswith("normbench: error: could not write")
     assert "No space left on device" in last and "continue with: normbench train" in last
+    assert "Error executing job" not in err  # Hydra's own line, before ours
     summary = json.loads((out / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+    assert last.endswith(summary["resume_command"])
     assert summary["steps"] >= 1
     names = sorted(p.name for p in (out / "run").iterdir())
     assert [n for n in names if "tmp" in n or "reserve" in n] == []

@@ -1,4 +1,4 @@
-"""An independent re-statement of docs/variants.md, written from the specification.
+"""An independent re-statement of ../shared/docs/variants.md, written from the specification.
 
 Attention, the MLP and every norm kind are recomputed here from a module's own parameters
 with explicit formulas (explicit softmax and mask, the tanh GELU written out, statistics by
