@@ -28,6 +28,7 @@ from normbench.errors import NormbenchError
 from normbench.run.axes import order
 from normbench.run.data import vocab
 from normbench.run.record.rundir import flat
+from normbench.run.record.summary import Status
 
 
 class CompareError(NormbenchError):
@@ -69,18 +70,18 @@ class Run:
     label: str = ""
 
     @property
-    def status(self) -> str:
-        return str(self.summary.get("status"))
+    def status(self) -> Status:
+        return Status(self.summary["status"])  # checked by load_run
 
     @property
     def diverged(self) -> bool:
-        return self.status == "diverged"
+        return self.status == Status.DIVERGED
 
     @property
     def collapsed(self) -> bool:
-        """Ended at the loss of the unigram predictor (normbench/run/monitor/collapse.py): trained to
-        the end, but not a healthy run."""
-        return self.status == "collapsed"
+        """Ended at the loss of the unigram predictor (normbench/run/monitor/collapse.py):
+        trained to the end, but not a healthy run."""
+        return self.status == Status.COLLAPSED
 
     @property
     def unigram_val_ce(self) -> float | None:
@@ -158,6 +159,9 @@ def _read_record(run_dir: Path, name: str) -> tuple[dict[str, Any], dict[str, An
 def load_run(run_dir: Path) -> Run:
     """The run record of `run_dir` (Unreadable when it is not one compare can use)."""
     config, summary = _read_record(run_dir, "summary.json")
+    if summary.get("status") not in {s.value for s in Status}:
+        known = ", ".join(s.value for s in Status)
+        raise Unreadable(f"summary.json: status is {summary.get('status')!r}, not one of {known}")
     for key, types in SUMMARY_TYPES.items():
         value = summary.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):

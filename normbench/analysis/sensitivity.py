@@ -40,13 +40,13 @@ from normbench.analysis.stats import Interval, bootstrap, bootstrap_diff
 from normbench.analysis.table import Axes, fmt, group_runs, write_csv
 from normbench.run.axes import short
 from normbench.run.data import vocab
+from normbench.run.record.summary import Status
 
 LR = "optim.lr"
 MIN_GRID = 3  # learning rates a sweep needs to be read as an LR-sensitivity sweep
 # Nats above l* within which a learning rate counts as stable; the claims' DELTA (a loss
 # difference that counts, normbench/analysis/claims/verdict.py) is this margin.
 MARGIN = 0.1
-MEASURED = ("completed", "diverged", "collapsed")  # a run of another status is left out
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Seed:
 
     seed: Any
     loss: dict[float, float]
-    failed: dict[float, str]  # lr -> "diverged" | "collapsed"
+    failed: dict[float, Status]  # lr -> DIVERGED | COLLAPSED
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _seeds(runs: list[Run]) -> list[Seed]:
         s = by_seed.setdefault(r.config.get("seed"), Seed(r.config.get("seed"), {}, {}))
         lr = float(r.config[LR])
         s.loss[lr] = _final(r)
-        if r.diverged or r.collapsed:
+        if r.status.failure:
             s.failed[lr] = r.status
     return [by_seed[k] for k in sorted(by_seed, key=str)]
 
@@ -164,7 +164,7 @@ def cells(runs: list[Run], axes: Axes) -> list[Cell]:
         keys.insert(0, "norm.name")
     found = []
     for values, members in group_runs(runs, keys).items():
-        measured = [r for r in members if r.status in MEASURED and r.config.get(LR) is not None]
+        measured = [r for r in members if r.status.finished and r.config.get(LR) is not None]
         if not measured:
             continue
         grid = sorted({float(r.config[LR]) for r in measured})
@@ -277,8 +277,8 @@ def sweep_grid(found: list[Cell]) -> list[float]:
 
 def _failures(cell: Cell) -> str:
     n = sum(len(s.loss) for s in cell.seeds)
-    div = sum(v == "diverged" for s in cell.seeds for v in s.failed.values())
-    col = sum(v == "collapsed" for s in cell.seeds for v in s.failed.values())
+    div = sum(v == Status.DIVERGED for s in cell.seeds for v in s.failed.values())
+    col = sum(v == Status.COLLAPSED for s in cell.seeds for v in s.failed.values())
     return f"{div}/{n} diverged, {col}/{n} collapsed"
 
 

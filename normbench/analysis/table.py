@@ -19,6 +19,7 @@ from normbench.analysis.records import CompareError, Run, Skipped, one_vocab, vo
 from normbench.analysis.stats import mean, mean_std
 from normbench.run.axes import AXES, IGNORED, long, order, short
 from normbench.run.data import vocab
+from normbench.run.record.summary import Status
 
 
 @dataclass
@@ -119,7 +120,7 @@ def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
     """One row per configuration (the varying keys but the seed), seeds aggregated."""
     rows = []
     for values, members in group_runs(runs, axes.config_keys).items():
-        done = [r for r in members if r.status == "completed"]
+        done = [r for r in members if r.status == Status.COMPLETED]
         row: dict[str, Any] = {short(k): v for k, v in zip(axes.config_keys, values, strict=True)}
         row["vocab"] = vocab.name(axes.vocab_limit)  # every CSV row says what its losses are over
         row["runs"] = len(members)
@@ -128,7 +129,7 @@ def summary_rows(runs: list[Run], axes: Axes) -> list[dict[str, Any]]:
         row["diverged"] = sum(r.diverged for r in members)
         collapsed = [r for r in members if r.collapsed]  # not healthy: apart from `completed`
         row["collapsed"] = len(collapsed)
-        row["failed"] = sum(r.status == "failed" for r in members)
+        row["failed"] = sum(r.status == Status.FAILED for r in members)
         for key in ("val_loss", "best_val_loss"):
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std(r.summary.get(key) for r in done)
         row["val_ppl_mean"] = mean(r.summary.get("val_ppl") for r in done)

@@ -169,7 +169,9 @@ class GPT(nn.Module):
 
     `norm_options` holds the kind's eps / bias / alpha0 (absent or None: the kind's default);
     `placement_options` the placement's own options (norm.mix_ratio, norm.dual_scale,
-    norm.admin_init).
+    norm.admin_init); `constants` the placement's constants at this depth, as the config
+    holds them (`norm.constants`, computed once by run/config/resolve.py), or None to compute
+    them here from the options.
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class GPT(nn.Module):
         norm_kind: str,
         norm_options: dict[str, Any] | None = None,
         placement_options: dict[str, Any] | None = None,
+        constants: dict[str, Any] | None = None,
         vocab_size: int = 50304,
         context: int = 256,
         d_model: int = 256,
@@ -198,7 +201,9 @@ class GPT(nn.Module):
         self.depth, self.context = depth, context
         self.fused_head, self.head_chunk = fused_head, head_chunk
         Block = PLACEMENTS[placement]
-        self.constants = Block.constants(depth, **(placement_options or {}))
+        if constants is None:
+            constants = Block.constants(depth, **(placement_options or {}))
+        self.constants = dict(constants)
         norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
         self.wte = nn.Embedding(vocab_size, d_model)
         self.wpe = nn.Embedding(context, d_model)
@@ -239,6 +244,7 @@ class GPT(nn.Module):
             norm_kind=str(n.kind),
             norm_options={k: getattr(n, k) for k in KIND_OPTIONS},
             placement_options={k: getattr(n, k) for k in Block.options},
+            constants=dict(n.constants) or None,  # resolved: the config's; else computed
             vocab_size=m.vocab_size,
             context=m.context,
             d_model=m.d_model,

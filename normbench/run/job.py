@@ -30,7 +30,7 @@ from normbench.run.monitor.divergence import objective
 from normbench.run.record import checkpoint
 from normbench.run.record.checkpoint import Checkpointer, RunLock
 from normbench.run.record.rundir import check_run_dir, differences
-from normbench.run.record.summary import FINISHED, Summary
+from normbench.run.record.summary import Status, Summary
 from normbench.run.record.writer import (
     NullRecord,
     Record,
@@ -76,10 +76,10 @@ def plan_resume(
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
             try:
-                status = json.loads(summary_path.read_text()).get("status")
-            except (OSError, json.JSONDecodeError, AttributeError):
+                status = Status(json.loads(summary_path.read_text()).get("status"))
+            except (OSError, json.JSONDecodeError, AttributeError, ValueError):
                 status = None
-            if status in FINISHED:
+            if status is not None and status.finished:
                 return None, 0, True
         found = checkpoint.latest(run_dir)
         if found is None:
@@ -161,7 +161,7 @@ def _train_job(
         _train(job, group, resume)
     except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
         job.summary.update(
-            status="interrupted",
+            status=Status.INTERRUPTED,
             stopped_by="a second signal",
             error=f"{type(e).__name__}: stopped at once; the newest checkpoint is the last "
             "periodic one",
@@ -172,7 +172,7 @@ def _train_job(
         raise
     finally:
         _finish(job)
-    if job.summary.status == "interrupted":
+    if job.summary.status == Status.INTERRUPTED:
         raise Interrupted(str(job.stop.signal), job.summary.steps, resume_command)
     return job.summary.objective
 
@@ -214,7 +214,7 @@ def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
 
 def _record_failure(job: _Job, e: BaseException) -> None:
     """The summary says the job failed; a bug (not the user's error) keeps its traceback."""
-    job.summary.update(status="failed", error=f"{type(e).__name__}: {one_line(str(e), 300)}")
+    job.summary.update(status=Status.FAILED, error=f"{type(e).__name__}: {one_line(str(e), 300)}")
     if job.main and isinstance(e, Exception) and not is_user_error(e):  # a bug: keep it
         try:
             (job.run_dir / "traceback.txt").write_text(traceback.format_exc())
@@ -230,7 +230,7 @@ def _finish(job: _Job) -> None:
     summary.wandb = job.logger.info
     if job.stop.requested and summary.stopped_by is None:
         summary.stopped_by = job.stop.signal
-    if summary.status in ("failed", "interrupted"):
+    if summary.status.unfinished:
         summary.resume_command = job.resume_command
     unrecorded = None
     try:
@@ -238,7 +238,7 @@ def _finish(job: _Job) -> None:
     except RecordWriteError as e:  # even the space kept for it was not enough
         unrecorded = e
     job.record.close()
-    job.logger.finish(summary.to_dict(), failed=summary.status in ("failed", "interrupted"))
+    job.logger.finish(summary.to_dict(), failed=summary.status.unfinished)
     if job.main:
         _log_outcome(summary, job.run_dir)
         say(f"run_dir: {job.run_dir}")
@@ -248,7 +248,7 @@ def _finish(job: _Job) -> None:
 
 def _log_outcome(summary: Summary, run_dir: Path) -> None:
     status = summary.status
-    if status == "diverged":
+    if status == Status.DIVERGED:
         log.info(
             "diverged at step %s (%s: %s); events in %s",
             summary.diverged_at_step,
@@ -256,7 +256,7 @@ def _log_outcome(summary: Summary, run_dir: Path) -> None:
             summary.divergence_detail,
             run_dir / "events.jsonl",
         )
-    elif status == "collapsed":
+    elif status == Status.COLLAPSED:
         log.info(
             "collapsed onto the unigram predictor: val/loss %.4f against its %.4f (%s); "
             "events in %s",
@@ -265,7 +265,7 @@ def _log_outcome(summary: Summary, run_dir: Path) -> None:
             summary.collapse_detail,
             run_dir / "events.jsonl",
         )
-    elif status == "completed":
+    elif status == Status.COMPLETED:
         log.info(
             "done: val/loss %.4f, %s tokens/s, %.0f s",
             summary.val_loss,

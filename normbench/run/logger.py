@@ -292,8 +292,8 @@ def log_report(
         run.summary.update(
             {
                 "runs": len(runs),
-                "diverged": sum(r.status == "diverged" for r in runs),
-                "collapsed": sum(r.status == "collapsed" for r in runs),
+                "diverged": sum(r.diverged for r in runs),
+                "collapsed": sum(r.collapsed for r in runs),
             }
         )
         say_offline(mode, why, run)

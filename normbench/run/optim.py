@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
+
+from normbench.run.config.schema import OptimConfig
 
 
 def lr_at(
@@ -33,7 +34,7 @@ def lr_at(
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def decay_coefficient(optim: Any) -> float:
+def decay_coefficient(optim: OptimConfig) -> float:
     """The weight decay handed to torch's AdamW, which multiplies the weights by
     1 - lr_t x coefficient at each update (lr_t: the scheduled lr). `coupled`: weight_decay
     itself, so the decay grows with the peak lr; `independent`: weight_decay / optim.lr, so
@@ -44,7 +45,9 @@ def decay_coefficient(optim: Any) -> float:
     return optim.weight_decay
 
 
-def build_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, optim: OptimConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices (linear weights, embeddings), not on norms or biases,
     coupled to the peak lr or independent of it (`optim.weight_decay_mode`).
 
@@ -58,7 +61,7 @@ def build_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch
         {"params": decay, "weight_decay": decay_coefficient(optim)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    fused = getattr(optim, "fused", None)
+    fused = optim.fused
     if fused is None:  # torch has fused AdamW kernels for CUDA and (since 2.4) the CPU
         fused = device.type in ("cuda", "cpu") and all(p.dtype.is_floating_point for p in params)
     return torch.optim.AdamW(
@@ -67,7 +70,7 @@ def build_optimizer(model: nn.Module, optim: Any, device: torch.device) -> torch
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, optim: Any, max_steps: int
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR whose factor follows `lr_at` (relative to optim.lr)."""
     kwargs = dict(

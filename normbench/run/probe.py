@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from normbench.model.gpt import GPT
+from normbench.run.config.schema import OptimConfig
 from normbench.run.data.batches import RandomWindows
 from normbench.run.monitor.diag import hook_streams
 from normbench.run.optim import build_optimizer
@@ -120,7 +121,7 @@ def _one_step(
     model: GPT,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     total: dict[int, torch.Tensor],
-    optim_cfg: Any,
+    optim_cfg: OptimConfig,
     lrs: list[float],
 ) -> tuple[float, list[dict[str, float]]]:
     """For each learning rate, one AdamW step on the mean gradient from the same weights (the
@@ -194,7 +195,7 @@ def _layer_rows(
 def probe_model(
     model: GPT,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
-    optim_cfg: Any,
+    optim_cfg: OptimConfig,
     lr: float,
     ladder: int = 0,
 ) -> dict[str, Any]:

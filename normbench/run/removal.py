@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MEASURED = ("completed", "collapsed")  # the statuses of runs that trained to their last step
-
 
 def removal_losses(model: GPT, loss_of: Callable[[GPT], float]) -> dict[str, float]:
     """{"full": loss_of(model), "block_01": loss_of(model without block 1), ...}."""
@@ -44,7 +42,7 @@ def measure_layer_removal(trainer: Trainer) -> dict[str, float] | None:
     """After `trainer.fit()`: with `diag.layer_removal`, the losses of `removal_losses` for
     a run that trained to its last step, into the summary and the log (None otherwise)."""
     cfg, summary = trainer.cfg, trainer.summary
-    if not cfg.diag.layer_removal or summary.status not in MEASURED or summary.val_loss is None:
+    if not cfg.diag.layer_removal or not summary.status.trained or summary.val_loss is None:
         return None
     batch_size = cfg.train.eval_batch_size or cfg.train.batch_size
 

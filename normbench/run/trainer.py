@@ -13,6 +13,7 @@ training step itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -34,7 +35,8 @@ from normbench.run.monitor.divergence import DivergenceMonitor, Event, describe
 from normbench.run.optim import build_optimizer, build_scheduler
 from normbench.run.progress import Progress
 from normbench.run.record import checkpoint
-from normbench.run.record.summary import FIELDS, Summary
+from normbench.run.record.checkpoint import Checkpointer
+from normbench.run.record.summary import FIELDS, Status, Summary
 from normbench.run.record.writer import NullRecord, Record
 from normbench.run.runtime import StopRequest, process_age, resolve_device, tune_cpu_allocator
 from normbench.run.steps import evaluate, forward_backward
@@ -76,6 +78,18 @@ def startup_line(
         f"({choice.reason}); data {cfg.data.label}: {len(tokens.train):,} train / "
         f"{len(tokens.val):,} validation tokens"
     )
+
+
+@dataclass
+class LoopState:
+    """What the loop accumulates across steps (kept in checkpoints): the training time so
+    far, the current logging interval's time and losses, and the wall time of the parts
+    before a resume."""
+
+    train_time: float = 0.0  # seconds in training steps, resumed parts included
+    interval_time: float = 0.0  # seconds in the steps since the last logged row
+    interval_losses: list[float] = field(default_factory=list)  # their losses
+    wall_s: float = 0.0  # the whole run's wall time before this process
 
 
 @dataclass
@@ -164,12 +178,7 @@ class Trainer:
             from_init=cfg.diag.from_init,
             attn_rows=cfg.diag.attn_rows,
         )
-        self.loop: dict[str, Any] = {
-            "train_time": 0.0,
-            "interval_time": 0.0,
-            "interval_losses": [],
-            "wall_s": 0.0,
-        }
+        self.loop = LoopState()
 
     def _profile_init(self) -> dict[str, Any] | None:
         """The initialization the placement measures on data (`GPT.profile_init`; None for
@@ -248,7 +257,7 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def fit(self, checkpointer: Any = None) -> None:
+    def fit(self, checkpointer: Checkpointer | None = None) -> None:
         """Train to `train.max_steps` (or divergence, or a stop request), filling in the
         summary. Its status becomes `completed`, `collapsed` (run/monitor/collapse.py), `diverged` or
         `interrupted` only at the end; until then an interrupted or crashed run still reports
@@ -260,7 +269,7 @@ class Trainer:
         start = self._start()
         self.model.train()
         progress = Progress(self.cfg.train.max_steps, done=start - 1)  # after the lines above
-        status = None
+        status: Status | None = None
         try:
             with self.stop.installed():
                 for step in range(start, self.cfg.train.max_steps + 1):
@@ -269,7 +278,8 @@ class Trainer:
                     status = self._train_one(step, start, progress, checkpointer)
                     if status is not None:
                         break
-            self.summary.status = status or ("collapsed" if self.monitor.collapsed else "completed")
+            ended = Status.COLLAPSED if self.monitor.collapsed else Status.COMPLETED
+            self.summary.status = status or ended
         finally:
             progress.close()
             self._finish_summary()
@@ -286,8 +296,8 @@ class Trainer:
         return done + 1
 
     def _train_one(
-        self, step: int, start: int, progress: Progress, checkpointer: Any
-    ) -> str | None:
+        self, step: int, start: int, progress: Progress, checkpointer: Checkpointer | None
+    ) -> Status | None:
         """Step, log, evaluate and checkpoint; the run's final status if it ends here."""
         result = self.step(step)
         for event in result.events:
@@ -298,7 +308,7 @@ class Trainer:
                 k: v for k, v in result.stats.items() if k not in ("loss", "grad_norm")
             }
             log.info("step %d: stopped (divergence.action=%s)", step, self.cfg.divergence.action)
-            return "diverged"
+            return Status.DIVERGED
         self._log_step(result, start, progress)
         stopping = dist.any_rank(self.stop.requested)
         evaluated = self._eval_due(step) and not stopping and self._evaluate_and_log(step)
@@ -315,32 +325,32 @@ class Trainer:
                 raise
         if stopping:
             log.info("step %d: stopped (%s); checkpoint written", step, self.stop.signal)
-            return "interrupted"
+            return Status.INTERRUPTED
         return None
 
     def _log_step(self, result: StepResult, start: int, progress: Progress) -> None:
         """The interval's row at log points, the progress bar, the full diagnostics."""
         loop, step, t = self.loop, result.step, self.cfg.train
-        loop["train_time"] += result.seconds
-        loop["interval_time"] += result.seconds
-        loop["interval_losses"].append(result.loss)
+        loop.train_time += result.seconds
+        loop.interval_time += result.seconds
+        loop.interval_losses.append(result.loss)
         self.summary.steps = step
         # Step 1 is always logged: its train/loss is the loss at initialization (the first
         # batch before any update), the l0 of an LR-sensitivity study (analysis/sensitivity.py).
         logged = step % t.log_every == 0 or step in (1, t.max_steps)
-        losses = loop["interval_losses"]
+        losses = loop.interval_losses
         row = {
             "step": step,
             "tokens": self._tokens(step),
             "train/loss": sum(losses) / len(losses),
             "lr": result.lr,
             "grad_norm": result.grad_norm,
-            "tokens_per_s": len(losses) * self.tokens_per_step / loop["interval_time"],
+            "tokens_per_s": len(losses) * self.tokens_per_step / loop.interval_time,
         }
         if logged:
             self._log(row)
-            loop["interval_time"], loop["interval_losses"] = 0.0, []
-        eta = loop["train_time"] / step * (t.max_steps - step)
+            loop.interval_time, loop.interval_losses = 0.0, []
+        eta = loop.train_time / step * (t.max_steps - step)
         progress.advance(step, row if logged or step == start else None, eta_s=eta)
         if result.diag_row is not None:
             self._log({"step": step, "tokens": self._tokens(step), **result.diag_row})
@@ -402,9 +412,9 @@ class Trainer:
     def _finish_summary(self) -> None:
         s, loop = self.summary, self.loop
         s.tokens = self._tokens(s.steps)
-        if loop["train_time"] > 0 and s.steps > 0:
-            s.tokens_per_s = s.steps * self.tokens_per_step / loop["train_time"]
-        s.wall_s = loop["wall_s"] + time.perf_counter() - self.t_start
+        if loop.train_time > 0 and s.steps > 0:
+            s.tokens_per_s = s.steps * self.tokens_per_step / loop.train_time
+        s.wall_s = loop.wall_s + time.perf_counter() - self.t_start
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -425,8 +435,8 @@ class Trainer:
             "monitor": self.monitor.state_dict(),
             "diag": self.diag.state_dict(),
             "loop": {
-                **self.loop,
-                "wall_s": self.loop["wall_s"] + time.perf_counter() - self.t_start,
+                **dataclasses.asdict(self.loop),
+                "wall_s": self.loop.wall_s + time.perf_counter() - self.t_start,
             },
             "summary": self.summary.to_dict(),
             "init_profile": self.init_profile,
@@ -444,7 +454,7 @@ class Trainer:
         self.batches.rng.bit_generator.state = saved["rng"]["batches"]
         self.monitor.load_state_dict(saved["monitor"])
         self.diag.load_state_dict(saved["diag"])
-        self.loop.update(saved["loop"])
+        self.loop = LoopState(**saved["loop"])
         fresh = {"device", *self.choice.record()}  # chosen for this process
         kept = {k: v for k, v in saved["summary"].items() if k not in fresh and k in FIELDS}
         self.summary.update(kept)

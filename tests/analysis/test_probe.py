@@ -15,12 +15,9 @@ from normbench.run.optim import build_optimizer
 from normbench.run.probe import probe_model
 
 from support import TINY, run_cli, text_data
-from support.models import gpt
+from support.models import gpt, optim_config
 
-
-class Optim:
-    weight_decay, betas, eps, lr = 0.1, (0.9, 0.95), 1e-8, 1e-3
-    weight_decay_mode = "coupled"
+Optim = optim_config(lr=1e-3)
 
 
 def batches(n=2, B=3, T=16, vocab=128):

@@ -11,12 +11,9 @@ from normbench.run.monitor.diag import Diagnostics, attention_logits, blame, blo
 from normbench.run.optim import build_optimizer
 from normbench.run.steps import forward_backward
 
-from support.models import gpt, randomize
+from support.models import gpt, optim_config, randomize
 
-
-class Optim:
-    lr, weight_decay, betas, eps = 1e-2, 0.1, (0.9, 0.95), 1e-8
-    weight_decay_mode = "coupled"
+Optim = optim_config(lr=1e-2)
 
 
 def one_step(model, diag, x, y, clip=math.inf):

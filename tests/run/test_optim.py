@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from normbench.run.config.schema import Schedule
+from normbench.run.config.schema import Schedule, WeightDecayMode
 from normbench.run.optim import build_optimizer, build_scheduler, lr_at
+
+from support.models import optim_config
 
 KW = dict(lr=1.0, min_lr=0.1, warmup=10, max_steps=110)
 
@@ -46,18 +47,7 @@ def test_no_warmup_starts_at_lr():
 
 
 def _optim_cfg(**kw):
-    base = dict(
-        lr=0.5,
-        min_lr=0.0,
-        warmup_steps=2,
-        schedule=Schedule.linear,
-        weight_decay=0.1,
-        weight_decay_mode="coupled",
-        betas=[0.9, 0.95],
-        eps=1e-8,
-        grad_clip=1.0,
-    )
-    return OmegaConf.create({**base, **kw})
+    return optim_config(**{"lr": 0.5, "warmup_steps": 2, "schedule": Schedule.linear, **kw})
 
 
 def test_scheduler_drives_the_optimizer():
@@ -96,7 +86,7 @@ def test_weight_decay_coupled_to_the_peak_lr_or_independent_of_it(mode):
     for lr in (0.5, 0.05):
         model = torch.nn.Linear(3, 3, bias=False)
         torch.nn.init.ones_(model.weight)
-        cfg = _optim_cfg(lr=lr, weight_decay=wd, weight_decay_mode=mode)
+        cfg = _optim_cfg(lr=lr, weight_decay=wd, weight_decay_mode=WeightDecayMode(mode))
         opt = build_optimizer(model, cfg, torch.device("cpu"))
         sched = build_scheduler(opt, cfg, max_steps=steps)
         expected = 1.0

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from normbench.model.gpt import GPT
+from normbench.run.config.schema import OptimConfig, Schedule, WeightDecayMode
 
 D, H = 32, 4
 # The placements with options of their own need them (the YAML defaults of configs/norm).
@@ -43,3 +44,22 @@ def randomize(module: nn.Module) -> None:
                 p.copy_(0.5 + torch.rand_like(p))
             else:
                 p.copy_(torch.randn_like(p) * 0.2)
+
+
+def optim_config(**kw: Any) -> OptimConfig:
+    """A complete AdamW config (configs/optim/adamw.yaml's values, but lr 1e-3 and no warmup)
+    with `kw` on top."""
+    values = dict(
+        lr=1e-3,
+        warmup_steps=0,
+        schedule=Schedule.cosine,
+        min_lr=0.0,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.coupled,
+        betas=[0.9, 0.95],
+        eps=1e-8,
+        grad_clip=1.0,
+        z_loss=0.0,
+        fused=None,
+    )
+    return OptimConfig(**{**values, **kw})

@@ -40,6 +40,7 @@ from normbench.analysis.records import Run
 from normbench.analysis.table import Axes, fmt, group_runs
 from normbench.run.axes import AXES, order, short
 from normbench.run.data.vocab import name as vocab_name
+from normbench.run.record.summary import Status
 
 FORMAT = "normbench-dashboard/1"
 NAME = "dashboard.json"
@@ -123,7 +124,7 @@ def header(runs: list[Run], axes: Axes) -> dict[str, Any]:
         "axes": values,
         "counts": {
             "runs": len(runs),
-            "completed": sum(r.status == "completed" for r in runs),
+            "completed": sum(r.status == Status.COMPLETED for r in runs),
             "diverged": sum(r.diverged for r in runs),
             "collapsed": sum(r.collapsed for r in runs),
         },

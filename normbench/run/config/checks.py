@@ -266,12 +266,11 @@ def validate_norm(cfg: NormbenchConfig) -> None:
     )
     Block.check_options(**own)
     validate_combination(cfg)
-    constants = Block.constants(cfg.depth, **own)
-    need(
-        not n.constants or dict(n.constants) == constants,
-        f"norm.constants are derived from depth and the placement's options "
-        f"({constants}); remove the override",
-    )
+    if n.constants:  # resolve computes them, once; the model takes them from the config
+        raise ConfigError(
+            f"norm.constants are derived from depth and the placement's options "
+            f"({Block.constants(cfg.depth, **own)}); remove the override"
+        )
 
 
 def validate_combination(cfg: NormbenchConfig) -> None:

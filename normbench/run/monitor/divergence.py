@@ -44,7 +44,7 @@ from typing import Any
 from normbench.run.config.schema import DivergenceConfig
 from normbench.run.monitor.collapse import CollapseDetector
 from normbench.run.monitor.diag import blame
-from normbench.run.record.summary import Summary
+from normbench.run.record.summary import Status, Summary
 
 DETECTORS = (
     "nonfinite",
@@ -404,9 +404,9 @@ def objective(summary: Summary, max_steps: int, penalty: float) -> float:
     penalty + 1 - (its fraction of the steps), so it ranks after every completed run, and
     later divergence ranks before earlier."""
     best = summary.best_val_loss
-    if summary.status == "completed" and best is not None and math.isfinite(best):
+    if summary.status == Status.COMPLETED and best is not None and math.isfinite(best):
         return min(best, penalty)
-    if summary.status == "collapsed":
+    if summary.status == Status.COLLAPSED:
         return penalty
     done = (summary.steps or 0) / max(1, max_steps)
     return penalty + 1.0 - done

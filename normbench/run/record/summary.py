@@ -9,13 +9,53 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
-# `collapsed`: trained to the end, but still at the loss of the unigram predictor
-# (run/monitor/collapse.py); like `completed` and `diverged` a finished run, unlike `completed` not a
-# healthy one.
-STATUSES = ("completed", "collapsed", "diverged", "interrupted", "failed")
-FINISHED = ("completed", "collapsed", "diverged")  # a resume leaves these runs alone
+
+class Status(str, Enum):
+    """How a run ended: the one definition of every status, what each implies and how the
+    reports show it. The value is what summary.json holds (`str(status)` prints it)."""
+
+    COMPLETED = "completed"  # trained to train.max_steps
+    # trained to the end, but still at the loss of the unigram predictor (run/monitor/collapse.py)
+    COLLAPSED = "collapsed"
+    DIVERGED = "diverged"  # a divergence detector stopped it (divergence.action=stop)
+    INTERRUPTED = "interrupted"  # a signal stopped it after a checkpoint; the command resumes it
+    FAILED = "failed"  # an error stopped it (summary.json's `error`); the status until the end
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def finished(self) -> bool:
+        """A result, the run's last word: a resume leaves the run alone, and an LR-sensitivity
+        study counts it (completed, collapsed, diverged)."""
+        return self in (Status.COMPLETED, Status.COLLAPSED, Status.DIVERGED)
+
+    @property
+    def trained(self) -> bool:
+        """Trained to its last step (completed or collapsed): its final model can be measured."""
+        return self in (Status.COMPLETED, Status.COLLAPSED)
+
+    @property
+    def failure(self) -> bool:
+        """An observed failure to train (diverged or collapsed): wherever a claim says
+        "diverges", a failed seed; never a loss in a mean."""
+        return self in (Status.DIVERGED, Status.COLLAPSED)
+
+    @property
+    def unfinished(self) -> bool:
+        """Stopped before a result (interrupted or failed): the W&B run is marked failed and
+        summary.json holds the command that continues it."""
+        return not self.finished
+
+    @property
+    def marker(self) -> str | None:
+        """How a figure marks a run of this status (matplotlib's marker), None: unmarked."""
+        return {Status.DIVERGED: "x", Status.COLLAPSED: "o"}.get(self)
+
+
 # Written only when set: why a run stopped early, the error of one that failed, the command
 # that continues either, the collapse event of one that met it (run/monitor/collapse.py), and the layer-removal losses
 # (diag.layer_removal, run/removal.py).
@@ -31,7 +71,7 @@ OPTIONAL = (
 
 @dataclass
 class Summary:
-    status: str = "failed"  # one of STATUSES ("failed" until training ends)
+    status: Status = Status.FAILED  # FAILED until training ends
     steps: int | None = None  # training steps taken
     tokens: int | None = None  # training tokens seen (steps x batch x context)
     val_loss: float | None = None  # the last validation loss (nats per token)
@@ -70,17 +110,20 @@ class Summary:
         for key, value in {**(values or {}), **more}.items():
             if key not in FIELDS:
                 raise KeyError(f"summary.json has no field {key!r}")
-            setattr(self, key, value)
+            setattr(self, key, Status(value) if key == "status" else value)
 
     def to_dict(self) -> dict[str, Any]:
         """summary.json's content: every field, those of OPTIONAL only when set."""
-        out = dataclasses.asdict(self)
+        out = {**dataclasses.asdict(self), "status": self.status.value}
         return {k: v for k, v in out.items() if k not in OPTIONAL or v is not None}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Summary:
         """A summary read back (keys it does not know, from an older version, are left out)."""
-        return cls(**{k: v for k, v in values.items() if k in FIELDS})
+        known = {k: v for k, v in values.items() if k in FIELDS}
+        if "status" in known:
+            known["status"] = Status(known["status"])
+        return cls(**known)
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(Summary))

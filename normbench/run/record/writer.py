@@ -22,7 +22,7 @@ import yaml
 
 from normbench.errors import WriteError
 from normbench.run.record.files import write_atomic
-from normbench.run.record.summary import STATUSES, Summary
+from normbench.run.record.summary import Status, Summary
 
 # Write errors that more space (or a higher limit) would cure.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -205,7 +205,7 @@ class RunRecord:
 
     def write_summary(self, summary: Summary) -> None:
         """summary.json, atomically; on a full disk the reserved space is given back first."""
-        assert summary.status in STATUSES, summary.status
+        assert isinstance(summary.status, Status), summary.status
         path = self.dir / "summary.json"
         text = json.dumps(_jsonable(summary.to_dict()), indent=2) + "\n"
         try:

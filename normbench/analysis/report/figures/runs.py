@@ -20,6 +20,7 @@ from normbench.analysis.stats import finite, mean_or_nan
 from normbench.analysis.table import Axes, describe, fmt, group_runs
 from normbench.run.axes import order, short
 from normbench.run.data import vocab
+from normbench.run.record.summary import Status
 
 
 def uniform_loss(axes: Axes) -> float:
@@ -103,7 +104,7 @@ def loss_curves(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) 
 
 def _loss_range(runs: list[Run]) -> tuple[float, float]:
     """The colour scale of the stability maps: the completed runs' final validation losses."""
-    done = finite(r.summary.get("val_loss") for r in runs if r.status == "completed")
+    done = finite(r.summary.get("val_loss") for r in runs if r.status == Status.COMPLETED)
     vmin, vmax = (min(done), max(done)) if done else (0.0, 1.0)
     return vmin, max(vmax, vmin + 1e-6)
 
@@ -117,7 +118,7 @@ def _stability_cell(ax: Any, i: int, j: int, cell: list[Run], vrange: tuple[floa
     ok = [
         r.summary["val_loss"]
         for r in cell
-        if r.status == "completed" and r.summary.get("val_loss") is not None
+        if r.status == Status.COMPLETED and r.summary.get("val_loss") is not None
     ]
     div, col = sum(r.diverged for r in cell), sum(r.collapsed for r in cell)
     value = mean_or_nan(ok)

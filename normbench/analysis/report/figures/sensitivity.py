@@ -18,6 +18,7 @@ from typing import Any
 from normbench.analysis.report.figures.style import pyplot, save, slug, vocab_suffix
 from normbench.analysis.sensitivity import Cell
 from normbench.analysis.table import Axes, fmt
+from normbench.run.record.summary import Status
 
 STYLES = ["-", "--", ":", "-."]
 
@@ -39,11 +40,12 @@ def _draw_cell(ax: Any, cell: Cell, color: Any) -> None:
     name = str(cell.values.get("norm", ""))
     ax.plot(grid, [cell.curve[lr] for lr in grid], "-", color=color, label=name, marker=".")
     for lr in grid:
-        kinds = [s.failed[lr] for s in cell.seeds if lr in s.failed]
-        if "diverged" in kinds:
-            ax.plot([lr], [cell.l0], "x", color=color, markersize=8, mew=2)
-        if "collapsed" in kinds:
-            ax.plot([lr], [cell.curve[lr]], "o", mfc="none", color=color, markersize=8)
+        kinds = {s.failed[lr] for s in cell.seeds if lr in s.failed}
+        if Status.DIVERGED in kinds:  # at l0: a diverged run's loss is clipped to it
+            ax.plot([lr], [cell.l0], Status.DIVERGED.marker, color=color, markersize=8, mew=2)
+        if Status.COLLAPSED in kinds:
+            marker = Status.COLLAPSED.marker
+            ax.plot([lr], [cell.curve[lr]], marker, mfc="none", color=color, markersize=8)
     if cell.stable is not None and cell.stable.estimate > 0:
         lr = cell.stable.estimate
         ax.plot([lr], [cell.curve[lr]], "^", color=color, markersize=8)
