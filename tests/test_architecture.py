@@ -3,8 +3,9 @@
 Packages are layers that import only downward (model <- run <- analysis and bench <- the
 command line); no module imports itself through others and no package imports itself
 through others, annotation-only imports (under `if TYPE_CHECKING:`) included; one module
-imports Hydra's private API; no folder fakes a sub-package with a file-name prefix; and
-functions stay short enough to read. Each check names its exceptions, with their reasons.
+imports Hydra's private API; imports sit at the top of their modules unless they defer
+something a command does not need; no folder fakes a sub-package with a file-name prefix;
+and functions stay short enough to read. Each check names its exceptions, with their reasons.
 """
 
 from __future__ import annotations
@@ -35,6 +36,22 @@ MAX_FUNCTION_LINES = 60
 LONG_FUNCTIONS: dict[str, str] = {}
 PREFIX_GROUPS: dict[str, str] = {}  # "folder/prefix_": why those modules share a prefix
 HYDRA_PRIVATE = {"normbench.launch"}
+# The only imports inside functions: each defers something that some commands never need.
+# Every other import is at the top of its module.
+DEFERRED_IMPORTS = {
+    "wandb": "W&B: only runs that log to it (logger=wandb) and reports that publish",
+    "wandb_workspaces": "the W&B Report API: only `normbench dashboard`",
+    "datasets": "only data read from the Hugging Face hub (data=wikitext2)",
+    "scipy": "only the statistics that need a distribution (t quantiles, TOST)",
+    "matplotlib": "only when a figure is drawn (train and probe import the modules that draw)",
+    "liger_kernel": "optional, only the LM-head benchmark (make bench --head)",
+    "cut_cross_entropy": "optional, only the LM-head benchmark (make bench --head)",
+    "hydra.errors": "the command line's error path: --help and list import no Hydra",
+    "omegaconf.errors": "the command line's error path: --help and list import no OmegaConf",
+    "normbench.model.kinds": "normbench list imports torch only when catalogue.json is stale",
+    "normbench.model.placements": "normbench list imports torch only when catalogue.json is stale",
+    "normbench.run.logger": "compare imports torch only to log a report to W&B (--wandb)",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -203,6 +220,29 @@ def test_functions_are_short():
     assert long == []
 
 
+def deferred_imports(tree: ast.Module) -> list[str]:
+    """The modules imported inside functions."""
+    found = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found += [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    found.append(node.module or "")
+    return found
+
+
+def test_imports_are_at_the_top_unless_they_defer_something():
+    inside = [
+        f"{name} imports {module} inside a function"
+        for name, path in modules().items()
+        for module in deferred_imports(ast.parse(path.read_text()))
+        if not any(module == d or module.startswith(d + ".") for d in DEFERRED_IMPORTS)
+    ]
+    assert inside == []
+
+
 def test_the_checks_can_fail(tmp_path):
     """The graphs see an upward import and cycles (annotation-only ones included), and a
     folder of prefixed modules is seen."""
@@ -217,6 +257,8 @@ def test_the_checks_can_fail(tmp_path):
         "import os",
         "import sys",
     }
+    deferred = ast.parse("import os\ndef f():\n    import torch\n    from wandb import init\n")
+    assert deferred_imports(deferred) == ["torch", "wandb"]
     for stem in ("judges_a", "judges_b", "judges_c", "lr_a", "lr_b", "plain"):
         (tmp_path / f"{stem}.py").write_text("")
     assert shared_prefixes(tmp_path) == {"judges_": 3}

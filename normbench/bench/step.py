@@ -42,8 +42,29 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from normbench.bench.baseline import random_tokens, vocab_of
-from normbench.run.config.schema import NormbenchConfig
+import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+
+from normbench.bench.baseline import (
+    BaselineGPT,
+    baseline_optimizer,
+    baseline_step,
+    nanogpt_step,
+    random_tokens,
+    vocab_of,
+)
+from normbench.bench.diag import main as diag_main
+from normbench.bench.head import main as head_main
+from normbench.model.gpt import GPT
+from normbench.run import hardware
+from normbench.run.config.resolve import resolve
+from normbench.run.config.schema import NormbenchConfig, config_dir, register_configs
+from normbench.run.data.batches import RandomWindows
+from normbench.run.data.tokens import load_tokens
+from normbench.run.hardware import product_tflops, synchronize
+from normbench.run.runtime import resolve_device
+from normbench.run.trainer import Trainer
 
 if TYPE_CHECKING:
     from normbench.run.trainer import Trainer
@@ -89,12 +110,6 @@ REFERENCES = BASELINES + NANOGPT
 
 
 def compose(overrides: list[str]) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from normbench.run.config.resolve import resolve
-    from normbench.run.config.schema import config_dir, register_configs
-
     register_configs()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("train", overrides=[*BENCH, *overrides])
@@ -111,9 +126,6 @@ def flops_per_token(cfg: NormbenchConfig) -> float:
 def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:
     """FLOP/s of the fastest of `reps` (n x n) @ (n x n) products in this dtype: n = 2048 on
     a CPU, 8192 on a GPU (float32 without TF32, PyTorch's default)."""
-    import torch
-
-    from normbench.run.hardware import product_tflops
 
     n = 2048 if device == "cpu" else 8192
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
@@ -123,14 +135,12 @@ def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:
 def bench_trainer(cfg: NormbenchConfig, allocator: bool = True) -> Trainer:
     """The Trainer of `normbench train` on random tokens, recording nothing; `allocator`:
     whether it tunes the CPU allocator (off for the `no-mallopt` lever)."""
-    from normbench.run.trainer import Trainer
 
     return Trainer(cfg, random_tokens(cfg, cfg.seed), tune_allocator=allocator)
 
 
 def time_steps(step: Any, device: Any, steps: int, warmup: int) -> list[float]:
     """Seconds of each of `steps` calls of `step(i)` after `warmup` untimed ones."""
-    from normbench.run.hardware import synchronize
 
     times = []
     for i in range(warmup + steps):
@@ -147,10 +157,6 @@ def run_case(
     case: str, overrides: list[str], steps: int, warmup: int, nanogpt: str | None = None
 ) -> dict[str, Any]:
     """One case, in this (fresh) process: median ms per step over `steps` after `warmup`."""
-    import torch
-
-    from normbench.bench.baseline import baseline_step, nanogpt_step
-    from normbench.run.runtime import resolve_device
 
     cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
     B, T = cfg.train.batch_size, cfg.model.context
@@ -214,11 +220,6 @@ CONSTANT_LR = ["optim.schedule=constant", "optim.warmup_steps=0"]
 def trajectory(which: str, overrides: list[str], steps: int, init: str) -> list[float]:
     """Losses of `steps` training steps on WikiText-2 windows from the weights in `init`:
     normbench's Trainer.step, or the baseline's step on the same batches."""
-    import torch
-
-    from normbench.run.data.batches import RandomWindows
-    from normbench.run.data.tokens import load_tokens
-    from normbench.run.trainer import Trainer
 
     cfg = compose([*overrides, *CONSTANT_LR])
     tokens = load_tokens(cfg.data)
@@ -226,8 +227,6 @@ def trajectory(which: str, overrides: list[str], steps: int, init: str) -> list[
         trainer = Trainer(cfg, tokens)
         trainer.model.load_state_dict(torch.load(init, weights_only=True))
         return [trainer.step(i + 1).loss for i in range(steps)]
-    from normbench.bench.baseline import BaselineGPT, baseline_optimizer
-    from normbench.model.gpt import GPT
 
     batches = RandomWindows(tokens.train, cfg.model.context, cfg.train.batch_size, cfg.seed)
     source = GPT.from_config(cfg)
@@ -250,10 +249,6 @@ def trajectory(which: str, overrides: list[str], steps: int, init: str) -> list[
 
 
 def save_init(overrides: list[str], path: str) -> None:
-    import torch
-
-    from normbench.model.gpt import GPT
-
     cfg = compose(overrides)
     torch.manual_seed(cfg.seed)
     torch.save(GPT.from_config(cfg).state_dict(), path)
@@ -325,10 +320,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def machine_line(device: Any, peaks: dict[str, float]) -> str:
-    import torch
-
-    from normbench.run import hardware
-
     where = torch.cuda.get_device_name() if device == "cuda" else hardware.cpu_name()
     return (
         f"machine: {where} ({device}), {os.cpu_count()} CPUs, torch {torch.__version__} "
@@ -386,16 +377,11 @@ def compare_trajectories(overrides: list[str], n: int) -> dict[str, list[float]]
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.diag:
-        from normbench.bench.diag import main as diag_main
-
         diag_main(bench_trainer(compose(args.overrides)), args.steps, args.warmup)
         return
     if args.head:
-        from normbench.bench.head import main as head_main
-
         head_main(args.head, str(compose(args.overrides).device), args.steps)
         return
-    from normbench.run import hardware
 
     device = hardware.resolve_device(str(compose(args.overrides).device))
     peaks = {name: matmul_peak(name, device) for name in ("bf16", "fp32")}

@@ -15,6 +15,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
+
 from normbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -34,15 +38,11 @@ def is_main() -> bool:
 
 
 def active() -> bool:
-    import torch.distributed as tdist
-
     return tdist.is_available() and tdist.is_initialized()
 
 
 def init() -> None:
     """Join the process group torchrun describes (once); a no-op for a single process."""
-    import torch
-    import torch.distributed as tdist
 
     rank, size = world()
     if size > 1 and not active():
@@ -54,7 +54,6 @@ def init() -> None:
 
 def device(name: str) -> torch.device:
     """This rank's device: cuda:<LOCAL_RANK> under torchrun with CUDA."""
-    import torch
 
     if name == "cuda" and active():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -63,7 +62,6 @@ def device(name: str) -> torch.device:
 
 def broadcast(value: Any) -> Any:
     """Rank 0's value on every rank (any picklable object)."""
-    import torch.distributed as tdist
 
     if not active():
         return value
@@ -73,15 +71,12 @@ def broadcast(value: Any) -> Any:
 
 
 def barrier() -> None:
-    import torch.distributed as tdist
-
     if active():
         tdist.barrier()
 
 
 def mean(t: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor across ranks (itself for one process)."""
-    import torch.distributed as tdist
 
     if not active():
         return t
@@ -92,7 +87,6 @@ def mean(t: torch.Tensor) -> torch.Tensor:
 
 def total(t: torch.Tensor) -> torch.Tensor:
     """The sum of a tensor across ranks."""
-    import torch.distributed as tdist
 
     if not active():
         return t
@@ -103,8 +97,6 @@ def total(t: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on any (a stop request reaches ranks unevenly)."""
-    import torch
-    import torch.distributed as tdist
 
     if not active():
         return flag
@@ -121,8 +113,6 @@ def rows() -> slice:
 
 def wrap(model: torch.nn.Module) -> torch.nn.Module:
     """DistributedDataParallel around the model under torchrun; the model itself otherwise."""
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
 
     if not active():
         return model
@@ -132,8 +122,6 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def finish() -> None:
-    import torch.distributed as tdist
-
     if world()[1] > 1 and active():
         tdist.destroy_process_group()
 

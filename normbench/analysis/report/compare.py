@@ -66,6 +66,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from normbench.analysis import sensitivity as lrs
 from normbench.analysis.claims.registry import check_claim_names, judge_claims
 from normbench.analysis.claims.verdict import verdicts_markdown, write_verdicts
 from normbench.analysis.records import (
@@ -76,7 +77,11 @@ from normbench.analysis.records import (
     read_records,
     select_vocab,
 )
-from normbench.analysis.report.dashboard import wandb_groups
+from normbench.analysis.report.dashboard import build_spec, wandb_groups, write_spec
+from normbench.analysis.report.figures import runs as fig
+from normbench.analysis.report.figures.dashboard import layout_figure
+from normbench.analysis.report.figures.mechanisms import mechanism_curves
+from normbench.analysis.report.figures.sensitivity import lr_figures
 from normbench.analysis.report.outdir import (
     beside,
     check_out,
@@ -120,8 +125,6 @@ def copy_probe_figures(out: Path, probes: list[Probe]) -> list[Path]:
 
 def lr_study(tmp: Path, runs: list[Run], axes: Axes, colors: dict[str, Any]) -> dict[str, Any]:
     """An LR-sensitivity sweep's tables and figures (normbench/analysis/sensitivity.py)."""
-    from normbench.analysis import sensitivity as lrs
-    from normbench.analysis.report.figures.sensitivity import lr_figures
 
     found = lrs.cells(runs, axes)
     diffs = lrs.differences(found)
@@ -133,8 +136,6 @@ def write_dashboard(tmp: Path, runs: list[Run], axes: Axes, verdicts: list[Any])
     """dashboard.json (normbench/analysis/report/dashboard.py) and its layout (dashboard.png), for
     runs logged to W&B, with the verdicts as verdicts.md has them. A failure here is one
     warning: it never fails the report."""
-    from normbench.analysis.report.dashboard import build_spec, write_spec
-    from normbench.analysis.report.figures.dashboard import layout_figure
 
     try:
         spec = build_spec(runs, axes, verdicts_markdown(verdicts) or None)
@@ -154,8 +155,6 @@ def write_report(
     tmp: Path, records: Records, axes: Axes | None, verdicts: list[Any], sources: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, list[Path]]]:
     """Every file of the report, into the new folder `tmp`; its marker last."""
-    from normbench.analysis.report.figures import runs as fig
-    from normbench.analysis.report.figures.mechanisms import mechanism_curves
 
     runs, probes, skipped = records.runs, records.probes, records.skipped
     rows: list[dict[str, Any]] = []

@@ -14,6 +14,7 @@ from typing import Any
 
 from normbench.analysis.claims.verdict import css_class
 from normbench.analysis.records import Probe, Run, Skipped, vocab_note
+from normbench.analysis.sensitivity import MARGIN, cell_table, diff_table, sweep_grid
 from normbench.analysis.table import (
     Axes,
     collapsed_text,
@@ -169,7 +170,6 @@ Files: <a href="summary.csv">summary.csv</a>, <a href="summary.md">summary.md</a
 
 def _lr_html(lr: dict[str, Any], vocab_limit: Any) -> str:
     """The LR-sensitivity section: one row per configuration, the differences, the figures."""
-    from normbench.analysis.sensitivity import MARGIN, cell_table, diff_table, sweep_grid
 
     found, diffs = lr["cells"], lr["diffs"]
     if not found:

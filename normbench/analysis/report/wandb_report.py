@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from normbench.analysis.records import CompareError
+from normbench.analysis.report.compare import _Parser
+from normbench.analysis.report.compare import main as compare_main
 from normbench.analysis.report.dashboard import header_markdown, read_spec
 
 DEFAULT_PROJECT = "normbench"
@@ -187,7 +189,6 @@ def publish(path: Path, entity: str | None, project: str | None) -> tuple[str, s
 
 def _own_options(argv: list[str]) -> tuple[Any, list[str]]:
     """--publish, --project and --entity out of argv; the rest is compare's."""
-    from normbench.analysis.report.compare import _Parser
 
     parser = _Parser(prog="normbench dashboard", add_help=False, allow_abbrev=False)
     for name in ("--publish", "--project", "--entity"):
@@ -209,8 +210,6 @@ def main(argv: list[str]) -> None:
         except (OSError, ValueError) as e:
             raise CompareError(f"--publish {path}: {' '.join(str(e).split())[:200]}") from e
     else:
-        from normbench.analysis.report.compare import main as compare_main
-
         path = compare_main(rest, need_wandb=True, prog="normbench dashboard") / "dashboard.json"
         if not path.is_file():  # compare said why on stderr
             raise CompareError(f"no dashboard was written in {path.parent}")

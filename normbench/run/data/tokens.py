@@ -35,6 +35,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 import tiktoken
+from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+from tiktoken_ext.openai_public import r50k_pat_str
 
 from normbench.errors import ConfigError, DataError
 from normbench.run.data import vocab
@@ -61,8 +63,6 @@ def gpt2_encoding(folder: Path | None = None) -> tiktoken.Encoding:
     `folder` (holding vocab.bpe and encoder.json) defaults to the copy in the package.
     A file whose sha256 differs from GPT-2's raises ValueError.
     """
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import r50k_pat_str
 
     if folder is None:
         folder = Path(str(resources.files("normbench") / "assets" / "gpt2"))

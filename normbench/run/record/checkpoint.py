@@ -17,6 +17,7 @@ checkpoint holds tensors and plain values only.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -259,8 +260,6 @@ class RunLock:
     _held: dict[Path, RunLock] = {}
 
     def __init__(self, run_dir: Path) -> None:
-        import fcntl
-
         self.dir = Path(run_dir).resolve()
         missing = [p for p in (self.dir, *self.dir.parents) if not p.exists()]
         self.path = self.dir / ".lock"

@@ -12,6 +12,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 
 from normbench.analysis.records import Run
@@ -152,7 +154,6 @@ def _stability_panel(
     vrange: tuple[float, float],
 ) -> Any:
     """One panel: the runs of one facet over x and y; returns its image (for the colour bar)."""
-    import numpy as np
 
     value = np.full((len(ys), len(xs)), np.nan)
     for (xv, yv), cell in group_runs(members, [axes.x, axes.y]).items():
@@ -263,8 +264,6 @@ def layer_profiles(out: Path, runs: list[Run], axes: Axes, colors: dict[str, Any
 def _history_panel(fig: Any, ax: Any, history: list[dict[str, Any]], prefix: str) -> None:
     """One statistic (`grad_norm` or `resid_rms`) of every block over the ring buffer's
     steps, in log colour; non-finite values marked."""
-    import numpy as np
-    from matplotlib.colors import LogNorm
 
     steps = [h["step"] for h in history]
     pattern = rf"{prefix}/block_(\d+)"
