@@ -1,5 +1,5 @@
 """Golden outputs: a fixed-seed float32 sweep, its `compare` report and a probe, against the
-values recorded in tests/golden/outputs.json before the architecture's redesign.
+values recorded in tests/golden/outputs.json.
 
 Everything but timings is compared: every metrics row, the summary, the events, the rows of
 compare's summary.csv and the probe's table. Numbers must agree to a relative 1e-3 (float32

@@ -1,8 +1,8 @@
-"""The literature's claims (normbench/analysis/claims/registry.py, judges_probe.py, judges_train.py,
+"""The literature's claims (normbench/analysis/claims/: registry.py, probe.py, train.py,
 verdict.py): each judge on records built to agree, to disagree and to lack what it needs; the
 presets composing; and real probe presets at tiny size, judged by `normbench probe` and by
 `normbench compare` from the records. The claims judged on learning-rate sweeps (4, 5 and
-issue 20's) are tested in test_judges_lr.py and test_lr_presets.py."""
+8-12) are tested in test_judges_lr.py and test_lr_presets.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The curse of depth (normbench/analysis/claims/train.py, docs/reproductions.md's
-pre-registration of issue 20): Δ_l and R from the layer-removal losses; the judge on
+"""The curse of depth (normbench/analysis/claims/train.py, pre-registered in
+docs/reproductions.md): Δ_l and R from the layer-removal losses; the judge on
 constructed records for every outcome; the preset run for real at tiny size and judged by
 `normbench compare`."""
 

@@ -1,4 +1,4 @@
-"""The claims judged on learning-rate sweeps (normbench/analysis/claims/lr.py, lr_claims.py),
+"""The claims judged on learning-rate sweeps (normbench/analysis/claims/lr.py, sweeps.py),
 on run records built to a known answer: each judge's outcomes (reproduced, not reproduced,
 underpowered, out of regime), what it reports, and what it says is missing. Three seeds over
 the grid 1e-3, 1e-2, 1e-1 (a step of x10); l0 = 8 nats."""

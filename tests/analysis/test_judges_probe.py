@@ -1,7 +1,7 @@
-"""The judges of the probe claims (normbench/analysis/claims/probe.py, judges_output_change.py)
+"""The judges of the probe claims (normbench/analysis/claims/probe.py, output_change.py)
 on per-seed probe tables built to agree with the theory, to disagree with it, to be too noisy
 to tell, to fall outside the regime a claim presupposes, and to lack what a claim needs: the
-procedures of docs/reproductions.md, "Pre-registration, issue 20" (claims 1-3)."""
+procedures of the pre-registration in docs/reproductions.md (claims 1-3)."""
 
 from __future__ import annotations
 

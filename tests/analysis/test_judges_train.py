@@ -1,4 +1,4 @@
-"""Claims 6 and 7 as pre-registered for issue 20 (docs/reproductions.md): Peri-LN's residual
+"""Claims 6 and 7 as pre-registered (docs/reproductions.md): Peri-LN's residual
 growth with its token-budget gate (PERI_TOKENS), and RMSNorm's match (7a, TOST) and speed-up
 (7b, SPEEDUP); each judge on constructed records for every outcome, and each preset run for
 real at tiny size, then judged by `normbench compare`."""

@@ -1,5 +1,5 @@
-"""The judges of the claims decided on learning-rate sweeps, as docs/reproductions.md's
-"Pre-registration, issue 20" states them: claim 4 (`warmup`), claim 5 (`depth_breakdown`)
+"""The judges of the claims decided on learning-rate sweeps, as the pre-registration in
+docs/reproductions.md states them: claim 4 (`warmup`), claim 5 (`depth_breakdown`)
 and `qk_layernorm`, `z_loss`, `long_warmup`, `dyt`, `post_shallow`.
 
 Each reads the cells of its runs (normbench/analysis/claims/sweeps.py: the measures, grid steps,

@@ -3,8 +3,8 @@ small-step limit, the output change after one update grows with depth faster for
 (O(N)) than for Pre-LN and Admin (O(log N)) and DeepNorm (bounded), and DeepNorm's slower
 than Pre-LN's. It reads the ladder of a `normbench probe` with `probe.ladder` (the output
 change c(eta) after one AdamW step of each eta = probe.lr / 2^k from the same
-initialization; the preset's eta_k = 1e-4 / 2^k, k = 0 .. 8), by the procedure of
-docs/reproductions.md, "Pre-registration, issue 20":
+initialization; the preset's eta_k = 1e-4 / 2^k, k = 0 .. 8), by the procedure
+pre-registered in docs/reproductions.md:
 
 - the step: per placement, the largest eta of the ladder at which the change is linear,
   c(eta) / c(eta / 2) within `LINEAR_BAND` at every depth and seed of that placement

@@ -2,8 +2,8 @@
 normbench/analysis/claims/registry.py; claim 3, the output change, is judged in
 normbench/analysis/claims/output_change.py), on the per-seed rows of one or more probes
 (`ProbeTable`). Each fills a Verdict in (normbench/analysis/claims/verdict.py: the thresholds and
-the rules) or raises Missing. The procedures are those of docs/reproductions.md,
-"Pre-registration, issue 20"; each condition names its sub-claim (1a, 1a', 1b, 2a, 2b).
+the rules) or raises Missing. The procedures are those pre-registered in
+docs/reproductions.md; each condition names its sub-claim (1a, 1a', 1b, 2a, 2b).
 
 The unit of every interval is a seed: a seed's values at every depth or layer of one
 placement stay together. A ratio is the ratio of the means over the seeds

@@ -3,8 +3,8 @@
 Each claim has a preset that measures it (`configs/experiment/<name>.yaml`, which sets
 `claim: <name>`) and a judge: a function from the records of those runs (a probe's per-seed
 table: normbench/analysis/claims/probe.py, or training run records:
-normbench/analysis/claims/train.py, and judges_lr.py for the claims judged on learning-rate
-sweeps: claims 4, 5 and issue 20's new ones) to a `Verdict` (normbench/analysis/claims/verdict.py,
+normbench/analysis/claims/train.py, and normbench/analysis/claims/lr.py for the claims judged
+on learning-rate sweeps: claims 4, 5 and 8-12) to a `Verdict` (normbench/analysis/claims/verdict.py,
 where the thresholds and the rules are fixed) that lists the measured numbers (mean ± std
 over seeds), the conditions that operationalize the claim (its sub-claims), and the outcome
 of each, decided by a 95 % bootstrap interval over seeds (or TOST) against its threshold.

@@ -1,6 +1,5 @@
-"""The measures behind the claims judged on learning-rate sweeps (normbench/analysis/
-judges_lr.py: claims 4 and 5 and issue 20's new claims), as docs/reproductions.md's
-"Pre-registration, issue 20" states them.
+"""The measures behind the claims judged on learning-rate sweeps (normbench/analysis/claims/
+lr.py: claims 4, 5 and 8-12), as the pre-registration in docs/reproductions.md states them.
 
 - **Cells** are lr_sensitivity's (normbench/analysis/sensitivity.py): the runs grouped by
   every config key that varies across them but the learning rate and the seed. A claim

@@ -104,9 +104,9 @@ from normbench.analysis.table import (
 )
 
 # This module is the command: its arguments, and `build_report`, which puts the report
-# together from the records (records.py), the summary table (table.py), the figures
-# (figures.py), the verdicts (claims.py, verdict.py) and the page (page.py), in a folder
-# that reportdir.py installs. (The docstring above is `normbench compare --help`.)
+# together from the records (analysis/records.py), the summary table (analysis/table.py), the
+# figures (figures/), the verdicts (analysis/claims/) and the page (page.py), in a folder that
+# outdir.py installs. (The docstring above is `normbench compare --help`.)
 
 
 def copy_probe_figures(out: Path, probes: list[Probe]) -> list[Path]:

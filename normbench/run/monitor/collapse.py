@@ -3,9 +3,9 @@ detector.
 
 A model that has learned the token frequencies of the training split and nothing else (the
 unigram predictor) gives every position the same distribution, whatever came before. A run
-that ends at its loss has collapsed onto it: issue 18's Post-LN without warmup at lr 1e-3
-ended at 6.651 nats on both seeds, the unigram level of its data, and was reported as an
-ordinary completed run, since nothing diverged.
+that ends at its loss has collapsed onto it: a Post-LN run without warmup at lr 1e-3 can
+end at the unigram level of its data on every seed (6.651 nats on the CPU study's data)
+without any detector firing, since nothing diverged.
 
 The reference (`unigram_of`):
 - `val_ce`: the cross-entropy of the evaluation split (every token the evaluation scores,
