@@ -25,13 +25,17 @@ def omegas(model: torch.nn.Module) -> list[torch.Tensor]:
     return [w.detach().clone() for b in model.blocks for w in (b.omega_a, b.omega_m)]
 
 
-@pytest.fixture
-def admin(text_files, tmp_path):
+def admin_config(text_files, tmp_path, init: str):
     overrides = [*TINY, *text_data(*text_files), f"data.cache_dir={tmp_path / 'cache'}",
                  "train.max_steps=2", "train.eval_every=2", "device=cpu", "precision=fp32",
-                 "logger=none", "norm=admin", "norm.admin_init=profiled"]  # fmt: skip
+                 "logger=none", "norm=admin", f"norm.admin_init={init}"]  # fmt: skip
     cfg = compose_config(*overrides)
     return cfg, load_tokens(cfg.data)
+
+
+@pytest.fixture
+def admin(text_files, tmp_path):
+    return admin_config(text_files, tmp_path, "profiled")
 
 
 def test_profiled_at_start_on_the_first_training_batch_and_recorded(admin, tmp_path):
@@ -75,9 +79,8 @@ def test_a_resumed_run_keeps_its_profile_and_its_trained_omegas(admin, tmp_path)
         assert torch.equal(a, b)
 
 
-def test_a_placement_without_a_profile_records_none(admin, tmp_path):
-    cfg, tokens = admin
-    cfg.norm.admin_init = "analytic"
+def test_a_placement_without_a_profile_records_none(text_files, tmp_path):
+    cfg, tokens = admin_config(text_files, tmp_path, "analytic")
     trainer = Trainer(cfg, tokens, RunRecord(tmp_path / "run"), NullLogger())
     assert trainer.init_profile is None and trainer.state_dict(0, False)["init_profile"] is None
     assert not (tmp_path / "run" / "init_profile.json").exists()
