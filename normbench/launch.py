@@ -194,13 +194,17 @@ def _check_job(
     multirun: bool,
     checked_data: dict[str, Any],
 ) -> dict[str, Any]:
-    """One job's checks: its config, its claim, what it resumes, its device and batch, and
-    its data (tokenized once per distinct data config, into `checked_data`). Returns the
-    job's resolved config as plain values."""
-
+    """One job's checks: its config, its claim, its data (tokenized once per distinct data
+    config, into `checked_data`), what it resumes, its device and batch. Returns the job's
+    resolved config as plain values, with its data's fingerprint (`data.fingerprint`)."""
     cfg = resolve(composed)
     config = as_dict(cfg)
     check_claim(cfg.claim, config_name)
+    data_key = json.dumps(config["data"], sort_keys=True)
+    if data_key not in checked_data:
+        checked_data[data_key] = load_tokens(cfg.data)
+    check_data_fits(checked_data[data_key], cfg.model.context)
+    config["data"]["fingerprint"] = checked_data[data_key].fingerprint
     if str(cfg.train.resume) == "never" and not multirun and record_files(target):
         raise ConfigError(
             f"train.resume=never but {target} already holds a run record; choose another "
@@ -211,10 +215,6 @@ def _check_job(
         check_same_config(state, config)
     resolve_device(str(cfg.device))
     check_global_batch(cfg.train.batch_size)
-    data_key = json.dumps(config["data"], sort_keys=True)
-    if data_key not in checked_data:
-        checked_data[data_key] = load_tokens(cfg.data)
-    check_data_fits(checked_data[data_key], cfg.model.context)
     return config
 
 

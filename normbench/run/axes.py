@@ -33,7 +33,15 @@ AXES: dict[str, str] = {
     "data.vocab_limit": "vocab_limit",
 }
 LONG: dict[str, str] = {name: key for key, name in AXES.items()}
-IGNORED = ("logger.", "data.cache_dir", "norm.constants.", "probe", "claim", "threads")
+IGNORED = (
+    "logger.",
+    "data.cache_dir",
+    "data.fingerprint.",
+    "norm.constants.",
+    "probe",
+    "claim",
+    "threads",
+)
 
 
 def short(key: str) -> str:

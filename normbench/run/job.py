@@ -24,7 +24,7 @@ from normbench.run import dist
 from normbench.run.config.resolve import as_dict, resolve
 from normbench.run.config.schema import NormbenchConfig
 from normbench.run.console import Interrupted, Terminated, is_user_error, one_line, say
-from normbench.run.data.tokens import check_data_fits, load_tokens
+from normbench.run.data.tokens import TokenSplits, check_data_fits, load_tokens
 from normbench.run.logger import Logger, NullLogger, make_logger
 from normbench.run.monitor.divergence import objective
 from normbench.run.record import checkpoint
@@ -109,17 +109,23 @@ def train_task(cfg: DictConfig, resume_command: str | None = None) -> float:
     that collapsed or diverged a finite penalty worse than any completed run
     (`divergence.objective`). `resume_command`, the command that continues the run, goes
     into the summary of a run that was interrupted or failed.
-    """
 
+    The config the run is checked against and records is the resolved config with its
+    data's fingerprint (`data.fingerprint`): a run is never continued or returned on other
+    tokens than it trained on.
+    """
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir).resolve()
     group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
     typed = resolve(cfg)  # from here on the typed config
+    tokens = load_tokens(typed.data)
+    check_data_fits(tokens, typed.model.context)
     config = as_dict(typed)
+    config["data"]["fingerprint"] = tokens.fingerprint
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
     lock = RunLock.acquire(run_dir) if main else None
     try:
-        return _train_job(typed, run_dir, group, config, main, resume_command)
+        return _train_job(typed, tokens, run_dir, group, config, main, resume_command)
     finally:
         if lock is not None:
             lock.release()
@@ -137,11 +143,13 @@ class _Job:
     stop: StopRequest
     summary: Summary
     logger: Logger
+    tokens: TokenSplits
     resume_command: str | None = None  # the command that continues the run
 
 
 def _train_job(
     cfg: NormbenchConfig,
+    tokens: TokenSplits,
     run_dir: Path,
     group: str | None,
     config: dict[str, Any],
@@ -155,8 +163,9 @@ def _train_job(
         return _already_finished(cfg, run_dir, main)
     record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
     job = _Job(
-        cfg, run_dir, config, main, record, StopRequest(), Summary(), NullLogger(), resume_command
-    )
+        cfg, run_dir, config, main, record, StopRequest(), Summary(), NullLogger(), tokens,
+        resume_command,
+    )  # fmt: skip
     try:
         _train(job, group, resume)
     except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
@@ -188,7 +197,7 @@ def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
 
 
 def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
-    """Write the config, open the logger and the checkpointer, load the data, train."""
+    """Write the config, open the logger and the checkpointer, train."""
 
     cfg, run_dir, config, summary = job.cfg, job.run_dir, job.config, job.summary
     job.record.write_config(config)
@@ -203,10 +212,15 @@ def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
     )
     summary.wandb = job.logger.info  # in every checkpoint: a resume continues this W&B run
     summary.threads = configure_threads(cfg.threads, HydraConfig.get().launcher)
-    tokens = load_tokens(cfg.data)
-    check_data_fits(tokens, cfg.model.context)
     trainer = Trainer(
-        cfg, tokens, job.record, job.logger, summary, stop=job.stop, resume=resume, config=config
+        cfg,
+        job.tokens,
+        job.record,
+        job.logger,
+        summary,
+        stop=job.stop,
+        resume=resume,
+        config=config,
     )
     trainer.fit(checkpointer)
     measure_layer_removal(trainer)  # with diag.layer_removal, after the final evaluation

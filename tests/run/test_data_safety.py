@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from normbench.run.record import checkpoint
 
@@ -69,6 +70,75 @@ def test_a_finished_run_is_never_reused_for_another_config(tmp_path, cli_env, te
     assert snapshot(run_dir) == before
     same = run_cli([*base, "optim.lr=1e-3"], cwd=tmp_path, env=cli_env)
     assert same.returncode == 0 and "already completed; nothing to do" in same.stderr
+
+
+def own_text_files(folder: Path, text_files: tuple[Path, Path]) -> tuple[Path, Path]:
+    """Copies of the shared train / validation files that a test may change."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train, val = folder / "train.txt", folder / "val.txt"
+    shutil.copy(text_files[0], train)
+    shutil.copy(text_files[1], val)
+    return train, val
+
+
+def test_a_finished_run_is_never_returned_for_other_data(tmp_path, cli_env, text_files):
+    """The run's identity covers its data: its tokens' fingerprint is in config.yaml. After
+    the validation file changed, the same command is refused in one line that names the file,
+    and the record is untouched; with the data restored it is the finished run again."""
+    train, val = own_text_files(tmp_path / "data", text_files)
+    run_dir = tmp_path / "run"
+    args = ["train", *FAST, *text_data(train, val), f"hydra.run.dir={run_dir}"]
+    assert run_cli(args, cwd=tmp_path, env=cli_env).returncode == 0
+    fingerprint = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["fingerprint"]
+    assert set(fingerprint) == {"train", "val"} and all(len(v) == 16 for v in fingerprint.values())
+    before = snapshot(run_dir)
+    original = val.read_text()
+    val.write_text(original.replace(" the ", " a "))
+    err = one_line_error(run_cli(args, cwd=tmp_path, env=cli_env))
+    assert f"hydra.run.dir={run_dir} holds a run trained on other data" in err
+    assert f"the validation split ({val}) holds other tokens" in err
+    assert "training split" not in err and snapshot(run_dir) == before
+    val.write_text(original)
+    again = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert again.returncode == 0 and "already completed; nothing to do" in again.stderr
+
+
+def test_an_interrupted_run_never_resumes_onto_other_data(tmp_path, cli_env, text_files):
+    """Reshuffled training data between an interruption and the resume: refused in one line
+    naming the training file (config.yaml and the checkpoint both hold the fingerprint)."""
+    train, val = own_text_files(tmp_path / "data", text_files)
+    run_dir = tmp_path / "run"
+    args = ["train", *FAST, "train.max_steps=100000", "train.ckpt_every=1"]
+    args += [*text_data(train, val), f"hydra.run.dir={run_dir}"]
+    proc = start_cli(args, tmp_path, cli_env)
+    wait_for(lambda: logged_steps(run_dir) >= 2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    (_, path), *_ = reversed(checkpoint.checkpoints(run_dir))
+    state = torch.load(path, weights_only=True)
+    assert (
+        state["config"]["data"]["fingerprint"]["train"]
+        == yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["fingerprint"]["train"]
+    )
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(reversed(lines)))
+    before = snapshot(run_dir)
+    err = one_line_error(run_cli(args, cwd=tmp_path, env=cli_env))
+    assert f"the training split ({train}) holds other tokens" in err
+    assert snapshot(run_dir) == before  # nothing trained on the other data, nothing written
+
+
+def test_a_record_without_a_fingerprint_still_resumes(tmp_path, cli_env, text_files):
+    """A record written before data fingerprints: its data cannot be checked, and it is read
+    as before (the same command finds the finished run)."""
+    run_dir = tmp_path / "run"
+    args = ["train", *FAST, *text_data(*text_files), f"hydra.run.dir={run_dir}"]
+    assert run_cli(args, cwd=tmp_path, env=cli_env).returncode == 0
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del config["data"]["fingerprint"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    again = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert again.returncode == 0 and "already completed; nothing to do" in again.stderr
 
 
 def test_a_refused_run_into_a_busy_directory_touches_nothing(tmp_path, cli_env, text_files):

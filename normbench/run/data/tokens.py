@@ -240,6 +240,14 @@ class TokenSplits:
     meta: dict[str, Any]
 
     @property
+    def fingerprint(self) -> dict[str, str]:
+        """What the run trains and is evaluated on: the sha256 (16 hex digits) of each split's
+        token stream as used, after any vocabulary mapping. It goes into config.yaml
+        (`data.fingerprint`) and every checkpoint, so that a run is never continued or
+        returned on other data."""
+        return {split: str(self.meta[f"{split}_sha256"])[:16] for split in SPLITS}
+
+    @property
     def vocab(self) -> dict[str, Any] | None:
         """The vocabulary mapping (normbench/run/data/vocab.py), or None for GPT-2's full vocabulary."""
         return self.meta.get("vocab")

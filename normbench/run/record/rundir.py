@@ -93,11 +93,43 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if not k.startswith(FREE)}
 
 
-def differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """`key: <there> there, <here> here` for every compared key that differs, sorted."""
-    a, b = identity(then), identity(now)
-    missing = object()
+FINGERPRINT = "data.fingerprint."
+# The file (or dataset) each split's tokens come from, by data source.
+SPLIT_SOURCES = {
+    "train": ("data.train_path", "the training split"),
+    "val": ("data.val_path", "the validation split"),
+}
+
+
+def data_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The splits whose tokens differ between two flattened configs (`data.fingerprint`),
+    each naming its file. A record written before data fingerprints has none: its data
+    cannot be checked, and nothing is reported."""
+    if not any(k.startswith(FINGERPRINT) for k in then) or not any(
+        k.startswith(FINGERPRINT) for k in now
+    ):
+        return []
     out = []
+    for split, (key, what) in SPLIT_SOURCES.items():
+        a, b = then.get(FINGERPRINT + split), now.get(FINGERPRINT + split)
+        if a != b:
+            source = now.get(key) or f"{now.get('data.path')}, {split} split"
+            out.append(
+                f"the data changed: {what} ({source}) holds other tokens (sha256 {a} there, "
+                f"{b} here)"
+            )
+    return out
+
+
+def differences(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: <there> there, <here> here` for every compared key that differs, sorted; first,
+    the data whose tokens changed (`data_changes`)."""
+    a, b = identity(then), identity(now)
+    changed = data_changes(a, b)
+    a = {k: v for k, v in a.items() if not k.startswith(FINGERPRINT)}
+    b = {k: v for k, v in b.items() if not k.startswith(FINGERPRINT)}
+    missing = object()
+    out = changed
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key, missing), b.get(key, missing)
         if x != y:
@@ -144,6 +176,12 @@ def check_run_dir(run_dir: Path, config: dict[str, Any], key: str = "hydra.run.d
     then = recorded_config(run_dir)
     if then is None:
         return
+    changed = data_changes(flat(then), flat(config))
+    if changed:
+        raise ConfigError(
+            f"{key}={run_dir} holds a run trained on other data ({_listed(changed)}); choose "
+            f"another {key}, or restore the data it was trained on"
+        )
     diffs = differences(then, config)
     if diffs:
         raise ConfigError(
