@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         if user_full_error:
             raise
+        if not is_user_error(e) and isinstance(e.__cause__, NormbenchError):
+            e = e.__cause__  # e.g. logging's "Unable to configure handler" around ours
         if is_user_error(e):
             message = describe_error(e)
             if isinstance(e, WriteError) and e.resume_command:

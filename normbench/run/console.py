@@ -8,10 +8,13 @@ below it.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from typing import Any
 
 from normbench.errors import NormbenchError
+from normbench.run.record.files import open_own
 
 PROG = "normbench"  # the command's name, in usage lines and error messages
 
@@ -51,3 +54,11 @@ def say(text: str, stream: str = "stdout") -> None:
         print(text, file=getattr(sys, stream), flush=True)
     except (OSError, ValueError):  # ValueError: the stream was closed
         setattr(sys, stream, open(os.devnull, "w"))
+
+
+class RunLogFile(logging.FileHandler):
+    """The run's log file (configs/hydra/job_logging/normbench.yaml): appended to, never
+    through a symbolic link in its place (normbench/run/record/files.py, `open_own`)."""
+
+    def _open(self) -> Any:
+        return open_own(self.baseFilename, "a", encoding=self.encoding or "utf-8")

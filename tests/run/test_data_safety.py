@@ -141,6 +141,43 @@ def test_a_record_without_a_fingerprint_still_resumes(tmp_path, cli_env, text_fi
     assert again.returncode == 0 and "already completed; nothing to do" in again.stderr
 
 
+@pytest.mark.parametrize(
+    "name", [".lock", ".summary-reserve", "train.log", "metrics.jsonl", "config.yaml"]
+)
+def test_a_link_where_the_tool_writes_is_refused(name, tmp_path, cli_env, text_files):
+    """A symbolic link in the place of a file the tool writes (the lock, the summary's
+    reserve, the log, an appended or a rewritten record file): refused before anything runs,
+    in one line naming it; the file it points to is untouched."""
+    run_dir, mine = tmp_path / "run", tmp_path / "mine.txt"
+    run_dir.mkdir()
+    mine.write_text("the user's own file\n")
+    (run_dir / name).symlink_to(mine)
+    args = ["train", *FAST, *text_data(*text_files), f"hydra.run.dir={run_dir}"]
+    err = one_line_error(run_cli(args, cwd=tmp_path, env=cli_env))
+    assert f"{run_dir / name} is a symbolic link; normbench never writes through a link" in err
+    assert mine.read_text() == "the user's own file\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == [name]
+
+
+def test_the_writers_refuse_links_themselves(tmp_path):
+    """Below the preflight check, every writer refuses a link on its own (a link planted
+    between the check and the write): write_atomic, its temporary file, open_own."""
+    from normbench.run.record.files import LinkError, open_own, temporary_name, write_atomic
+
+    target = tmp_path / "target.txt"
+    target.write_text("kept")
+    for name in ("atomic.json", "appended.jsonl"):
+        (tmp_path / name).symlink_to(target)
+    with pytest.raises(LinkError):
+        write_atomic(tmp_path / "atomic.json", "{}")
+    with pytest.raises(LinkError):
+        open_own(tmp_path / "appended.jsonl", "a")
+    temporary_name(tmp_path / "fresh.json").symlink_to(target)
+    with pytest.raises(LinkError):
+        write_atomic(tmp_path / "fresh.json", "{}")
+    assert target.read_text() == "kept" and not (tmp_path / "fresh.json").exists()
+
+
 def test_a_refused_run_into_a_busy_directory_touches_nothing(tmp_path, cli_env, text_files):
     run_dir = tmp_path / "run"
     args = ["train", *FAST, "train.max_steps=100000", *text_data(*text_files)]

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from normbench.errors import NormbenchError, WriteError
+from normbench.run.record.files import open_own, refuse_link
 from normbench.run.record.files import sha256_file as _sha256
 from normbench.run.record.files import write_atomic as _write_atomic
 
@@ -263,11 +264,12 @@ class RunLock:
         self.dir = Path(run_dir).resolve()
         missing = [p for p in (self.dir, *self.dir.parents) if not p.exists()]
         self.path = self.dir / ".lock"
+        refuse_link(self.path)
         self.created_file = not self.path.exists()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.created_dirs = missing  # what to remove again if the run is refused
         self.count = 1
-        self.file = open(self.path, "a+")
+        self.file = open_own(self.path, "r+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from normbench.errors import ConfigError
-from normbench.run.record.files import write_atomic
-from normbench.run.record.writer import record_files
+from normbench.run.record.files import refuse_link, write_atomic
+from normbench.run.record.writer import RECORD_NAMES, record_files
 
 # Keys that may differ between a run and its resume (prefixes of dotted keys).
 FREE = (
@@ -168,9 +168,21 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     return config
 
 
+# What the tool writes in a run's folder, besides the record (`record_files`): a link in the
+# place of any of them is refused before anything runs.
+OWN_FILES = (".lock", ".summary-reserve", ".hydra", "train.log", "probe.log", "traceback.txt")
+
+
+def check_no_links(folder: Path) -> None:
+    """Refuse a folder where a file the tool writes is a symbolic link (LinkError)."""
+    for name in (*OWN_FILES, *RECORD_NAMES):
+        refuse_link(Path(folder) / name)
+
+
 def check_run_dir(run_dir: Path, config: dict[str, Any], key: str = "hydra.run.dir") -> None:
     """Refuse a run directory whose record was written by another configuration (or that is
-    a sweep's folder)."""
+    a sweep's folder), or where a file the tool writes is a symbolic link."""
+    check_no_links(run_dir)
     if any((Path(run_dir) / n).is_file() for n in (SWEEP_FILE, "multirun.yaml")):
         raise ConfigError(f"{key}={run_dir} is a sweep's directory; choose another {key}")
     then = recorded_config(run_dir)
@@ -221,6 +233,11 @@ def check_sweep_dir(sweep_dir: Path, definition: dict[str, Any]) -> None:
     may continue there (its finished jobs are reused, the others resume)."""
     sweep_dir = Path(sweep_dir)
     key = "hydra.sweep.dir"
+    for name in (".lock", SWEEP_FILE, "multirun.yaml"):
+        refuse_link(sweep_dir / name)
+    for subdir in definition.get("jobs") or {}:
+        if (sweep_dir / subdir).is_dir():
+            check_no_links(sweep_dir / subdir)
     if not sweep_dir.is_dir():
         return
     if record_files(sweep_dir):

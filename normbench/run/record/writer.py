@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import yaml
 
 from normbench.errors import WriteError
-from normbench.run.record.files import write_atomic
+from normbench.run.record.files import open_own, refuse_link, write_atomic
 from normbench.run.record.summary import Status, Summary
 
 # Write errors that more space (or a higher limit) would cure.
@@ -60,19 +60,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# The run-record files of a run directory (not Hydra's own .hydra/ and log files; the
+# checkpoint folder counts).
+RECORD_NAMES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "events.jsonl",
+    "summary.json",
+    "vocab.json",
+    "init_profile.json",
+    "checkpoints",
+)
+
+
 def record_files(run_dir: Path) -> list[str]:
-    """The run-record files in a run directory (not Hydra's own .hydra/ and log files; the
-    checkpoint folder counts)."""
-    names = (
-        "config.yaml",
-        "metrics.jsonl",
-        "events.jsonl",
-        "summary.json",
-        "vocab.json",
-        "init_profile.json",
-        "checkpoints",
-    )
-    return [n for n in names if (Path(run_dir) / n).exists()]
+    """The run-record files present in a run directory."""
+    return [n for n in RECORD_NAMES if (Path(run_dir) / n).exists()]
 
 
 class Record(Protocol):
@@ -154,11 +157,12 @@ class RunRecord:
         self._events = self._guard(self.dir / "events.jsonl", lambda: self._open("events"))
 
     def _open(self, name: str) -> Any:
-        return open(self.dir / f"{name}.jsonl", "a", encoding="utf-8")
+        return open_own(self.dir / f"{name}.jsonl", "a", encoding="utf-8")
 
     def _keep_space(self) -> None:
+        refuse_link(self._reserve)
         try:
-            with open(self._reserve, "wb") as f:
+            with open_own(self._reserve, "wb") as f:
                 try:  # blocks the file system really allocates (not a sparse file)
                     os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
                 except (AttributeError, OSError) as e:
@@ -166,7 +170,8 @@ class RunRecord:
                         raise
                     f.write(b"\0" * RESERVE_BYTES)
         except OSError:
-            self._reserve.unlink(missing_ok=True)
+            if not self._reserve.is_symlink():
+                self._reserve.unlink(missing_ok=True)
             raise
 
     def _guard(self, path: Path, write: Any) -> Any:
