@@ -211,8 +211,8 @@ def _check_job(
             "hydra.run.dir, or train.resume=auto to continue it"
         )
     if str(cfg.train.resume) not in ("auto", "never"):
-        state = load_checkpoint(Path(str(cfg.train.resume)).expanduser())
-        check_same_config(state, config)
+        path = Path(str(cfg.train.resume)).expanduser()
+        check_same_config(load_checkpoint(path), config, path)
     resolve_device(str(cfg.device))
     check_global_batch(cfg.train.batch_size)
     return config

@@ -29,7 +29,8 @@ from normbench.run.logger import Logger, NullLogger, make_logger
 from normbench.run.monitor.divergence import objective
 from normbench.run.record import checkpoint
 from normbench.run.record.checkpoint import Checkpointer, RunLock
-from normbench.run.record.rundir import check_run_dir, differences
+from normbench.run.record.files import read_bounded
+from normbench.run.record.rundir import check_run_dir, differences, run_identity
 from normbench.run.record.summary import Status, Summary
 from normbench.run.record.writer import (
     NullRecord,
@@ -43,6 +44,7 @@ from normbench.run.runtime import StopRequest, configure_threads
 from normbench.run.trainer import Trainer
 
 log = logging.getLogger("normbench")
+SUMMARY_BYTES = 1 << 20  # a summary.json is a few KiB; a larger file is not one
 
 
 def plan_resume(
@@ -76,29 +78,30 @@ def plan_resume(
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
             try:
-                status = Status(json.loads(summary_path.read_text()).get("status"))
+                text = read_bounded(summary_path, SUMMARY_BYTES)
+                status = Status(json.loads(text).get("status"))
             except (OSError, json.JSONDecodeError, AttributeError, ValueError):
                 status = None
             if status is not None and status.finished:
                 return None, 0, True
-        found = checkpoint.latest(run_dir)
+        found = checkpoint.latest(run_dir, run_identity(config))
         if found is None:
             return None, 0, False
-        state = found[1]
+        path, state = found
     else:
-        state = checkpoint.load(Path(mode).expanduser())
-    check_same_config(state, config)
+        path = Path(mode).expanduser()
+        state = checkpoint.load(path)
+    check_same_config(state, config, path)
     return state, int(state["step"]), False
 
 
-def check_same_config(state: dict[str, Any], config: dict[str, Any]) -> None:
+def check_same_config(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
     """A checkpoint resumes only the configuration that wrote it (but for where it logs)."""
-
     diffs = differences(state.get("config", {}), config)
     if diffs:
         raise ConfigError(
-            f"the checkpoint was written with another config ({diffs[0]}); resume with the "
-            "same config, or start a new run (another hydra.run.dir, or train.resume=never)"
+            f"the checkpoint {path} was written with another config ({diffs[0]}); resume with "
+            "the same config, or start a new run (another hydra.run.dir, or train.resume=never)"
         )
 
 
@@ -208,7 +211,11 @@ def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
         )
     t = cfg.train
     checkpointer = (
-        Checkpointer(run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min) if job.main else None
+        Checkpointer(
+            run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min, owner=run_identity(config)
+        )
+        if job.main
+        else None
     )
     summary.wandb = job.logger.info  # in every checkpoint: a resume continues this W&B run
     summary.threads = configure_threads(cfg.threads, HydraConfig.get().launcher)

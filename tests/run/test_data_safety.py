@@ -322,8 +322,10 @@ def test_an_interrupted_sweep_prints_the_command_that_continues_it(tmp_path, cli
 # --- checkpoints: pruned by what verifies, leftovers cleaned -----------------------------------
 
 
-def _state(step: int) -> dict:
-    return {"step": step, "w": torch.full((4,), float(step))}
+def _state(step: int, **config) -> dict:
+    """A checkpoint's state: every key a checkpoint holds (checkpoint.STATE_KEYS)."""
+    state = {k: {} for k in checkpoint.STATE_KEYS}
+    return {**state, "step": step, "evaluated": True, "config": config, "w": torch.ones(4) * step}
 
 
 def test_pruning_keeps_the_newest_checkpoints_that_verify(tmp_path):
@@ -351,6 +353,54 @@ def test_pruning_keeps_the_newest_checkpoints_that_verify(tmp_path):
     keeper.save(5, _state(5))
     assert checkpoint.load(folder / "step_00000005.pt")["step"] == 5
     assert not (folder / "step_00000004.pt").exists() and cut.is_file()
+
+
+@pytest.mark.parametrize("damage", ["binary", "dev_zero", "long"])
+def test_a_damaged_hash_file_is_named_and_the_older_checkpoint_is_used(damage, tmp_path, caplog):
+    """The newest checkpoint's sidecar is not text, links to /dev/zero, or is too long: it
+    does not verify (read with a bound, never decoded blindly), the warning names it, and the
+    older valid checkpoint is the one resumed."""
+    checkpoint.save(tmp_path, 2, _state(2), "me")
+    newest = checkpoint.save(tmp_path, 4, _state(4), "me")
+    side = checkpoint.sidecar(newest)
+    checkpoint._VERIFIED.clear()
+    side.unlink()
+    if damage == "binary":
+        side.write_bytes(bytes(range(256)) * 4)
+    elif damage == "dev_zero":
+        side.symlink_to("/dev/zero")
+    else:
+        side.write_text("a" * 10_000_000)
+    assert not checkpoint.verifies(newest)
+    path, state = checkpoint.latest(tmp_path, "me")
+    assert state["step"] == 2 and path.name == "step_00000002.pt"
+    assert f"checkpoint {newest} " in caplog.text and "trying an older checkpoint" in caplog.text
+
+
+def test_a_foreign_checkpoint_is_skipped_and_never_deleted(tmp_path, caplog):
+    """A checkpoint of another run with a matching hash file (its sidecar names its run):
+    as the newest it is skipped with a warning naming it; older, pruning leaves it; a file
+    that hashes right but is not a checkpoint is refused by name."""
+    folder = tmp_path / "checkpoints"
+    foreign_old = checkpoint.save(tmp_path, 1, _state(1), "them")
+    checkpoint.save(tmp_path, 2, _state(2), "me")
+    foreign_new = checkpoint.save(tmp_path, 9, _state(9), "them")
+    path, state = checkpoint.latest(tmp_path, "me")
+    assert state["step"] == 2 and f"{foreign_new} belongs to another run" in caplog.text
+    keeper = checkpoint.Checkpointer(tmp_path, every=1, keep=1, owner="me")
+    keeper.save(3, _state(3))
+    keeper.save(4, _state(4))
+    assert foreign_old.is_file() and foreign_new.is_file()
+    assert sorted(p.name for p in folder.glob("*.pt")) == [
+        "step_00000001.pt", "step_00000004.pt", "step_00000009.pt"
+    ]  # fmt: skip
+    odd = folder / "step_00000020.pt"
+    torch.save({"not": "a checkpoint"}, odd)
+    digest = hashlib.sha256(odd.read_bytes()).hexdigest()
+    checkpoint.sidecar(odd).write_text(f"{digest}\n")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{odd} is not a normbench checkpoint"):
+        checkpoint.load(odd)
+    assert checkpoint.latest(tmp_path, "me")[1]["step"] == 4
 
 
 def test_leftovers_of_interrupted_writes_are_removed_on_the_next_start_cli(tmp_path):

@@ -29,13 +29,15 @@ from typing import Any
 import torch
 
 from normbench.errors import NormbenchError, WriteError
-from normbench.run.record.files import open_own, refuse_link
+from normbench.run.record.files import open_own, read_bounded, refuse_link
 from normbench.run.record.files import sha256_file as _sha256
 from normbench.run.record.files import write_atomic as _write_atomic
 
 log = logging.getLogger(__name__)
 
 FOLDER = "checkpoints"
+# What every checkpoint holds (Trainer.state_dict); a file without them is not one.
+STATE_KEYS = frozenset({"step", "evaluated", "config", "model", "optimizer", "scheduler", "rng"})
 _NAME = re.compile(r"step_(\d+)\.pt")
 # What an interrupted write of this module leaves: `.step_<N>.pt.tmp-<pid>` and the same for
 # the sidecar (see normbench/run/record/files.py).
@@ -59,8 +61,9 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
-    """Write the checkpoint of `step` atomically, with its sha256 sidecar.
+def save(run_dir: Path, step: int, state: dict[str, Any], owner: str = "") -> Path:
+    """Write the checkpoint of `step` atomically, with its sidecar: the sha256 of the file
+    and the run it belongs to (`owner`, the config's identity: `run_identity`).
 
     A failure (disk full, a file-size limit, no permission) removes the partial file, keeps
     the older checkpoints, and raises CheckpointWriteError with the reason.
@@ -73,7 +76,7 @@ def save(run_dir: Path, step: int, state: dict[str, Any]) -> Path:
         _write_atomic(path, lambda f: torch.save(state, f))
         replaced = True
         digest = _sha256(path)
-        _write_atomic(sidecar(path), lambda f: f.write(f"{digest}\n".encode()))
+        _write_atomic(sidecar(path), lambda f: f.write(f"{digest}\n{owner}\n".encode()))
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
         if replaced:  # the new file without its sidecar: it could never be verified
             path.unlink(missing_ok=True)
@@ -111,13 +114,31 @@ def _identity(path: Path) -> tuple[int, ...]:
     return a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns
 
 
+SIDECAR_BYTES = 256  # a sidecar is a sha256 and an owner: anything longer is not one
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def read_sidecar(path: Path) -> tuple[str, str | None] | None:
+    """(sha256, owner) of a checkpoint's sidecar; owner None in a sidecar written before
+    owners were recorded; None when the sidecar is missing or not one (bounded read: a link
+    to /dev/zero is not read without end)."""
+    try:
+        lines = read_bounded(sidecar(path), SIDECAR_BYTES).decode("ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not lines or not _HEX64.fullmatch(lines[0].strip()) or len(lines) > 2:
+        return None
+    return lines[0].strip(), (lines[1].strip() if len(lines) == 2 else None)
+
+
 def verifies(path: Path) -> bool:
     """True when the checkpoint's sha256 matches its sidecar (hashed once per file version)."""
     try:
         ident = _identity(path)
         if _VERIFIED.get(path) == ident:
             return True
-        ok = _sha256(path) == sidecar(path).read_text().strip()
+        side = read_sidecar(path)
+        ok = side is not None and _sha256(path) == side[0]
     except OSError:
         return False
     if ok:
@@ -125,19 +146,28 @@ def verifies(path: Path) -> bool:
     return ok
 
 
+def owner_of(path: Path) -> str | None:
+    """The run a checkpoint belongs to, as its sidecar says (None: not recorded)."""
+    side = read_sidecar(path)
+    return side[1] if side is not None else None
+
+
 def verified(run_dir: Path) -> list[Path]:
     """The checkpoints of a run directory that verify, oldest step first."""
     return [p for _, p in checkpoints(run_dir) if verifies(p)]
 
 
-def prune(run_dir: Path, keep: int, newest: list[Path]) -> list[Path]:
-    """Delete all but the `keep` newest verified checkpoints; return what was deleted.
+def prune(run_dir: Path, keep: int, newest: list[Path], owner: str = "") -> list[Path]:
+    """Delete all but the `keep` newest verified checkpoints of this run (`owner`); return
+    what was deleted.
 
-    `newest` are the checkpoints this run wrote, in the order written: they count as newer
-    than any other (a checkpoint of a higher step from before a rewind does not make the
-    fresh one go). A file that does not verify is not counted and not touched.
+    `newest` are the checkpoints this process wrote, in the order written: they count as
+    newer than any other (a checkpoint of a higher step from before a rewind does not make
+    the fresh one go). A file that does not verify, or whose sidecar names another run or
+    none (written before owners were recorded), is not counted and not touched: the tool
+    deletes only what it knows it wrote for this run.
     """
-    ordered = [p for p in verified(run_dir) if p not in newest]
+    ordered = [p for p in verified(run_dir) if p not in newest and owner_of(p) == owner]
     ordered += [p for p in newest if verifies(p)]
     gone = ordered[:-keep] if keep > 0 else ordered
     for old in gone:
@@ -181,9 +211,12 @@ def load(path: Path) -> dict[str, Any]:
             f"checkpoint {path} does not match its sha256 (cut short or altered); it is not used"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a file that hashes right but is not a checkpoint
         raise CheckpointError(f"checkpoint {path} cannot be read: {type(e).__name__}") from e
+    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+        raise CheckpointError(f"checkpoint {path} is not a normbench checkpoint")
+    return state
 
 
 def load_model(model: torch.nn.Module, weights: dict[str, Any], placement: str) -> None:
@@ -201,9 +234,16 @@ def load_model(model: torch.nn.Module, weights: dict[str, Any], placement: str) 
         )
 
 
-def latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that verifies, skipping (with a warning) any that do not."""
+def latest(run_dir: Path, owner: str | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of this run (`owner`) that verifies, skipping (with a warning
+    naming it) any that does not verify, or whose sidecar names another run."""
     for _, path in reversed(checkpoints(run_dir)):
+        theirs = owner_of(path)
+        if owner is not None and theirs is not None and theirs != owner:
+            log.warning(
+                "%s belongs to another run (its sidecar says so); trying an older one", path
+            )
+            continue
         try:
             return path, load(path)
         except CheckpointError as e:
@@ -222,9 +262,14 @@ class Checkpointer:
     """
 
     def __init__(
-        self, run_dir: Path, every: int, keep: int, every_min: float | None = None
+        self,
+        run_dir: Path,
+        every: int,
+        keep: int,
+        every_min: float | None = None,
+        owner: str = "",
     ) -> None:
-        self.run_dir, self.every, self.keep = Path(run_dir), every, keep
+        self.run_dir, self.every, self.keep, self.owner = Path(run_dir), every, keep, owner
         self.every_s = 60 * every_min if every_min else None
         self.saved_at = time.monotonic()
         self.last: Path | None = None
@@ -246,9 +291,9 @@ class Checkpointer:
         return self.every_s is not None and time.monotonic() - self.saved_at >= self.every_s
 
     def save(self, step: int, state: dict[str, Any]) -> None:
-        self.last = save(self.run_dir, step, state)
+        self.last = save(self.run_dir, step, state, self.owner)
         self.written = [p for p in self.written if p != self.last] + [self.last]
-        prune(self.run_dir, self.keep, self.written)
+        prune(self.run_dir, self.keep, self.written, self.owner)
         self.saved_at = time.monotonic()  # the next one by time counts from the end of this
 
 

@@ -104,6 +104,16 @@ def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], object]
     fsync_dir(path.parent)
 
 
+def read_bounded(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a file; OSError when it holds more (a record file linked to
+    /dev/zero, or grown beyond what normbench writes, is never read without bound)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit:,} bytes")
+    return data
+
+
 def sha256_file(path: Path) -> str:
     """The sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

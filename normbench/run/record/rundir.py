@@ -11,6 +11,7 @@ written, naming the keys that differ. Keys that may change between a run and its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -91,6 +92,13 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(values.get(key), bool):
             values[key] = names[values[key]]
     return {k: v for k, v in values.items() if not k.startswith(FREE)}
+
+
+def run_identity(config: dict[str, Any]) -> str:
+    """A short name of a run's identity (its config but the keys a resume may change, its
+    data's fingerprint included): what a checkpoint's sidecar records as its owner."""
+    text = json.dumps(identity(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 FINGERPRINT = "data.fingerprint."
