@@ -18,7 +18,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,13 @@ import yaml
 from normbench.errors import NormbenchError
 from normbench.run.axes import order
 from normbench.run.data import vocab
+from normbench.run.record.files import (
+    RECORD_BYTES,
+    RecordError,
+    load_yaml_record,
+    read_bounded,
+    read_jsonl,
+)
 from normbench.run.record.rundir import flat
 from normbench.run.record.summary import Status
 
@@ -68,6 +75,7 @@ class Run:
     metrics: list[dict[str, Any]]
     events: list[dict[str, Any]]
     label: str = ""
+    notes: list[str] = field(default_factory=list)  # rows of its record left out, and why
 
     @property
     def status(self) -> Status:
@@ -102,38 +110,60 @@ class Skipped:
     reason: str
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file, up to the first line that is not one."""
-    if not path.is_file():
-        return []
-    rows = []
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_row_ok(row: dict[str, Any]) -> bool:
+    """A metrics row as normbench writes it: an integer step and token count, and every
+    other value a number or null."""
+    if not (isinstance(row.get("step"), int) and isinstance(row.get("tokens"), int)):
+        return False
+    return all(_number(v) or v is None for v in row.values())
+
+
+def event_row_ok(row: dict[str, Any]) -> bool:
+    """An event as normbench writes it: an integer step and token count, and its kind."""
+    return (
+        isinstance(row.get("step"), int)
+        and isinstance(row.get("tokens"), int)
+        and isinstance(row.get("kind"), str)
+        and (_number(row.get("value")) or row.get("value") is None)
+    )
+
+
+def _read_jsonl(path: Path, notes: list[str], row_ok: Any = None) -> list[dict[str, Any]]:
+    """The rows of a JSONL file of a record. A line that is not a JSON object, or a row
+    `row_ok` refuses, costs only itself: it is left out and named in `notes`; a cut last
+    line (a kill) is left out silently; a file that cannot be read is named."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = read_jsonl(path)
+    except OSError as e:
+        notes.append(f"{path}: cannot be read ({e.strerror or e}); its rows are left out")
         return []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash: the rows before it still count
-            break
-        if not isinstance(row, dict):
-            break
-        rows.append(row)
+    rows = [r for r in lines.rows if row_ok is None or row_ok(r)]
+    if lines.damaged:
+        notes.append(lines.describe(path))
+    if len(rows) < len(lines.rows):
+        odd = len(lines.rows) - len(rows)
+        notes.append(f"{path}: {odd} rows that are not normbench's; left out, every other row kept")
     return rows
 
 
 def _parse(path: Path, kind: str) -> Any:
     """The parsed YAML or JSON file, or Unreadable with the reason in a few words."""
     try:
-        text = path.read_text(encoding="utf-8")
+        if kind == "YAML":
+            return load_yaml_record(path)
+        return json.loads(read_bounded(path, RECORD_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise Unreadable(f"{path.name} is missing") from None
     except OSError as e:
         raise Unreadable(f"{path.name} cannot be read ({e.strerror})") from None
     except UnicodeDecodeError:
         raise Unreadable(f"{path.name} is not UTF-8 text") from None
-    try:
-        return yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+    except RecordError as e:
+        raise Unreadable(str(e)) from None
     except (yaml.YAMLError, json.JSONDecodeError, RecursionError):
         raise Unreadable(f"{path.name} is not valid {kind}") from None
 
@@ -167,12 +197,14 @@ def load_run(run_dir: Path) -> Run:
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
             what = "an object" if types == (dict,) else "a number"
             raise Unreadable(f"summary.json: {key} is not {what}")
+    notes: list[str] = []
     return Run(
         dir=run_dir,
         config=config,
         summary=summary,
-        metrics=_read_jsonl(run_dir / "metrics.jsonl"),
-        events=_read_jsonl(run_dir / "events.jsonl"),
+        metrics=_read_jsonl(run_dir / "metrics.jsonl", notes, metrics_row_ok),
+        events=_read_jsonl(run_dir / "events.jsonl", notes, event_row_ok),
+        notes=notes,
     )
 
 

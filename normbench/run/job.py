@@ -165,6 +165,8 @@ def _train_job(
     if finished:
         return _already_finished(cfg, run_dir, main)
     record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
+    if resume is not None and main:
+        _check_rows(record, resume.get("record_rows") or {}, keep_until)
     job = _Job(
         cfg, run_dir, config, main, record, StopRequest(), Summary(), NullLogger(), tokens,
         resume_command,
@@ -187,6 +189,19 @@ def _train_job(
     if job.summary.status == Status.INTERRUPTED:
         raise Interrupted(str(job.stop.signal), job.summary.steps, resume_command)
     return job.summary.objective
+
+
+def _check_rows(record: RunRecord, covered: dict[str, int], step: int) -> None:
+    """Say (naming the file) when the record holds fewer rows than the checkpoint resumed
+    from covers: rows that never reached the disk before the machine stopped."""
+    for name, rows in covered.items():
+        held = record.rows.get(name, 0)
+        if held < rows:
+            log.warning(
+                "%s holds %d rows up to step %d, but the checkpoint covers %d: %d rows were "
+                "lost before they reached the disk; the run goes on without them",
+                record.dir / f"{name}.jsonl", held, step, rows, rows - held,
+            )  # fmt: skip
 
 
 def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:

@@ -440,6 +440,7 @@ class Trainer:
             },
             "summary": self.summary.to_dict(),
             "init_profile": self.init_profile,
+            "record_rows": self.record.sync(),  # the rows it covers, durable from here on
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> int:

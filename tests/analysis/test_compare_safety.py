@@ -244,6 +244,40 @@ def test_unreadable_records_are_listed_and_the_rest_is_reported(mine, tmp_path, 
     assert "Not in the report" in page.split("<h2>Runs</h2>", 1)[1]
 
 
+def test_odd_rows_are_named_and_cost_only_themselves(mine, tmp_path, cli_env):
+    """Rows normbench never writes (a loss as the string "NaN", a row without `tokens`, a
+    line that is not JSON, an event without its kind): compare names the file, leaves those
+    rows out and reports the rest; it never crashes."""
+    metrics = mine / "0_pre-d2" / "metrics.jsonl"
+    rows = metrics.read_text().splitlines(keepends=True)
+    odd = [json.dumps({"step": 2, "tokens": 128, "train/loss": "NaN"}) + "\n",
+           json.dumps({"step": 3, "train/loss": 9.0}) + "\n", "not json at all\n"]  # fmt: skip
+    metrics.write_text("".join(rows[:1] + odd + rows[1:]))
+    with open(mine / "1_post-d2" / "events.jsonl", "a") as f:
+        f.write(json.dumps({"step": 1, "tokens": 64, "value": 1.0}) + "\n")
+    done = compare([str(mine)], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"normbench compare: warning: {metrics}: line 4 not a JSON object" in done.stderr
+    assert f"{metrics}: 2 rows that are not normbench's" in done.stderr
+    assert f"{mine / '1_post-d2' / 'events.jsonl'}: 1 rows that are not normbench's" in (
+        done.stderr
+    )
+    with open(mine / "compare" / "summary.csv") as f:
+        assert sorted(r["norm"] for r in csv.DictReader(f)) == ["post", "pre"]
+
+
+def test_an_alias_bomb_in_a_config_is_refused_without_expanding_it(mine, tmp_path, cli_env):
+    """A YAML alias bomb in a run's config.yaml (normbench never writes aliases): the record
+    is skipped, named, in bounded time and memory; the other run is reported."""
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    bomb += "".join(f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
+                    for p, c in zip("abcdefgh", "bcdefghi", strict=True))  # fmt: skip
+    (mine / "0_pre-d2" / "config.yaml").write_text(bomb)
+    done = compare([str(mine)], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert f"skipped {mine / '0_pre-d2'}: config.yaml uses YAML aliases" in done.stderr
+
+
 def test_no_readable_record_is_a_one_line_error(mine, tmp_path, cli_env):
     break_records(mine)
     for job in ("0_pre-d2", "1_post-d2"):

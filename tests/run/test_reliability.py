@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from normbench.run.record.checkpoint import checkpoints, verified
 
@@ -95,6 +96,53 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(
     assert {f.name.rsplit("-", 1)[1] for f in folders} == {summary["wandb"]["id"]}
     (resumed,) = offline_runs(folders[-1])
     assert resumed.id == summary["wandb"]["id"] and resumed.exit_code == 0
+
+
+def killed_after(step: int, tmp_path: Path, cli_env: dict, text_files) -> tuple[Path, list]:
+    """A run killed (-9) once `step` is logged; its folder and the resume's arguments."""
+    run_dir = tmp_path / "run"
+    args = [*RUN, *text_data(*text_files), f"hydra.run.dir={run_dir}", "logger=none"]
+    proc = start(args, tmp_path, cli_env)
+    wait_for(lambda: max(logged_steps(run_dir), default=0) >= step)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    return run_dir, ["train", *args]
+
+
+def test_a_damaged_middle_line_costs_only_itself(reference, tmp_path, cli_env, text_files):
+    """A garbled line and a JSON line that is not an object in the middle of metrics.jsonl:
+    the resume names them in one warning, keeps every valid row before and after them, and
+    ends with the uninterrupted run's rows (but for the two damaged ones)."""
+    run_dir, args = killed_after(7, tmp_path, cli_env, text_files)
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1], lines[3] = '{"step": 2, "train/lo\n', "[1, 2, 3]\n"
+    path.write_text("".join(lines))
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert f"{path}: lines 2, 4 not a JSON object; left out, every other row kept" in done.stderr
+    # the killed run's rows are the reference's: all of them but the two damaged ones
+    expected = [r for i, r in enumerate(read_jsonl(reference / "metrics.jsonl")) if i not in (1, 3)]
+    assert comparable(read_jsonl(path)) == comparable(expected)
+
+
+def test_rows_lost_before_reaching_the_disk_are_named(tmp_path, cli_env, text_files):
+    """A crash of the machine loses appended rows that were not yet on disk: the checkpoint
+    records how many rows it covers, and the resume says, naming the file, how many are
+    missing (the rows are fsynced at every checkpoint, so this takes a loss the disk itself
+    caused, simulated here by cutting the file)."""
+    run_dir, args = killed_after(7, tmp_path, cli_env, text_files)
+    (step, ckpt), *_ = reversed(checkpoints(run_dir))
+    covered = torch.load(ckpt, weights_only=True)["record_rows"]["metrics"]
+    path = run_dir / "metrics.jsonl"
+    rows = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(rows[: covered - 2]))
+    done = run_cli(args, cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"{path} holds {covered - 2} rows up to step {step}, but the checkpoint covers "
+        f"{covered}: 2 rows were lost before they reached the disk"
+    ) in done.stderr
 
 
 def test_sigterm_checkpoints_then_the_same_command_resumes(

@@ -219,6 +219,8 @@ def build_report(
     verdicts = judge_claims(runs, probes, claims)
     for s in records.skipped:
         print(f"normbench compare: skipped {s.dir}: {s.reason}", file=sys.stderr, flush=True)
+    for note in (n for r in runs for n in r.notes):
+        print(f"normbench compare: warning: {note}", file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = beside(out, "tmp")
     tmp.mkdir()

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
+
+import yaml
 
 from normbench.errors import NormbenchError
 
@@ -112,6 +116,74 @@ def read_bounded(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit:,} bytes")
     return data
+
+
+RECORD_BYTES = 16 << 20  # config.yaml, summary.json and the like: a few KiB as written
+
+
+class RecordError(ValueError):
+    """A record file that is not what normbench writes (its message names why)."""
+
+
+def load_yaml_record(path: Path, limit: int = RECORD_BYTES) -> Any:
+    """A YAML file of a record (config.yaml), read with a bound and parsed safely. YAML
+    aliases are refused before anything is built from them: normbench never writes them, and
+    an alias bomb would expand beyond any memory."""
+    text = read_bounded(path, limit).decode("utf-8")
+    if any(
+        isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)
+    ):
+        raise RecordError(f"{Path(path).name} uses YAML aliases, which normbench never writes")
+    return yaml.safe_load(text)
+
+
+JSONL_BYTES = 1 << 30  # a record's JSONL file normbench writes stays far below this
+
+
+@dataclass
+class JsonLines:
+    """A JSONL file as read: its rows (JSON objects), the numbers (1-based) of the lines
+    that are not one, and whether the last line was cut short (what a kill leaves: a line
+    without its newline that is not JSON, which no reader counts as damage)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    damaged: list[int] = field(default_factory=list)
+    cut: bool = False
+
+    def describe(self, path: Path) -> str:
+        """One line naming the damaged lines of `path` (empty when there are none)."""
+        if not self.damaged:
+            return ""
+        shown = ", ".join(map(str, self.damaged[:5])) + (", ..." if len(self.damaged) > 5 else "")
+        what = "line" if len(self.damaged) == 1 else "lines"
+        return f"{path}: {what} {shown} not a JSON object; left out, every other row kept"
+
+
+def read_jsonl(path: Path, limit: int = JSONL_BYTES) -> JsonLines:
+    """Every JSON object of a JSONL file, line by line, at most `limit` bytes (OSError
+    beyond: a file larger than normbench writes, or not a regular file, is not read). A
+    damaged line costs only itself: the rows after it are read on."""
+    out = JsonLines()
+    path = Path(path)
+    if not path.is_file():
+        return out
+    total = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            total += len(raw)
+            if total > limit:
+                raise OSError(errno.EFBIG, f"{path} is larger than {limit:,} bytes")
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            if isinstance(row, dict):
+                out.rows.append(row)
+            elif not raw.endswith(b"\n") and raw.strip():
+                out.cut = True  # the last line, cut by a kill
+            elif raw.strip():
+                out.damaged.append(number)
+    return out
 
 
 def sha256_file(path: Path) -> str:

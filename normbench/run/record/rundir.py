@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from normbench.errors import ConfigError
-from normbench.run.record.files import refuse_link, write_atomic
+from normbench.run.record.files import RecordError, load_yaml_record, refuse_link, write_atomic
 from normbench.run.record.writer import RECORD_NAMES, record_files
 
 # Keys that may differ between a run and its resume (prefixes of dotted keys).
@@ -162,11 +162,12 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
             )
         return None
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        config = load_yaml_record(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecordError) as e:
+        why = str(e) if isinstance(e, RecordError) else type(e).__name__
         raise ConfigError(
-            f"{path} cannot be read ({type(e).__name__}), so whose run {run_dir} holds cannot "
-            "be checked; choose another output directory"
+            f"{path} cannot be read ({why}), so whose run {run_dir} holds cannot be checked; "
+            "choose another output directory"
         ) from e
     if not isinstance(config, dict):
         raise ConfigError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import re
@@ -21,8 +22,10 @@ from typing import Any, Protocol
 import yaml
 
 from normbench.errors import WriteError
-from normbench.run.record.files import open_own, refuse_link, write_atomic
+from normbench.run.record.files import open_own, read_jsonl, refuse_link, write_atomic
 from normbench.run.record.summary import Status, Summary
+
+log = logging.getLogger(__name__)
 
 # Write errors that more space (or a higher limit) would cure.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -86,6 +89,7 @@ class Record(Protocol):
     def write_init_profile(self, profile: dict[str, Any]) -> None: ...
     def log(self, row: dict[str, Any]) -> None: ...
     def event(self, event: dict[str, Any]) -> None: ...
+    def sync(self) -> dict[str, int]: ...
     def write_summary(self, summary: Summary) -> None: ...
     def close(self) -> None: ...
 
@@ -109,6 +113,9 @@ class NullRecord:
     def event(self, event: dict[str, Any]) -> None:
         pass
 
+    def sync(self) -> dict[str, int]:
+        return {}
+
     def write_summary(self, summary: Summary) -> None:
         pass
 
@@ -116,20 +123,26 @@ class NullRecord:
         pass
 
 
-def _keep_rows(path: Path, last_step: int) -> None:
-    """Keep the lines of a JSONL file whose step is at most `last_step` (a resume drops what
-    was logged after its checkpoint, so no step is logged twice); a cut last line goes too."""
+def _keep_rows(path: Path, last_step: int) -> int:
+    """Keep the rows of a JSONL file whose step is at most `last_step` (a resume drops what
+    was logged after its checkpoint, so no step is logged twice); return how many. A cut
+    last line goes too; a damaged line elsewhere costs only itself, and is named."""
     if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill
-        if row.get("step", 0) <= last_step:
-            kept.append(line + "\n")
-    write_atomic(path, "".join(kept))
+        return 0
+    lines = read_jsonl(path)
+    if lines.damaged:
+        log.warning("%s", lines.describe(path))
+    kept = [row for row in lines.rows if _step_of(row) <= last_step]
+    odd = sum(_step_of(row) == math.inf for row in lines.rows)
+    if odd:
+        log.warning("%s: %d rows without a numeric step; left out", path, odd)
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in kept))
+    return len(kept)
+
+
+def _step_of(row: dict[str, Any]) -> float:
+    step = row.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
 
 
 class RunRecord:
@@ -149,10 +162,12 @@ class RunRecord:
                 leftover.unlink(missing_ok=True)
         self._reserve = self.dir / RESERVE
         self._metrics = self._events = None
+        self.rows = {"metrics": 0, "events": 0}  # the rows of each file, kept ones included
         self._guard(self._reserve, self._keep_space)
         if resume_after is not None:
-            for name in ("metrics.jsonl", "events.jsonl"):
-                self._guard(self.dir / name, lambda n=name: _keep_rows(self.dir / n, resume_after))
+            for name in self.rows:
+                path = self.dir / f"{name}.jsonl"
+                self.rows[name] = self._guard(path, lambda p=path: _keep_rows(p, resume_after))
         self._metrics = self._guard(self.dir / "metrics.jsonl", lambda: self._open("metrics"))
         self._events = self._guard(self.dir / "events.jsonl", lambda: self._open("events"))
 
@@ -203,10 +218,21 @@ class RunRecord:
     def log(self, row: dict[str, Any]) -> None:
         """One JSON object per line; flushed so a crash keeps every logged step."""
         self._append(self._metrics, self.dir / "metrics.jsonl", row)
+        self.rows["metrics"] += 1
 
     def event(self, event: dict[str, Any]) -> None:
         """One divergence event per line of events.jsonl (the file exists even with none)."""
         self._append(self._events, self.dir / "events.jsonl", event)
+        self.rows["events"] += 1
+
+    def sync(self) -> dict[str, int]:
+        """Make the appended rows durable (fsync; called before each checkpoint, so that a
+        resume after a crash of the machine finds every row the checkpoint covers); return
+        how many rows each file holds, for the checkpoint to record."""
+        for name, f in (("metrics", self._metrics), ("events", self._events)):
+            if f is not None:
+                self._guard(self.dir / f"{name}.jsonl", lambda f=f: os.fsync(f.fileno()))
+        return dict(self.rows)
 
     def write_summary(self, summary: Summary) -> None:
         """summary.json, atomically; on a full disk the reserved space is given back first."""
