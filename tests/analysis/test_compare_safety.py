@@ -266,6 +266,35 @@ def test_odd_rows_are_named_and_cost_only_themselves(mine, tmp_path, cli_env):
         assert sorted(r["norm"] for r in csv.DictReader(f)) == ["post", "pre"]
 
 
+def test_two_compares_at_once_get_their_own_folders(mine, tmp_path, cli_env):
+    """Two compares of several paths started together: each its own default folder (named
+    to the microsecond and by its process), each with its whole report."""
+    import subprocess
+    import sys
+
+    paths = [str(mine / "0_pre-d2"), str(mine / "1_post-d2")]
+    command = [sys.executable, "-m", "normbench", "compare", *paths]
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=cli_env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folders = sorted(tmp_path.glob("compare-*"))
+    assert len(folders) == 2 and all((f / "index.html").is_file() for f in folders)
+
+
+def test_a_killed_compare_leaves_nothing_for_good(mine, tmp_path, cli_env):
+    """What a compare killed mid-build left beside the report (a hidden temporary folder of
+    a process that is gone) is removed by the next compare; a live one's is left alone."""
+    dead = mine / ".compare.tmp-999999-0badc0de"
+    live = mine / f".compare.tmp-{os.getpid()}-0badc0de"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "index.html").write_text("half")
+    done = compare([str(mine)], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 0, done.stderr
+    assert not dead.exists() and live.is_dir() and (mine / "compare" / "index.html").is_file()
+
+
 def test_an_alias_bomb_in_a_config_is_refused_without_expanding_it(mine, tmp_path, cli_env):
     """A YAML alias bomb in a run's config.yaml (normbench never writes aliases): the record
     is skipped, named, in bounded time and memory; the other run is reported."""

@@ -85,6 +85,7 @@ from normbench.analysis.report.figures.sensitivity import lr_figures
 from normbench.analysis.report.outdir import (
     beside,
     check_out,
+    clean_stale,
     default_out,
     discard,
     install,
@@ -222,6 +223,7 @@ def build_report(
     for note in (n for r in runs for n in r.notes):
         print(f"normbench compare: warning: {note}", file=sys.stderr, flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)  # what a killed compare left beside it
     tmp = beside(out, "tmp")
     tmp.mkdir()
     try:
@@ -259,7 +261,7 @@ def main(argv: list[str], need_wandb: bool = False, prog: str = "normbench compa
         "--out",
         type=Path,
         metavar="DIR",
-        help="report folder (default: PATH/compare for one directory, else ./compare-<date>): "
+        help="report folder (default: PATH/compare for one directory, else ./compare-<date>_<time>.<microseconds>-<pid>): "
         "a new folder, or compare's own earlier report, which is replaced (deleting only the "
         "files its .normbench-report.json lists). Refused, nothing touched: a file, any other "
         "existing folder, a report holding files compare did not write, an input, or a "

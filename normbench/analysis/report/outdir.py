@@ -19,6 +19,7 @@ import errno
 import glob
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -33,10 +34,40 @@ REPORT_FORMAT = 1
 
 
 def default_out(paths: list[str]) -> Path:
-    """`<sweep or run dir>/compare` for one directory; else a dated folder here."""
+    """`<sweep or run dir>/compare` for one directory (the same inputs, the same report);
+    else a folder here named by the time, to the microsecond, and this process, so that two
+    compares started at once never share it."""
     if len(paths) == 1 and not glob.has_magic(paths[0]) and Path(paths[0]).is_dir():
         return Path(paths[0]) / "compare"
-    return Path(f"compare-{time.strftime('%Y-%m-%d_%H-%M-%S')}")
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now))
+    return Path(f"compare-{stamp}.{int(now % 1 * 1e6):06d}-{os.getpid()}")
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove the hidden folders that a compare killed while it built or swapped a report
+    beside `out` left behind (`beside`'s names, whose process is gone); return them."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.(tmp|old)-(\d+)-[0-9a-f]+$")
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for folder in out.parent.iterdir():
+        m = pattern.match(folder.name)
+        if m is None or folder.is_symlink() or not folder.is_dir() or _alive(int(m.group(2))):
+            continue
+        discard(folder)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _tree(root: Path) -> tuple[list[str], list[str]]:
