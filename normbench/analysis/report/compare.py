@@ -45,7 +45,7 @@ labels and values as data: summary.md escapes & < > and |, summary.csv puts a ' 
 that a spreadsheet would run as a formula (one beginning with = + - @, a tab or a CR).
 
 Where the report goes: `--out DIR`, by default PATH/compare for one directory, else a new
-./compare-<date>. compare writes only there and never deletes what it did not write: every
+./compare-<date>_<time>.<microseconds>-<pid>. compare writes only there and never deletes what it did not write: every
 report folder holds `.normbench-report.json`, the list of the files and folders compare wrote
 into it. DIR may be a new folder (its parents are created) or compare's own earlier report,
 which is replaced: the new report is built in a hidden folder beside it (.DIR.tmp-*) and
