@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import _run_hydra, create_automatic_config_search_path, get_args_parser
@@ -31,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from normbench.analysis.claims.registry import check_claim
 from normbench.analysis.report.probe import probe_task
 from normbench.errors import ConfigError, NormbenchError, WriteError
+from normbench.model.gpt import GPT
 from normbench.run import dist
 from normbench.run.config.checks import validate_probe
 from normbench.run.config.resolve import as_dict, resolve
@@ -38,6 +41,7 @@ from normbench.run.config.schema import config_dir, register_configs
 from normbench.run.console import PROG, Interrupted, say
 from normbench.run.data.tokens import check_data_fits, load_tokens
 from normbench.run.dist import check_global_batch
+from normbench.run.hardware import check_memory
 from normbench.run.job import check_same_config, train_task
 from normbench.run.record.checkpoint import RunLock
 from normbench.run.record.checkpoint import load as load_checkpoint
@@ -132,15 +136,18 @@ def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
     be written, and pin it as an override, so that every later composition, Hydra's own
     included, uses the same folder (the default one is named by the time, to the
     microsecond) and the resume command can name it."""
-
     key = "hydra.sweep.dir" if _is_multirun(base) else "hydra.run.dir"
-    pinned = Path(str(OmegaConf.select(base, key))).expanduser()
+    given = str(OmegaConf.select(base, key) or "").strip()
+    if not given:  # Path("") is the current folder: a record would land among your files
+        raise ConfigError(f"{key} is empty; give the folder the run's record goes to")
+    pinned = Path(given).expanduser()
     try:
         target = pinned.resolve()
     except OSError as e:
         raise ConfigError(f"{key}: {e.strerror}; choose another folder") from e
+    check_names(key, target)
     existing = target
-    while not existing.exists():
+    while not _exists(existing):
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{key}={target}: {existing} is a file, not a folder; choose another")
@@ -155,6 +162,32 @@ def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
     args.overrides = [o for o in args.overrides if o.lstrip("+").split("=", 1)[0] != key]
     args.overrides.append(f"{key}={override_value(str(pinned))}")
     return key, target
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, but a name the file system cannot hold (too long) does not exist."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def check_names(key: str, target: Path) -> None:
+    """Every folder name of the output path within the file system's limit (255 bytes on
+    most), so that the first mkdir never fails after the checks passed."""
+    existing = target
+    while not _exists(existing):
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for part in target.parts:
+        if len(os.fsencode(part)) > limit:
+            raise ConfigError(
+                f"{key}: the folder name {part[:40]}... is {len(os.fsencode(part))} bytes long, "
+                f"more than this file system allows ({limit}); choose a shorter name"
+            )
 
 
 def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
@@ -175,6 +208,7 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
         with open_dict(cfg):
             del cfg["hydra"]
         jobs.append((subdir, _check_job(cfg, config_name, target, multirun, checked_data)))
+    _check_subdirs(target, [subdir for subdir, _ in jobs] if multirun and basic else [])
     definition = sweep_definition(jobs if basic else None, jobs[0][1], sweeper)
 
     def check() -> None:
@@ -187,6 +221,20 @@ def preflight(args: Any, config_name: str = "train") -> tuple[str, Any]:
     return key, _lock(target, check, then)
 
 
+def _check_subdirs(sweep_dir: Path, subdirs: list[str]) -> None:
+    """Every job of a sweep in a folder of its own (`hydra.sweep.subdir`), each a folder
+    name within the limit: two jobs in one folder would train into each other's record."""
+    seen: dict[str, int] = {}
+    for num, subdir in enumerate(subdirs):
+        if subdir in seen:
+            raise ConfigError(
+                f"hydra.sweep.subdir gives jobs {seen[subdir]} and {num} the same folder "
+                f"{sweep_dir / subdir}; make it name each job, e.g. with ${{hydra.job.num}}"
+            )
+        seen[subdir] = num
+        check_names("hydra.sweep.subdir", sweep_dir / subdir)
+
+
 def _check_job(
     composed: DictConfig,
     config_name: str,
@@ -195,8 +243,10 @@ def _check_job(
     checked_data: dict[str, Any],
 ) -> dict[str, Any]:
     """One job's checks: its config, its claim, its data (tokenized once per distinct data
-    config, into `checked_data`), what it resumes, its device and batch. Returns the job's
-    resolved config as plain values, with its data's fingerprint (`data.fingerprint`)."""
+    config), what it resumes, its device and batch, and that its model fits in the memory free
+    on the device (once per architecture); `checked_data` caches the data and the sizes.
+    Returns the job's resolved config as plain values, with its data's fingerprint
+    (`data.fingerprint`)."""
     cfg = resolve(composed)
     config = as_dict(cfg)
     check_claim(cfg.claim, config_name)
@@ -213,9 +263,20 @@ def _check_job(
     if str(cfg.train.resume) not in ("auto", "never"):
         path = Path(str(cfg.train.resume)).expanduser()
         check_same_config(load_checkpoint(path), config, path)
-    resolve_device(str(cfg.device))
+    device = resolve_device(str(cfg.device))
     check_global_batch(cfg.train.batch_size)
+    model_key = json.dumps([config["depth"], config["model"], config["norm"]], sort_keys=True)
+    if model_key not in checked_data:  # once per architecture of a sweep
+        checked_data[model_key] = parameters_of(cfg)
+        what = f"model.d_model={cfg.model.d_model}, depth={cfg.depth}"
+        check_memory(what, checked_data[model_key], device.type)
     return config
+
+
+def parameters_of(cfg: Any) -> int:
+    """The model's number of parameters, counted on torch's meta device (no memory)."""
+    with torch.device("meta"):
+        return GPT.from_config(cfg).num_params()
 
 
 def _lock(target: Path, check: Callable[[], None], then: Callable[[], None] | None = None) -> Any:

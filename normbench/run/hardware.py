@@ -315,3 +315,33 @@ def _sysctl(name: str) -> str:
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+# Bytes per parameter of a training run, at the least: float32 weights, their gradients and
+# AdamW's two moments (activations and the diagnostics come on top).
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def free_memory(device: str) -> int | None:
+    """Bytes of memory free on `device` now (None where it cannot be told)."""
+    if device == "cuda":
+        return int(torch.cuda.mem_get_info()[0])
+    if device == "cpu":
+        for line in _read("/proc/meminfo").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def check_memory(what: str, parameters: int, device: str) -> None:
+    """Refuse a model whose weights, gradients and AdamW state alone exceed the memory free
+    on `device` (one line naming `what`, the sizes that made it): it would fail after the
+    run started."""
+    need = TRAINING_BYTES_PER_PARAMETER * parameters
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"{what} needs about {need / 2**30:,.1f} GiB for the weights, gradients and AdamW "
+            f"state of its {parameters:,} parameters, more than the {free / 2**30:,.1f} GiB "
+            f"free on {device}; make the model smaller"
+        )

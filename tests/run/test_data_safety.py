@@ -178,6 +178,47 @@ def test_the_writers_refuse_links_themselves(tmp_path):
     assert target.read_text() == "kept" and not (tmp_path / "fresh.json").exists()
 
 
+def test_inputs_that_fail_late_are_refused_first_in_one_line(tmp_path, cli_env, text_files):
+    """Input that used to fail after the checks, or to be accepted without a word: each is
+    one line, exit 2, before anything is written."""
+    long = "x" * 300
+    cases = {
+        "hydra.run.dir=": "hydra.run.dir is empty",
+        f"hydra.run.dir={tmp_path / long}": "is 300 bytes long, more than this file system allows",
+        "+optim.lrr=1": "unknown key 'optim.lrr' (did you mean optim.lr?)",
+        "+data.bar=1": "unknown key 'data.bar'",
+        "data.train_path=/proc/self/mem": "data.train_path='/proc/self/mem' cannot be read",
+        "model.d_model=100000": "model.d_model=100000, depth=2 needs about",
+    }
+    for override, message in cases.items():
+        args = ["train", *FAST, *text_data(*text_files), f"hydra.run.dir={tmp_path / 'r'}"]
+        done = run_cli([*args, override], cwd=tmp_path, env=cli_env)
+        assert message in one_line_error(done), override
+    sweep = ["train", "-m", "norm=pre,post", *FAST, *text_data(*text_files)]
+    sweep += [f"hydra.sweep.dir={tmp_path / 's'}", "hydra.sweep.subdir=same"]
+    err = one_line_error(run_cli(sweep, cwd=tmp_path, env=cli_env))
+    assert f"hydra.sweep.subdir gives jobs 0 and 1 the same folder {tmp_path / 's' / 'same'}" in err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_token_cache_on_a_full_disk_is_one_line(tmp_path, cli_env, text_files):
+    """The token cache cannot be written (a file-size limit stands in for a full disk): one
+    line naming the cache folder, exit 2, no run folder and no half-written cache."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, 16 << 10))
+
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "normbench", "train", *FAST, *text_data(*text_files),
+         f"hydra.run.dir={run_dir}", f"data.cache_dir={tmp_path / 'tokens'}"],
+        cwd=tmp_path, env=cli_env, capture_output=True, text=True, preexec_fn=limit, timeout=300,
+    )  # fmt: skip
+    err = one_line_error(done)
+    assert f"cannot write the token cache in {tmp_path / 'tokens' / 'tokens'}" in err
+    assert not run_dir.exists() and list((tmp_path / "tokens" / "tokens").iterdir()) == []
+
+
 def test_a_refused_run_into_a_busy_directory_touches_nothing(tmp_path, cli_env, text_files):
     run_dir = tmp_path / "run"
     args = ["train", *FAST, "train.max_steps=100000", *text_data(*text_files)]

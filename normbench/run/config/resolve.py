@@ -7,6 +7,7 @@ plain values, as config.yaml and the W&B config hold it.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +17,7 @@ from normbench.model.placements import PLACEMENTS
 from normbench.run.config.checks import norm_options, validate
 from normbench.run.config.schema import NormbenchConfig
 from normbench.run.data import vocab
+from normbench.run.record.rundir import flat
 
 
 def resolve(cfg: DictConfig) -> NormbenchConfig:
@@ -29,6 +31,7 @@ def resolve(cfg: DictConfig) -> NormbenchConfig:
     if missing:
         raise ConfigError(f"{missing[0]} is required; set {missing[0]}=<value>")
     typed: NormbenchConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    check_known_keys(cfg, typed)
     validate(typed)
     options, own = norm_options(typed)
     for key, value in options.items():
@@ -37,6 +40,20 @@ def resolve(cfg: DictConfig) -> NormbenchConfig:
     if typed.model.vocab_size is None:
         typed.model.vocab_size = vocab.model_vocab(vocab.limit_of(typed.data))
     return typed
+
+
+def check_known_keys(cfg: DictConfig, typed: NormbenchConfig) -> None:
+    """Every key of the composed config is one the schema knows: a key added with `+`
+    (`+optim.lrr=1`) would otherwise be accepted and dropped without a word."""
+    given = flat(OmegaConf.to_container(cfg, resolve=False), tuples=False)
+    known = set(flat(as_dict(typed)))
+    parents = {k.rsplit(".", i)[0] for k in known for i in range(1, k.count(".") + 1)}
+    for key in sorted(given):
+        if key.startswith("hydra.") or key in known or key in parents:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown key '{key}'{hint}; the schema has no such key: remove it")
 
 
 def as_dict(cfg: NormbenchConfig | DictConfig) -> dict[str, Any]:

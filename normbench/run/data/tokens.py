@@ -131,9 +131,18 @@ def _read_text(path_str: str, what: str) -> list[str]:
         raise DataError(
             f"{what}={path_str!r} is not UTF-8 text ({e.reason} at byte {e.start})"
         ) from None
+    except OSError as e:
+        raise DataError(_unreadable(what, path_str, e)) from None
     if not text.strip():
         raise DataError(f"{what}={path_str!r} is empty; give a file with text in it")
     return text.splitlines(keepends=True)
+
+
+def _unreadable(what: str, path: str, e: OSError) -> str:
+    return (
+        f"{what}={path!r} cannot be read ({e.strerror or type(e).__name__}); give a readable "
+        "UTF-8 text file"
+    )
 
 
 def _local_dir(path: str) -> Path | None:
@@ -151,7 +160,10 @@ def source_identity(data: Any) -> dict[str, Any]:
                 raise DataError(
                     f"data.{key}={getattr(data, key)!r} is not a file; give the path of a UTF-8 text file"
                 )
-            ident[split] = _sha256_file(path)
+            try:
+                ident[split] = _sha256_file(path)
+            except OSError as e:
+                raise DataError(_unreadable(f"data.{key}", getattr(data, key), e)) from None
     else:
         local = _local_dir(data.path)
         ident.update(
@@ -396,6 +408,13 @@ def _write_cache(
         except OSError:  # another process finished first; its copy is identical
             if not (directory / "meta.json").is_file():
                 raise
+    except OSError as e:  # a full disk, a size limit: the cache is not half written
+        free = shutil.disk_usage(directory.parent).free / 2**20
+        raise DataError(
+            f"cannot write the token cache in {directory.parent} ({e.strerror or e}; "
+            f"{free:,.0f} MiB free); set data.cache_dir (or NORMBENCH_CACHE_DIR) to a folder "
+            "with space"
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
