@@ -1,8 +1,10 @@
 """The one markdown writer of the analysis layer: summary.md, verdicts.md and probe.md.
 
 Values are shown as data, never as markup: HTML special characters are escaped in every
-text and cell (labels and config values come from the records), and in a table cell a `|`
-(which would end the cell) is backslashed and line breaks become spaces.
+text and cell (labels and config values come from the records), and so are the brackets of
+markdown's links and images (`[text](url)`, `![alt](url)`: a label could otherwise embed a
+remote image); in a table cell a `|` (which would end the cell) is backslashed and line
+breaks become spaces.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any
 
 
 def text(value: Any) -> str:
-    """`value` in markdown prose, shown as written (HTML special characters escaped)."""
-    return html.escape(str(value), quote=False)
+    """`value` in markdown prose, shown as written (HTML special characters and the brackets
+    of links and images escaped)."""
+    escaped = html.escape(str(value), quote=False)
+    return escaped.replace("[", "\\[").replace("]", "\\]")
 
 
 def cell(value: Any) -> str:

@@ -9,10 +9,14 @@ Every W&B call is guarded: a tracking failure prints one warning and training go
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import netrc
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -68,6 +72,47 @@ class NullLogger:
         pass
 
 
+def import_wandb() -> Any:
+    """`import wandb`, with the two folders it makes when imported (tempfile's
+    `*wandb-media` and `*wandb-artifacts`) made in a scratch folder of this process,
+    `<NORMBENCH_CACHE_DIR or ~/.cache/normbench>/tmp/<pid>`, instead of /tmp: a process
+    killed with -9 cannot remove them, and each import removes the scratch folders of
+    processes that are gone. Where that folder cannot be made, wandb is imported as it is."""
+    if "wandb" in sys.modules:
+        return sys.modules["wandb"]
+    root = Path(os.environ.get("NORMBENCH_CACHE_DIR") or "~/.cache/normbench").expanduser()
+    scratch = root / "tmp" / str(os.getpid())
+    try:
+        _remove_stale_scratch(scratch.parent)
+        scratch.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        import wandb
+
+        return wandb
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    previous, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        import wandb
+    finally:
+        tempfile.tempdir = previous
+    return wandb
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Remove the scratch folders (`import_wandb`) of processes that are gone."""
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if not folder.name.isdigit() or folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            os.kill(int(folder.name), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass
+
+
 def wandb_credentials_present() -> bool:
     """True when an API key is in the environment or in the netrc entry of the W&B host.
 
@@ -102,8 +147,7 @@ class WandbLogger:
         self.info: dict[str, Any] | None = None
         self.files: Path | None = None
         try:
-            import wandb
-
+            wandb = import_wandb()
             mode, why = resolve_mode(logger_cfg.mode)
             self.run = wandb.init(
                 project=logger_cfg.project,
@@ -225,8 +269,7 @@ def make_logger(
 def _report_tables(out: Path, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Any]]:
     """The report's tables as W&B tables (compare/summary, /verdicts, /lr_sensitivity), read
     from the files compare wrote, and the verdicts."""
-    import wandb
-
+    wandb = import_wandb()
     tables: dict[str, Any] = {}
     if rows:
         keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -263,8 +306,7 @@ def log_report(
 ) -> None:
     """`normbench compare --wandb`: the report's figures and tables in a W&B run of
     job_type=compare, in the runs' group and project when they share one."""
-    import wandb
-
+    wandb = import_wandb()
     infos = [r.summary.get("wandb") or {} for r in runs]
     groups = {i.get("group") for i in infos}
     projects = {i.get("project") for i in infos if i.get("project")}

@@ -353,11 +353,12 @@ HOSTILE = {
 
 
 def test_labels_are_escaped_in_markdown_and_formula_safe_in_csv(mine, tmp_path, cli_env):
-    for job, values in HOSTILE.items():
+    for i, (job, values) in enumerate(HOSTILE.items()):
         path = mine / job / "config.yaml"
         config = yaml.safe_load(path.read_text())
         config["data"]["label"] = values["label"]
         config["extra"] = {"note": values["note"], "offset": values["offset"]}
+        config["extra"]["link"] = f"![x{i}](https://example.com/{i}.png)"  # a remote image
         path.write_text(yaml.safe_dump(config))
     done = compare([str(mine)], cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr
@@ -366,6 +367,7 @@ def test_labels_are_escaped_in_markdown_and_formula_safe_in_csv(mine, tmp_path, 
     assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt; a\\|b &amp; c" in md
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
     assert len({ln.replace("\\|", "").count("|") for ln in table}) == 1  # no cell split
+    assert "![x0](" not in md and "!\\[x0\\](https://example.com/0.png)" in md
     assert "<script>" not in (report / "index.html").read_text()
     with open(report / "summary.csv", newline="") as f:
         rows = {r["norm"]: r for r in csv.DictReader(f)}

@@ -248,3 +248,10 @@ def test_runs_without_wandb_give_one_line_and_no_dashboard(tmp_path, cli_env, te
         "none of these runs was logged to W&B (logger=none); rerun the sweep with logger=wandb"
     )
     assert not (tmp_path / "run" / "compare").exists()  # nothing written
+    # a single run logged to W&B has no W&B group: said as such, not as logger=none
+    single = tmp_path / "single"
+    args = ["train", *TINY, "train.max_steps=2", *text_data(*text_files), f"hydra.run.dir={single}"]
+    assert run_cli(args, cwd=tmp_path, env=cli_env).returncode == 0
+    done = run_cli(["dashboard", str(single)], cwd=tmp_path, env=cli_env)
+    assert done.returncode == 2 and "logger=none" not in done.stderr
+    assert "these runs were logged to W&B but have no W&B group" in done.stderr

@@ -186,6 +186,21 @@ def write_report(
     return rows, figures
 
 
+def check_dashboard_runs(runs: list[Run]) -> None:
+    """A dashboard needs runs logged to W&B in a group (a sweep's); say which is missing."""
+    if wandb_groups(runs):
+        return
+    if any(r.summary.get("wandb") for r in runs):  # logged, but not as one sweep
+        raise CompareError(
+            "no dashboard: these runs were logged to W&B but have no W&B group (a single "
+            "run has none); run them as a sweep (train -m), or set logger.group=NAME"
+        )
+    raise CompareError(
+        "no dashboard: none of these runs was logged to W&B (logger=none); rerun the "
+        "sweep with logger=wandb"
+    )
+
+
 def build_report(
     paths: list[str],
     out: Path | None,
@@ -208,11 +223,8 @@ def build_report(
     records = read_records(paths)
     select_vocab(records, vocab_choice)
     runs, probes = records.runs, records.probes
-    if need_wandb and not wandb_groups(runs):
-        raise CompareError(
-            "no dashboard: none of these runs was logged to W&B (logger=none); rerun the "
-            "sweep with logger=wandb"
-        )
+    if need_wandb:
+        check_dashboard_runs(runs)
     out = check_out(out or default_out(paths), records.inputs, paths, given=out is not None)
     axes = choose_axes(runs, x, y, group_by) if runs else None
     for i, run in enumerate(runs):

@@ -40,6 +40,7 @@ from normbench.analysis.records import Run
 from normbench.analysis.table import Axes, fmt, group_runs
 from normbench.run.axes import AXES, order, short
 from normbench.run.data.vocab import name as vocab_name
+from normbench.run.record.files import load_yaml_record
 from normbench.run.record.summary import Status
 
 FORMAT = "normbench-dashboard/1"
@@ -106,9 +107,9 @@ def sweep_command(runs: list[Run]) -> str | None:
     if len(files) != 1 or not (path := files.pop()).is_file():
         return None
     try:
-        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))["hydra"]["overrides"]
+        overrides = load_yaml_record(path)["hydra"]["overrides"]
         task, hydra = list(overrides.get("task") or []), list(overrides.get("hydra") or [])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         return None
     hydra = [h for h in hydra if h != "hydra.mode=MULTIRUN"]
     return " ".join(["normbench train -m", *task, *hydra])

@@ -148,7 +148,7 @@ def workspace(spec: dict[str, Any], entity: str, project: str) -> Any:
 
 def not_publishable() -> str | None:
     """Why nothing can be published now (None: try)."""
-    from normbench.run.logger import wandb_credentials_present
+    from normbench.run.logger import wandb_credentials_present  # (torch: only to publish)
 
     mode = os.environ.get("WANDB_MODE", "").lower()
     if mode in ("offline", "dryrun", "disabled"):
@@ -165,12 +165,13 @@ def publish_hint(path: Path) -> str:
 def publish(path: Path, entity: str | None, project: str | None) -> tuple[str, str] | None:
     """Save the report and the workspace view of dashboard.json `path`; their URLs, or None
     (one line on stderr says why and how to publish later). Never raises for W&B."""
+    from normbench.run.logger import import_wandb
+
     spec = read_spec(path)
     reason = not_publishable()
     if reason is None:
         try:
-            import wandb
-
+            wandb = import_wandb()
             project = project or spec.get("project") or DEFAULT_PROJECT
             entity = entity or spec.get("entity") or wandb.Api().default_entity
             built = report(spec, entity, project).save()
