@@ -207,7 +207,8 @@ def _check_rows(record: RunRecord, covered: dict[str, int], step: int) -> None:
 def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
     """A run that already finished: say so, return its objective."""
 
-    summary = Summary.from_dict(json.loads((run_dir / "summary.json").read_text()))
+    text = read_bounded(run_dir / "summary.json", SUMMARY_BYTES)
+    summary = Summary.from_dict(json.loads(text))
     if main:
         log.info("%s already %s; nothing to do", run_dir, summary.status)
         say(f"run_dir: {run_dir}")

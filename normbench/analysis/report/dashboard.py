@@ -40,7 +40,7 @@ from normbench.analysis.records import Run
 from normbench.analysis.table import Axes, fmt, group_runs
 from normbench.run.axes import AXES, order, short
 from normbench.run.data.vocab import name as vocab_name
-from normbench.run.record.files import load_yaml_record
+from normbench.run.record.files import RECORD_BYTES, load_yaml_record, read_bounded
 from normbench.run.record.summary import Status
 
 FORMAT = "normbench-dashboard/1"
@@ -236,7 +236,7 @@ def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
 
 def read_spec(path: Path) -> dict[str, Any]:
     """A dashboard.json (ValueError when it is not one of this format)."""
-    spec = json.loads(path.read_text(encoding="utf-8"))
+    spec = json.loads(read_bounded(path, RECORD_BYTES).decode("utf-8"))
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise ValueError(f"{path} is not a normbench dashboard ({FORMAT})")
     return spec

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from normbench.analysis.records import MARKER, CompareError, is_report
+from normbench.run.record.files import RECORD_BYTES, read_bounded
 
 REPORT_FORMAT = 1
 
@@ -113,7 +114,7 @@ def read_marker(folder: Path) -> Written | None:
     """What compare wrote into report `folder`, or None when the folder is not a report (no
     marker, or one that compare would not have written)."""
     try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        marker = json.loads(read_bounded(folder / MARKER, RECORD_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(marker, dict) or marker.get("format") != REPORT_FORMAT:

@@ -21,7 +21,14 @@ from typing import Any
 import yaml
 
 from normbench.errors import ConfigError
-from normbench.run.record.files import RecordError, load_yaml_record, refuse_link, write_atomic
+from normbench.run.record.files import (
+    RECORD_BYTES,
+    RecordError,
+    load_yaml_record,
+    read_bounded,
+    refuse_link,
+    write_atomic,
+)
 from normbench.run.record.writer import RECORD_NAMES, record_files
 
 # Keys that may differ between a run and its resume (prefixes of dotted keys).
@@ -254,7 +261,7 @@ def check_sweep_dir(sweep_dir: Path, definition: dict[str, Any]) -> None:
     manifest = sweep_dir / SWEEP_FILE
     if manifest.is_file():
         try:
-            then = json.loads(manifest.read_text(encoding="utf-8"))
+            then = json.loads(read_bounded(manifest, RECORD_BYTES).decode("utf-8"))
             diffs = _sweep_differences(then, definition)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(
