@@ -142,21 +142,32 @@ def test_a_record_without_a_fingerprint_still_resumes(tmp_path, cli_env, text_fi
 
 
 @pytest.mark.parametrize(
-    "name", [".lock", ".summary-reserve", "train.log", "metrics.jsonl", "config.yaml"]
+    "name",
+    [
+        ".lock",
+        ".summary-reserve",
+        "train.log",
+        "metrics.jsonl",
+        "config.yaml",
+        ".hydra/config.yaml",
+    ],
 )
 def test_a_link_where_the_tool_writes_is_refused(name, tmp_path, cli_env, text_files):
     """A symbolic link in the place of a file the tool writes (the lock, the summary's
-    reserve, the log, an appended or a rewritten record file): refused before anything runs,
-    in one line naming it; the file it points to is untouched."""
+    reserve, the log, an appended or a rewritten record file, Hydra's record of the job):
+    refused before anything runs, in one line naming it; the file it points to is
+    untouched."""
     run_dir, mine = tmp_path / "run", tmp_path / "mine.txt"
-    run_dir.mkdir()
+    (run_dir / name).parent.mkdir(parents=True)
     mine.write_text("the user's own file\n")
     (run_dir / name).symlink_to(mine)
     args = ["train", *FAST, *text_data(*text_files), f"hydra.run.dir={run_dir}"]
     err = one_line_error(run_cli(args, cwd=tmp_path, env=cli_env))
     assert f"{run_dir / name} is a symbolic link; normbench never writes through a link" in err
     assert mine.read_text() == "the user's own file\n"
-    assert sorted(p.name for p in run_dir.iterdir()) == [name]
+    links = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_symlink()]
+    files = [p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert links == [name] and files == []  # nothing written: no lock, no log, no record
 
 
 def test_the_writers_refuse_links_themselves(tmp_path):

@@ -186,7 +186,17 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
 
 # What the tool writes in a run's folder, besides the record (`record_files`): a link in the
 # place of any of them is refused before anything runs.
-OWN_FILES = (".lock", ".summary-reserve", ".hydra", "train.log", "probe.log", "traceback.txt")
+OWN_FILES = (
+    ".lock",
+    ".summary-reserve",
+    ".hydra",
+    ".hydra/config.yaml",  # Hydra's own record of the job
+    ".hydra/hydra.yaml",
+    ".hydra/overrides.yaml",
+    "train.log",
+    "probe.log",
+    "traceback.txt",
+)
 
 
 def check_no_links(folder: Path) -> None:
