@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import _run_hydra, create_automatic_config_search_path, get_args_parser
@@ -33,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from normbench.analysis.claims.registry import check_claim
 from normbench.analysis.report.probe import probe_task
 from normbench.errors import ConfigError, NormbenchError, WriteError
-from normbench.model.gpt import GPT
+from normbench.model.gpt import matrix_weights
 from normbench.run import dist
 from normbench.run.config.checks import validate_probe
 from normbench.run.config.resolve import as_dict, resolve
@@ -146,9 +145,7 @@ def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
     except OSError as e:
         raise ConfigError(f"{key}: {e.strerror}; choose another folder") from e
     check_names(key, target)
-    existing = target
-    while not _exists(existing):
-        existing = existing.parent
+    existing = _existing_parent(target)
     if not existing.is_dir():
         raise ConfigError(f"{key}={target}: {existing} is a file, not a folder; choose another")
     try:
@@ -164,22 +161,23 @@ def pin_output_dir(args: Any, base: DictConfig) -> tuple[str, Path]:
     return key, target
 
 
-def _exists(path: Path) -> bool:
-    """Path.exists, but a name the file system cannot hold (too long) does not exist."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
+def _existing_parent(path: Path) -> Path:
+    """`path`, or its nearest parent that exists (a name the file system cannot hold, too
+    long, does not exist)."""
+    while True:
+        try:
+            if path.exists():
+                return path
+        except OSError:
+            pass
+        path = path.parent
 
 
 def check_names(key: str, target: Path) -> None:
     """Every folder name of the output path within the file system's limit (255 bytes on
     most), so that the first mkdir never fails after the checks passed."""
-    existing = target
-    while not _exists(existing):
-        existing = existing.parent
     try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
+        limit = os.pathconf(_existing_parent(target), "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
         limit = 255
     for part in target.parts:
@@ -243,10 +241,9 @@ def _check_job(
     checked_data: dict[str, Any],
 ) -> dict[str, Any]:
     """One job's checks: its config, its claim, its data (tokenized once per distinct data
-    config), what it resumes, its device and batch, and that its model fits in the memory free
-    on the device (once per architecture); `checked_data` caches the data and the sizes.
-    Returns the job's resolved config as plain values, with its data's fingerprint
-    (`data.fingerprint`)."""
+    config, into `checked_data`), what it resumes, its device and batch, and that its model
+    fits in the memory free on the device. Returns the job's resolved config as plain values,
+    with its data's fingerprint (`data.fingerprint`)."""
     cfg = resolve(composed)
     config = as_dict(cfg)
     check_claim(cfg.claim, config_name)
@@ -265,18 +262,10 @@ def _check_job(
         check_same_config(load_checkpoint(path), config, path)
     device = resolve_device(str(cfg.device))
     check_global_batch(cfg.train.batch_size)
-    model_key = json.dumps([config["depth"], config["model"], config["norm"]], sort_keys=True)
-    if model_key not in checked_data:  # once per architecture of a sweep
-        checked_data[model_key] = parameters_of(cfg)
-        what = f"model.d_model={cfg.model.d_model}, depth={cfg.depth}"
-        check_memory(what, checked_data[model_key], device.type)
+    weights = matrix_weights(cfg.depth, cfg.model.d_model, cfg.model.vocab_size)
+    what = f"model.d_model={cfg.model.d_model}, depth={cfg.depth}"
+    check_memory(what, weights, device.type)
     return config
-
-
-def parameters_of(cfg: Any) -> int:
-    """The model's number of parameters, counted on torch's meta device (no memory)."""
-    with torch.device("meta"):
-        return GPT.from_config(cfg).num_params()
 
 
 def _lock(target: Path, check: Callable[[], None], then: Callable[[], None] | None = None) -> Any:
@@ -398,7 +387,12 @@ def train(argv: list[str]) -> None:
         e.resume_command = e.resume_command or hint
         raise
     if lock is not None and dist.is_main():
-        say(f"next: {PROG} compare {lock.dir}   (a report: tables, loss curves, figures)", "stderr")
+        say_next(lock.dir)
+
+
+def say_next(record: Path) -> None:
+    """The last line of a command that wrote a record: the command that reports on it."""
+    say(f"next: {PROG} compare {record}   (a report: tables, loss curves, figures)", "stderr")
 
 
 def prepare(argv: list[str]) -> None:
@@ -468,3 +462,5 @@ def probe(argv: list[str]) -> None:
         # a probe's folder holds that probe
         lock = _lock(target, lambda: check_run_dir(target, as_dict(base), key))
     run(args, parser, partial(probe_task, jobs=jobs), "probe", lock)
+    if lock is not None:
+        say_next(lock.dir)

@@ -56,7 +56,7 @@ from normbench.bench.baseline import (
 )
 from normbench.bench.diag import main as diag_main
 from normbench.bench.head import main as head_main
-from normbench.model.gpt import GPT
+from normbench.model.gpt import GPT, matrix_weights
 from normbench.run import hardware
 from normbench.run.config.resolve import resolve
 from normbench.run.config.schema import NormbenchConfig, config_dir, register_configs
@@ -118,9 +118,8 @@ def compose(overrides: list[str]) -> Any:
 
 def flops_per_token(cfg: NormbenchConfig) -> float:
     """6N + 12 L d T: N = the block matrices (12 d^2 per block) + the LM head (vocab x d)."""
-    d, L, T, vocab = cfg.model.d_model, cfg.depth, cfg.model.context, vocab_of(cfg)
-    n = 12 * d * d * L + vocab * d
-    return 6 * n + 12 * L * d * T
+    d, L, T = cfg.model.d_model, cfg.depth, cfg.model.context
+    return 6 * matrix_weights(L, d, vocab_of(cfg)) + 12 * L * d * T
 
 
 def matmul_peak(dtype_name: str, device: str = "cpu", reps: int = 6) -> float:

@@ -84,6 +84,13 @@ class QKLayerNorm(nn.Module):
 QK_NORMS = ("none", "l2", "layernorm", "rmsnorm")
 
 
+def matrix_weights(depth: int, d_model: int, vocab_size: int) -> int:
+    """The weights of the model's matrix products: 12 d^2 per block (W_q, W_k, W_v, W_o and
+    the MLP's two d x 4d matrices) and the tied LM head (vocab x d). Every placement has them;
+    norms, biases and position embeddings come on top (a few percent)."""
+    return 12 * d_model * d_model * depth + vocab_size * d_model
+
+
 class CausalSelfAttention(nn.Module):
     """A(x): multi-head causal self-attention with a fused qkv projection and W_o.
 

@@ -336,12 +336,12 @@ def free_memory(device: str) -> int | None:
 def check_memory(what: str, parameters: int, device: str) -> None:
     """Refuse a model whose weights, gradients and AdamW state alone exceed the memory free
     on `device` (one line naming `what`, the sizes that made it): it would fail after the
-    run started."""
+    run started. `parameters` may be a lower bound (model/gpt.py, `matrix_weights`)."""
     need = TRAINING_BYTES_PER_PARAMETER * parameters
     free = free_memory(device)
     if free is not None and need > free:
         raise ConfigError(
             f"{what} needs about {need / 2**30:,.1f} GiB for the weights, gradients and AdamW "
-            f"state of its {parameters:,} parameters, more than the {free / 2**30:,.1f} GiB "
-            f"free on {device}; make the model smaller"
+            f"state of its {parameters:,} matrix weights at the least, more than the "
+            f"{free / 2**30:,.1f} GiB free on {device}; make the model smaller"
         )

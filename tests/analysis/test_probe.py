@@ -163,6 +163,7 @@ def test_probe_command_writes_one_row_per_layer_and_placement(tmp_path, cli_env,
     done = run_cli(args, cwd=tmp_path, env=cli_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"run_dir: {run_dir}"
+    assert done.stderr.splitlines()[-1].startswith(f"next: normbench compare {run_dir}")
     table = json.loads((run_dir / "probe.json").read_text())
     assert table["settings"]["seeds"] == [0, 1] and table["settings"]["norms"] == ["pre", "post"]
     keys = [(r["norm"], r["depth"], r["layer"]) for r in table["layers"]]
