@@ -29,7 +29,7 @@ from normbench.run.logger import Logger, NullLogger, make_logger
 from normbench.run.monitor.divergence import objective
 from normbench.run.record import checkpoint
 from normbench.run.record.checkpoint import Checkpointer, RunLock
-from normbench.run.record.files import read_bounded
+from normbench.run.record.files import RECORD_BYTES, read_bounded
 from normbench.run.record.rundir import check_run_dir, differences, run_identity
 from normbench.run.record.summary import Status, Summary
 from normbench.run.record.writer import (
@@ -44,7 +44,6 @@ from normbench.run.runtime import StopRequest, configure_threads
 from normbench.run.trainer import Trainer
 
 log = logging.getLogger("normbench")
-SUMMARY_BYTES = 1 << 20  # a summary.json is a few KiB; a larger file is not one
 
 
 def plan_resume(
@@ -78,7 +77,7 @@ def plan_resume(
         summary_path = run_dir / "summary.json"
         if summary_path.is_file():
             try:
-                text = read_bounded(summary_path, SUMMARY_BYTES)
+                text = read_bounded(summary_path, RECORD_BYTES)
                 status = Status(json.loads(text).get("status"))
             except (OSError, json.JSONDecodeError, AttributeError, ValueError):
                 status = None
@@ -207,7 +206,7 @@ def _check_rows(record: RunRecord, covered: dict[str, int], step: int) -> None:
 def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
     """A run that already finished: say so, return its objective."""
 
-    text = read_bounded(run_dir / "summary.json", SUMMARY_BYTES)
+    text = read_bounded(run_dir / "summary.json", RECORD_BYTES)
     summary = Summary.from_dict(json.loads(text))
     if main:
         log.info("%s already %s; nothing to do", run_dir, summary.status)
