@@ -292,6 +292,27 @@ def pick(requested: str, device: str, cache_dir: str | Path | None) -> Precision
     return choose_precision(requested, hw, lambda: cached_measurement(hw, cache_dir))
 
 
+class Clock:
+    """Time marks of the work queued on a device: CUDA events (the GPU's own clock, read
+    when the work is done, no synchronization) or, elsewhere, the host's clock (the work is
+    done when it returns)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start: Any, end: Any) -> float:
+        """Seconds between two marks; on CUDA both must be done (read after the step's
+        values, which follow them on the stream)."""
+        return start.elapsed_time(end) / 1e3 if self.cuda else end - start
+
+
 def synchronize(device: str | torch.device) -> None:
     """Wait for the device's queued work (timings on a GPU); nothing on the CPU."""
     device = getattr(device, "type", device)

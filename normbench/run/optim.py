@@ -1,8 +1,11 @@
-"""Optimizer (`optim.*`): AdamW with linear warmup and a decay schedule."""
+"""Optimizer (`optim.*`): AdamW with linear warmup and a decay schedule, its learning rate a
+device tensor and its update gated on the device."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -69,17 +72,55 @@ def build_optimizer(
     )
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR whose factor follows `lr_at` (relative to optim.lr)."""
-    kwargs = dict(
+def schedule(optim: OptimConfig, max_steps: int) -> Callable[[int], float]:
+    """The learning rate of update number `step + 1` (`lr_at` with this config's values)."""
+    return functools.partial(
+        lr_at,
         lr=optim.lr,
         min_lr=optim.min_lr,
         warmup=optim.warmup_steps,
         max_steps=max_steps,
         schedule=str(optim.schedule),
     )
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, **kwargs) / kwargs["lr"]
-    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR whose factor follows `lr_at` (relative to optim.lr)."""
+    lr_of, peak = schedule(optim, max_steps), float(optim.lr)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_of(step) / peak)
+
+
+def fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer runs torch's fused kernels (which take a tensor lr and a gate)."""
+    return bool(optimizer.param_groups[0].get("fused"))
+
+
+def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Make each group's learning rate a float32 tensor on `device` (fused AdamW only): the
+    scheduler then fills it in place (no host value baked into a compiled optimizer step, no
+    recompilation when it changes). Called after building and after loading a state, whose
+    learning rates are plain numbers or tensors on another device."""
+    if not fused(optimizer):  # torch's unfused kernels take a tensor lr only when capturable
+        return
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        value = lr.detach().to("cpu").item() if isinstance(lr, torch.Tensor) else float(lr)
+        group["lr"] = torch.tensor(value, dtype=torch.float32, device=device)
+
+
+def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """`optimizer.step()`, skipped where `skip` (a 0-d float32 tensor on the device, 1 or 0)
+    is 1, decided on the device: fused AdamW's `found_inf`, the gate torch's GradScaler uses;
+    when it is 1 the weights, both moments and the step count stay bit-identical. torch's
+    unfused kernels have no such gate: there `skip` is read on the host (one host read more
+    per step, only with optim.fused=false or where no fused kernel exists)."""
+    if fused(optimizer):
+        optimizer.found_inf = skip  # type: ignore[attr-defined]
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf  # type: ignore[attr-defined]
+    elif not bool(skip):
+        optimizer.step()

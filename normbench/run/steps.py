@@ -1,14 +1,22 @@
-"""The computations the trainer repeats: one batch's loss and gradients, and the validation
-loss over a split, in the run's precision (bf16 autocast, or float32)."""
+"""The computations the trainer repeats, none of which waits for the device: one batch's loss
+and gradients, the gradients' norms and clipping, the finite check that gates the update;
+and the validation loss over a split. All in the run's precision (bf16 autocast, or float32).
+
+Nothing here reads a device value on the host (no `.item()`, no `bool(tensor)`): the
+training step's values stay on the device until the trainer reads them all at once
+(run/trainer.py). A non-finite loss still runs its backward pass (its gradients are then
+non-finite too); `finite` says so on the device, and the optimizer's update is skipped there
+(run/optim.py `step_unless`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 from normbench.model.gpt import GPT
 from normbench.run import dist
@@ -33,7 +41,7 @@ def evaluate(
 ) -> float | None:
     """Mean next-token cross-entropy over the whole split (every prediction once; under
     torchrun each rank takes every N-th batch and the sums are added up). None when `stop`
-    cut it short."""
+    cut it short. One host read, at the end."""
     was_training = model.training
     model.eval()
     rank, size = dist.world() if dist.active() else (0, 1)
@@ -55,29 +63,58 @@ def evaluate(
 
 
 def forward_backward(
-    model: GPT,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    precision: str,
-    clip: float,
-    on_grads: Callable[[], None] | None = None,
-    z_loss: float = 0.0,
-) -> tuple[float, float]:
-    """Loss of one batch and, when it is finite, the gradients (clipped to `clip`).
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, z_loss: float = 0.0
+) -> torch.Tensor:
+    """The loss of one batch, after its backward pass (the gradients replace the old ones).
 
-    Returns the loss and the global gradient norm before clipping (NaN when the loss was
-    not finite and no backward pass ran). `on_grads` runs between the backward pass and the
-    clipping (the diagnostics read the raw gradients there). The caller decides whether to
-    take the step. `z_loss`: the coefficient of log(Z)^2 added to the loss (optim.z_loss).
+    Returns the loss, detached, on the device (under torchrun the mean over ranks, so that
+    every rank gates alike). The backward pass runs whatever the loss: deciding on the host
+    would wait for the forward pass. `z_loss`: the coefficient of log(Z)^2 added to the loss
+    (optim.z_loss).
     """
     with autocast(x.device, precision):
         _, loss = model(x, y, z_loss=z_loss) if z_loss else model(x, y)
-    # Under torchrun the mean over ranks, so that every rank takes the same decision.
-    loss_value, grad_norm = dist.mean(loss.detach()).item(), math.nan
-    if math.isfinite(loss_value):
-        model.zero_grad(set_to_none=True)
-        loss.backward()
-        if on_grads is not None:
-            on_grads()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()
-    return loss_value, grad_norm
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return dist.mean(loss.detach())
+
+
+class Gradients:
+    """The gradients of `params`: each one's L2 norm in one fused (foreach) kernel, their
+    global norm from those, and clipping that reuses it (no second pass over the gradients,
+    as `clip_grad_norm_` would make after the diagnostics' own)."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.params = params
+        self._index: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def norms(self) -> torch.Tensor:
+        """The float32 vector of each parameter's gradient norm (0 for one without)."""
+        present = tuple(i for i, p in enumerate(self.params) if p.grad is not None)
+        if not present:
+            return torch.zeros(len(self.params))
+        grads = [self.params[i].grad for i in present]
+        norms = torch.stack(torch._foreach_norm(grads)).float()
+        if len(present) == len(self.params):
+            return norms
+        if present not in self._index:  # built once, not copied to the device every step
+            self._index[present] = torch.tensor(present, device=norms.device)
+        full = torch.zeros(len(self.params), device=norms.device)
+        return full.index_copy_(0, self._index[present], norms)
+
+    def clip_(self, total: torch.Tensor, max_norm: float) -> None:
+        """Scale the gradients by min(1, max_norm / total) (torch's clip_grad_norm_ rule);
+        nothing when max_norm is infinite."""
+        if max_norm != float("inf"):
+            grads = [p for p in self.params if p.grad is not None]
+            torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total, foreach=True)
+
+
+def total_norm(norms: torch.Tensor) -> torch.Tensor:
+    """The global L2 norm of the gradients from their per-tensor norms."""
+    return torch.linalg.vector_norm(norms)
+
+
+def finite(loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+    """True (a 0-d bool on the device) when the loss and the global gradient norm are finite."""
+    return torch.isfinite(loss) & torch.isfinite(grad_norm)

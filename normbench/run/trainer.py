@@ -1,9 +1,21 @@
 """The training loop (`train.*`): AdamW on random windows, full validation, the run record.
 
 `Trainer` knows nothing of placements: it builds `GPT.from_config(cfg)` and trains it.
-`step()` is one training step (a batch, forward and backward, the divergence detectors, the
-update); `evaluate()` the validation loss; `fit()` the loop around them (logging, evaluation,
+`step()` is one training step (a batch, forward and backward, the statistics, the update);
+`evaluate()` the validation loss; `fit()` the loop around them (logging, evaluation,
 checkpoints, a graceful stop). `make bench` times the same `step()`.
+
+The step never waits for the device. Its values (the loss, the gradient norm, every
+per-layer statistic) stay there in one vector, copied to host memory without blocking, and
+are read once, one step late: step s is queued (batch, forward, backward, statistics), then
+the values of step s - 1 are read and its detectors decide, then the update of step s is
+queued unless they stop the run. So the device always has a step's forward and backward
+pass to run while the host reads the one before. At evaluations, checkpoints, a stop request
+and the last step the step's own values are read before going on. The guarantee
+(docs/divergence.md): a non-finite loss or gradient skips its update on the device (the
+weights after it are bit-identical to those before); any other detector with
+`divergence.action=stop` decides one step late, so the run ends after the update of the
+step it fired at, and no later update is taken.
 
 Divergence is a result, not a crash: the detectors of `divergence.*` (run/monitor/divergence.py)
 turn it into events, and with `divergence.action=stop` the run ends with status `diverged`,
@@ -24,22 +36,28 @@ import torch
 
 from normbench.model.gpt import GPT
 from normbench.run import dist, hardware
-from normbench.run.config.schema import NormbenchConfig
+from normbench.run.config.schema import NormbenchConfig, compile_mode
 from normbench.run.data.batches import RandomWindows
 from normbench.run.data.tokens import TokenSplits
 from normbench.run.data.vocab import record_vocab
 from normbench.run.logger import Logger, NullLogger
 from normbench.run.monitor.collapse import record_unigram, unigram_of
-from normbench.run.monitor.diag import Diagnostics
+from normbench.run.monitor.diag import FULL_ONLY, Diagnostics, Values
 from normbench.run.monitor.divergence import DivergenceMonitor, Event, describe
-from normbench.run.optim import build_optimizer, build_scheduler
+from normbench.run.optim import (
+    build_optimizer,
+    build_scheduler,
+    lr_on_device,
+    schedule,
+    step_unless,
+)
 from normbench.run.progress import Progress
 from normbench.run.record import checkpoint
 from normbench.run.record.checkpoint import Checkpointer
 from normbench.run.record.summary import FIELDS, Status, Summary
 from normbench.run.record.writer import NullRecord, Record
 from normbench.run.runtime import StopRequest, process_age, resolve_device, tune_cpu_allocator
-from normbench.run.steps import evaluate, forward_backward
+from normbench.run.steps import Gradients, evaluate, finite, forward_backward, total_norm
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +112,9 @@ class LoopState:
 
 @dataclass
 class StepResult:
-    """What one training step measured; `stopped`: a detector ended the run before the
-    update (the weights are those before the step), and `lr` is None then."""
+    """What one training step measured; `stopped`: a detector ended the run at this step
+    (no later update is taken); `lr`: the learning rate of its update, None when the update
+    was skipped (a non-finite loss or gradient norm)."""
 
     step: int
     loss: float
@@ -106,6 +125,40 @@ class StepResult:
     stopped: bool = False
     diag_row: dict[str, Any] | None = None  # the full diagnostics, on diag.every steps
     seconds: float = 0.0
+
+
+@dataclass
+class Pending:
+    """A training step queued on the device whose values the host has not read yet."""
+
+    step: int
+    lr: float
+    diag: Diagnostics  # the instrumentation it was measured with
+    full: bool  # a diag.every step
+    finite: torch.Tensor  # 0-d bool on the device: the update may be taken
+    values: Values  # the loss, the gradient norm and the statistics, one device vector
+    start: Any  # Clock marks
+    end: Any = None
+    host: torch.Tensor | None = None  # the values in host memory (pinned on CUDA)
+    ready: Any = None  # the CUDA event after their copy
+
+    def send(self) -> None:
+        """Queue the copy of the values to host memory (no waiting)."""
+        vector = self.values.values
+        if vector.device.type != "cuda":
+            self.host = vector
+            return
+        self.host = torch.empty(vector.shape, dtype=vector.dtype, pin_memory=True)
+        self.host.copy_(vector, non_blocking=True)
+        self.ready = torch.cuda.Event()
+        self.ready.record()
+
+    def read(self) -> dict[str, float]:
+        """The step's values by name: the one host read of the step."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        assert self.host is not None, "read before send"
+        return dict(zip(self.values.keys, self.host.tolist(), strict=True))
 
 
 class Trainer:
@@ -157,9 +210,19 @@ class Trainer:
         # The module that runs the steps: DDP under torchrun, compiled with train.compile;
         # the diagnostics' hooks and the optimizer see `model` itself.
         run = dist.wrap(self.model)
-        self.run = torch.compile(run) if t.compile else run
+        self.run, self.measure, self.apply = run, self._measure, self._apply
+        if (mode := compile_mode(t.compile)) is not None:  # the same functions, compiled
+            self.run = torch.compile(run, mode=mode)
+            self.measure = torch.compile(self._measure, mode=mode, fullgraph=True)
+            self.apply = torch.compile(self._apply, mode=mode)  # torch's optimizer breaks once
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.max_steps)
+        lr_on_device(self.optimizer, self.device)  # after the scheduler: its base lrs numbers
+        self.lr_of = schedule(cfg.optim, t.max_steps)
+        self.gradients = Gradients(list(self.model.parameters()))
+        self.clock = hardware.Clock(self.device)
+        self.pending: Pending | None = None
+        self.halted = torch.zeros((), device=self.device)  # 1 after a non-finite step
         self.batches = RandomWindows(self.tokens.train, cfg.model.context, t.batch_size, cfg.seed)
         self.tokens_per_step = t.batch_size * cfg.model.context
         self.clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
@@ -213,35 +276,91 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------
 
-    def step(self, step: int) -> StepResult:
-        """Training step `step`: a batch, forward and backward, the detectors, and the update
-        unless a detector stops the run. Nothing is logged here (see `fit`)."""
-        tic = time.perf_counter()
+    def step(self, step: int) -> StepResult | None:
+        """Training step `step`: queue its batch, forward and backward pass and statistics;
+        finish the step before it (its one host read, its detectors); queue this step's
+        update unless that step stopped the run. Returns the earlier step's result (None
+        when there was none pending); `flush()` finishes this one. Nothing is logged here."""
+        launched = self._launch(step)
+        result = self.flush()
+        if result is not None and result.stopped:  # this step's update is never queued
+            return result
+        self._update(launched)
+        self.pending = launched
+        return result
+
+    def flush(self) -> StepResult | None:
+        """Finish the pending step, if any: read its values and run its detectors."""
+        if self.pending is None:
+            return None
+        pending, self.pending = self.pending, None
+        return self._finish(pending)
+
+    def _launch(self, step: int) -> Pending:
+        """Queue a batch, the forward and backward pass, the gradients' norms and clipping,
+        and the statistics: no host read."""
+        chained = self.clock.cuda and self.pending is not None
+        start = self.pending.end if chained else self.clock.mark()  # GPU idle counts too
         x, y = self.batches.next(self.device)
         x, y = x[dist.rows()], y[dist.rows()]  # this rank's share of the global batch
-        with self.diag.watch(step):
-            loss, grad_norm = forward_backward(
-                self.run,
-                x,
-                y,
-                self.precision,
-                self.clip,
-                on_grads=self.diag.on_grads,
-                z_loss=self.cfg.optim.z_loss,
-            )
-        stats = self.diag.step_stats(loss, grad_norm)
-        events = self.monitor.check(step, loss, grad_norm, stats)
-        if self.monitor.stops(events):  # before the update: the weights stay as they were
-            return StepResult(step, loss, grad_norm, None, stats, events, stopped=True)
-        lr = self.scheduler.get_last_lr()[0]
-        self.diag.before_update()
-        self.optimizer.step()
+        diag = self.diag
+        with diag.watch(step):
+            loss = forward_backward(self.run, x, y, self.precision, self.cfg.optim.z_loss)
+        values, ok = self.measure(loss, diag)
+        return Pending(step, self.lr_of(step - 1), diag, diag.full, ok, values, start)
+
+    def _measure(self, loss: torch.Tensor, diag: Diagnostics) -> tuple[Values, torch.Tensor]:
+        """After the backward pass: the gradients' norms (before clipping), the clipping,
+        the step's statistics in one vector, and whether the update may be taken."""
+        norms = self.gradients.norms()
+        grad_norm = total_norm(norms)
+        diag.on_grads(norms)
+        self.gradients.clip_(grad_norm, self.clip)
+        values = Values()
+        values.add(["loss", "grad_norm"], torch.stack([loss.float(), grad_norm]))
+        light = diag.light()
+        values.add(light.keys, light.values)
+        return values, finite(loss, grad_norm)
+
+    def _update(self, pending: Pending) -> None:
+        """Queue the update, skipped on the device after a non-finite step (and after any
+        later one: `halted` stays set), the rest of the full diagnostics, and the copy of
+        the step's values to the host."""
+        extra = self.apply(pending.finite, pending.diag)
         self.scheduler.step()
-        diag_row = self.diag.after_update(stats)
-        hardware.synchronize(self.device.type)
-        seconds = time.perf_counter() - tic
+        pending.values.add(extra.keys, extra.values)
+        pending.end = self.clock.mark()
+        pending.send()
+
+    def _apply(self, ok: torch.Tensor, diag: Diagnostics) -> Values:
+        """The gated update and the rest of the full diagnostics around it."""
+        self.halted.copy_(torch.maximum(self.halted, (~ok).float()))  # in place: an input
+        diag.before_update()
+        step_unless(self.optimizer, self.halted)
+        return diag.after_update()
+
+    def _finish(self, pending: Pending) -> StepResult:
+        """Read a step's values and run the detectors on them."""
+        row = pending.read()
+        loss, grad_norm = row.pop("loss"), row.pop("grad_norm")
+        stats: dict[str, Any] = {}
+        if row:  # a step that measured the per-layer statistics
+            stats = {"step": pending.step, "loss": loss, "grad_norm": grad_norm}
+            stats |= {k: v for k, v in row.items() if not k.startswith(FULL_ONLY)}
+            pending.diag.push(stats)
+        events = self.monitor.check(pending.step, loss, grad_norm, stats)
+        updated = math.isfinite(loss) and math.isfinite(grad_norm)
+        full = {"step": pending.step, **row} if pending.full else None
         return StepResult(
-            step, loss, grad_norm, lr, stats, events, diag_row=diag_row, seconds=seconds
+            pending.step,
+            loss,
+            grad_norm,
+            pending.lr if updated else None,
+            stats,
+            events,
+            stopped=self.monitor.stops(events),
+            diag_row=full,
+            seconds=self.clock.seconds(pending.start, pending.end),
         )
 
     def evaluate(self) -> float | None:
@@ -298,24 +417,21 @@ class Trainer:
     def _train_one(
         self, step: int, start: int, progress: Progress, checkpointer: Checkpointer | None
     ) -> Status | None:
-        """Step, log, evaluate and checkpoint; the run's final status if it ends here."""
-        result = self.step(step)
-        for event in result.events:
-            self._report(event, result.stats)
-        if result.stopped:
-            self._log({"step": step, "tokens": self._tokens(step), "train/loss": result.loss})
-            self.summary.diag = {
-                k: v for k, v in result.stats.items() if k not in ("loss", "grad_norm")
-            }
-            log.info("step %d: stopped (divergence.action=%s)", step, self.cfg.divergence.action)
-            return Status.DIVERGED
-        self._log_step(result, start, progress)
+        """Step; log the step it finished; at an evaluation, a checkpoint, a stop request or
+        the last step, finish this one too, then evaluate and checkpoint. The run's final
+        status if it ends here."""
+        if (status := self._take(self.step(step), start, progress)) is not None:
+            return status
+        t = self.cfg.train
         stopping = dist.any_rank(self.stop.requested)
+        saving = checkpointer is not None and checkpointer.due(step, t.max_steps)
+        if not (stopping or saving or self._eval_due(step)):
+            return None  # its values are read during the next step
+        if (status := self._take(self.flush(), start, progress)) is not None:
+            return status
         evaluated = self._eval_due(step) and not stopping and self._evaluate_and_log(step)
         stopping = dist.any_rank(self.stop.requested)
-        if checkpointer is not None and (
-            checkpointer.due(step, self.cfg.train.max_steps) or stopping
-        ):
+        if checkpointer is not None and (saving or stopping):
             self.summary.tokens = self._tokens(step)
             try:
                 checkpointer.save(step, self.state_dict(step, evaluated))
@@ -327,6 +443,24 @@ class Trainer:
             log.info("step %d: stopped (%s); checkpoint written", step, self.stop.signal)
             return Status.INTERRUPTED
         return None
+
+    def _take(self, result: StepResult | None, start: int, progress: Progress) -> Status | None:
+        """A finished step: its events, its row; `diverged` when a detector stopped the run."""
+        if result is None:
+            return None
+        step = result.step
+        for event in result.events:
+            self._report(event, result.stats)
+        if not result.stopped:
+            self._log_step(result, start, progress)
+            return None
+        self.summary.steps = step if result.lr is not None else step - 1  # updates taken
+        self._log({"step": step, "tokens": self._tokens(step), "train/loss": result.loss})
+        self.summary.diag = {
+            k: v for k, v in result.stats.items() if k not in ("loss", "grad_norm")
+        }
+        log.info("step %d: stopped (divergence.action=%s)", step, self.cfg.divergence.action)
+        return Status.DIVERGED
 
     def _log_step(self, result: StepResult, start: int, progress: Progress) -> None:
         """The interval's row at log points, the progress bar, the full diagnostics."""
@@ -419,7 +553,9 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     def state_dict(self, step: int, evaluated: bool) -> dict[str, Any]:
-        """Everything the loop needs to continue after `step` (see run/record/checkpoint.py)."""
+        """Everything the loop needs to continue after `step` (see run/record/checkpoint.py);
+        taken with no step pending (its values read)."""
+        assert self.pending is None, "a checkpoint with a step still pending"
         return {
             "step": step,
             "evaluated": evaluated,
@@ -448,6 +584,7 @@ class Trainer:
         those chosen for this process."""
         checkpoint.load_model(self.model, saved["model"], str(self.cfg.norm.name))
         self.optimizer.load_state_dict(saved["optimizer"])
+        lr_on_device(self.optimizer, self.device)
         self.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"]["torch"])
         if self.device.type == "cuda" and saved["rng"]["cuda"]:

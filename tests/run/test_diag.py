@@ -7,24 +7,46 @@ import math
 import pytest
 import torch
 
-from normbench.run.monitor.diag import Diagnostics, attention_logits, blame, block_names
+from normbench.run.monitor.diag import (
+    FULL_ONLY,
+    Diagnostics,
+    attention_logits,
+    blame,
+    block_names,
+)
 from normbench.run.optim import build_optimizer
-from normbench.run.steps import forward_backward
+from normbench.run.steps import Gradients, forward_backward, total_norm
 
 from support.models import gpt, optim_config, randomize
 
 Optim = optim_config(lr=1e-2)
 
 
-def one_step(model, diag, x, y, clip=math.inf):
-    """The training loop's order of calls for one step; returns (stats, full row)."""
-    optimizer = build_optimizer(model, Optim, torch.device("cpu"))
-    with diag.watch(1):
-        loss, grad_norm = forward_backward(model, x, y, "fp32", clip, on_grads=diag.on_grads)
-    stats = diag.step_stats(loss, grad_norm)
+def one_step(model, diag, x, y, clip=math.inf, *, step=1, optimizer=None):
+    """The training loop's order of calls for one step (run/trainer.py), its values read at
+    once; returns (the ring buffer's row, the full row or None)."""
+    optimizer = optimizer or build_optimizer(model, Optim, torch.device("cpu"))
+    gradients = Gradients(list(model.parameters()))
+    with diag.watch(step):
+        loss = forward_backward(model, x, y, "fp32")
+    norms = gradients.norms()
+    grad_norm = total_norm(norms)
+    diag.on_grads(norms)
+    gradients.clip_(grad_norm, clip)
+    light = diag.light()
     diag.before_update()
     optimizer.step()
-    return stats, diag.after_update(stats)
+    extra = diag.after_update()
+    vector = torch.cat([light.values, extra.values]).tolist()
+    values = dict(zip(light.keys + extra.keys, vector, strict=True))
+    stats = {}
+    if light.keys:
+        stats = {"step": step, "loss": loss.item(), "grad_norm": grad_norm.item()}
+        stats |= {
+            k: v for k, v in values.items() if k in light.keys and not k.startswith(FULL_ONLY)
+        }
+        diag.push(stats)
+    return stats, ({"step": step, **values} if diag.full else None)
 
 
 def batch(vocab=128, B=3, T=16, seed=0):
@@ -174,20 +196,14 @@ def test_light_steps_only_fill_the_ring_buffer():
     optimizer = build_optimizer(model, Optim, torch.device("cpu"))
     full_rows = []
     for step in range(1, 7):
-        x, y = batch(seed=step)
-        with diag.watch(step):
-            loss, gn = forward_backward(model, x, y, "fp32", math.inf, on_grads=diag.on_grads)
-        stats = diag.step_stats(loss, gn)
-        diag.before_update()
-        optimizer.step()
-        full_rows.append(diag.after_update(stats))
+        stats, full = one_step(model, diag, *batch(seed=step), step=step, optimizer=optimizer)
+        full_rows.append(full)
         assert "grad_norm/block_01/attn" in stats and "resid_rms/out" in stats
     assert [r is not None for r in full_rows] == [False, False, True, False, False, True]
     assert [r["step"] for r in diag.recent()] == [5, 6]  # the last `history` steps
     off = Diagnostics(model, every=0, per_param=False, history=0)
-    with off.watch(1):
-        forward_backward(model, x, y, "fp32", math.inf, on_grads=off.on_grads)
-    assert off.step_stats(1.0, 1.0) == {} and off.current == {}
+    stats, full = one_step(model, off, *batch(), optimizer=optimizer)
+    assert stats == {} and full is None and off.recent() == [] and off.scalars == {}
 
 
 def test_blame_names_the_first_layer_to_blow_up():
@@ -329,14 +345,7 @@ def test_accumulated_update_is_measured_from_the_initial_weights_across_a_resume
             diag.close()
             diag = Diagnostics(model, every=1, per_param=False, history=0, from_init=True)
             diag.load_state_dict(saved)
-        with diag.watch(step):
-            loss, gn = forward_backward(
-                model, *batch(seed=step), "fp32", math.inf, on_grads=diag.on_grads
-            )
-        stats = diag.step_stats(loss, gn)
-        diag.before_update()
-        optimizer.step()
-        rows.append(diag.after_update(stats))
+        rows.append(one_step(model, diag, *batch(seed=step), step=step, optimizer=optimizer)[1])
     now = list(model.blocks[0].parameters())
     pairs = zip(now, theta_0, strict=True)
     delta = math.sqrt(sum((a.detach() - b).double().square().sum() for a, b in pairs))

@@ -16,7 +16,7 @@ from typing import Any
 from normbench.errors import ConfigError
 from normbench.model.kinds import KIND_OPTIONS, KINDS, kind_options
 from normbench.model.placements import PLACEMENTS
-from normbench.run.config.schema import CollapseConfig, NormbenchConfig
+from normbench.run.config.schema import COMPILE_MODES, CollapseConfig, NormbenchConfig
 from normbench.run.data import vocab
 
 
@@ -89,6 +89,11 @@ def validate_optim(cfg: NormbenchConfig) -> None:
 
 def validate_loop(cfg: NormbenchConfig) -> None:
     t = cfg.train
+    modes = ", ".join(str(m).lower() for m in COMPILE_MODES)
+    need(
+        isinstance(t.compile, (bool, str)) and t.compile in COMPILE_MODES,
+        f"train.compile must be one of {modes} (got {t.compile})",
+    )
     need(t.batch_size >= 1, f"train.batch_size must be >= 1 (got {t.batch_size})")
     need(t.eval_every >= 1, f"train.eval_every must be >= 1 (got {t.eval_every})")
     need(t.log_every >= 1, f"train.log_every must be >= 1 (got {t.log_every})")

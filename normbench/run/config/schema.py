@@ -37,6 +37,22 @@ def config_dir() -> Path:
     raise RuntimeError(f"normbench's configs/ folder was not found next to {package}")
 
 
+# train.compile: each value and torch.compile's mode for it (None: not compiled).
+COMPILE_MODES: dict[Any, str | None] = {
+    False: None,
+    True: "default",
+    "default": "default",
+    "reduce-overhead": "reduce-overhead",
+    "max-autotune": "max-autotune",
+    "max-autotune-no-cudagraphs": "max-autotune-no-cudagraphs",
+}
+
+
+def compile_mode(value: Any) -> str | None:
+    """torch.compile's mode for a `train.compile` value (validated: run/config/checks.py)."""
+    return COMPILE_MODES[value]
+
+
 class Choice(str, Enum):
     """An enum whose members print as their value (in interpolations, names and logs):
     `str(member)` is the one way the code reads a choice."""
@@ -152,7 +168,9 @@ class TrainLoopConfig:
     eval_every: int = MISSING
     log_every: int = MISSING
     eval_batch_size: Optional[int] = MISSING  # null: train.batch_size
-    compile: bool = MISSING  # torch.compile the model (compiled once per process, cached)
+    # torch.compile the step (model, statistics, update): false, true (torch's default
+    # mode), reduce-overhead (CUDA graphs, for small launch-bound models), max-autotune
+    compile: Any = MISSING
     ckpt_every: int = MISSING  # checkpoint every N steps (0: only at the end)
     ckpt_every_min: Optional[float] = MISSING  # and N minutes after the last one (0, null: off)
     ckpt_keep: int = MISSING  # the newest N checkpoints are kept

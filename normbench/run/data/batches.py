@@ -22,6 +22,8 @@ class RandomWindows:
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         starts = self.rng.integers(0, len(self.tokens) - self.context, size=self.batch_size)
         window = torch.from_numpy(self.tokens[starts[:, None] + self._arange].astype(np.int64))
+        if device.type == "cuda":  # from pinned memory the copy is truly asynchronous
+            window = window.pin_memory()
         window = window.to(device, non_blocking=True)
         return window[:, :-1], window[:, 1:]
 

@@ -35,6 +35,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import lru_cache
 from statistics import median
 from typing import Any
@@ -91,7 +92,7 @@ def hook_streams(model: GPT, record: Callable[[int, str, torch.Tensor], None]) -
 @lru_cache(maxsize=8)
 def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
     """(T x T) additive mask: 0 where j <= i, -inf where key j follows query i (built once per
-    length and device, not per layer and step)."""
+    length and device, not per layer and step; in a compiled graph, a constant of it)."""
     return torch.full((T, T), -math.inf, device=device).triu_(diagonal=1)
 
 
@@ -104,7 +105,9 @@ def attention_logits(
     B, H, T, D = q.shape
     q = q.detach().float().reshape(B * H, T, D)
     k = k.detach().float().reshape(B * H, T, D)
-    mask = _causal_mask(T, q.device)
+    mask = (_causal_mask.__wrapped__ if torch.compiler.is_compiling() else _causal_mask)(
+        T, q.device
+    )
     rows = max(1, chunk // (T * T))
     peak = torch.full((), -math.inf, device=q.device)
     for start in range(0, B * H, rows):
@@ -142,16 +145,35 @@ def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The L2 norm of each tensor, in float32, as one vector (one fused kernel where possible)."""
     if not tensors:
         return torch.zeros(0)
-    return torch.stack([n.float() for n in torch._foreach_norm(tensors)])
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+
+
+@dataclass
+class Values:
+    """Named statistics that stay on the device until read: `keys` name the entries of
+    `values` (one float32 vector); `add` appends, `read` is the one host read."""
+
+    keys: list[str] = field(default_factory=list)
+    parts: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, keys: list[str], vector: torch.Tensor) -> None:
+        self.keys += keys
+        self.parts.append(vector.detach().float().reshape(-1))
+
+    @property
+    def values(self) -> torch.Tensor:
+        return torch.cat(self.parts) if self.parts else torch.zeros(0)
 
 
 class Diagnostics:
     """Hooks and statistics for one model; the training loop calls, per step:
 
-    `with diag.watch(step): forward_backward(..., on_grads=diag.on_grads)`, then
-    `diag.step_stats(...)` (per-layer statistics, also pushed to the ring buffer), then around
-    the optimizer step `diag.before_update()` and `diag.after_update()` (the full row on
-    `diag.every` steps, else None).
+    `with diag.watch(step): forward_backward(...)`, then `diag.on_grads(norms)` with the
+    gradients' norms (run/steps.py `Gradients`), then `diag.light()`: the per-layer
+    statistics as one vector on the device; around the optimizer step `diag.before_update()`
+    and `diag.after_update()` (the rest of the full row on `diag.every` steps, else empty).
+    Nothing here reads a device value: the trainer reads the step's vectors at once and
+    gives the row back to `push` (the ring buffer).
     """
 
     def __init__(
@@ -170,31 +192,47 @@ class Diagnostics:
         self.initial: dict[str, list[torch.Tensor]] | None = None  # theta_0, per block
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.names = block_names(len(model.blocks))
-        # Parameter groups, by the modules' roles (a block's `attn` and `mlp` are its
-        # sublayers; anything else in a block is a norm or a placement parameter).
-        self.groups: dict[str, list[nn.Parameter]] = {}
-        for name, block in zip(self.names, model.blocks, strict=True):
-            sub = {id(p) for m in (block.attn, block.mlp) for p in m.parameters()}
-            self.groups[f"{name}/attn"] = list(block.attn.parameters())
-            self.groups[f"{name}/mlp"] = list(block.mlp.parameters())
-            rest = [p for p in block.parameters() if id(p) not in sub]
-            if rest:
-                self.groups[f"{name}/norm"] = rest
-        self.groups["embed"] = [model.wte.weight, model.wpe.weight]  # wte is also the LM head
-        embed_norm = list(model.norm_e.parameters())  # Peri-LN's norm of the embedding output
-        if embed_norm:
-            self.groups["embed_norm"] = embed_norm
-        final = list(model.norm_f.parameters())
-        if final:
-            self.groups["final_norm"] = final
+        self.params = list(model.parameters())  # the order of the gradients' norms
         self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self._group(model)
         self.norms = norm_modules(model, self.names)
-        self.step, self.light, self.full, self.recording = 0, False, False, False
-        self.current: dict[str, torch.Tensor] = {}
+        self.step, self.light_on, self.full, self.recording = 0, False, False, False
+        self.scalars: dict[str, torch.Tensor] = {}  # 0-d statistics the hooks measured
+        self.streams: list[tuple[str, torch.Tensor]] = []  # tensors whose norms are due
+        self.inputs: list[tuple[str, torch.Tensor]] = []
+        self.vectors = Values()
         self.before: dict[str, list[torch.Tensor]] = {}
         self.handles: list[Any] = []
         if every > 0 or history > 0:
             self.attach()
+
+    def _group(self, model: GPT) -> None:
+        """Parameter groups, by the modules' roles (a block's `attn` and `mlp` are its
+        sublayers; anything else in a block is a norm or a placement parameter), as index
+        vectors: parameter -> group, group -> block."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, block in zip(self.names, model.blocks, strict=True):
+            sub = {id(p) for m in (block.attn, block.mlp) for p in m.parameters()}
+            groups[f"{name}/attn"] = list(block.attn.parameters())
+            groups[f"{name}/mlp"] = list(block.mlp.parameters())
+            rest = [p for p in block.parameters() if id(p) not in sub]
+            if rest:
+                groups[f"{name}/norm"] = rest
+        groups["embed"] = [model.wte.weight, model.wpe.weight]  # wte is also the LM head
+        for key, module in (("embed_norm", model.norm_e), ("final_norm", model.norm_f)):
+            if found := list(module.parameters()):  # Peri-LN's norm of the embedding output
+                groups[key] = found
+        self.groups = groups
+        where = {id(p): i for i, ps in enumerate(groups.values()) for p in ps}
+        # a parameter in no group (none today) counts in no group norm
+        self._param_group = [where.get(id(p), len(groups)) for p in self.params]
+        keys = list(groups)
+        self._group_block = [self.names.index(k.split("/")[0]) if "/" in k else -1 for k in keys]
+        in_blocks = [i for i, b in enumerate(self._group_block) if b >= 0]
+        device = self.params[0].device  # built once, before any step (not in a compiled one)
+        self._by_param = torch.tensor(self._param_group, device=device)
+        self._in_blocks = torch.tensor(in_blocks, device=device)
+        self._block_of = torch.tensor([self._group_block[i] for i in in_blocks], device=device)
 
     def is_full(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -205,8 +243,8 @@ class Diagnostics:
     def watch(self, step: int) -> Iterator[None]:
         """Turn the hooks on for this step's forward pass (and attention's, on full steps)."""
         self.step, self.full = step, self.is_full(step)
-        self.light = self.full or self.history.maxlen > 0
-        self.current = {}
+        self.light_on = self.full or self.history.maxlen > 0
+        self.scalars, self.streams, self.inputs, self.vectors = {}, [], [], Values()
         if self.from_init and self.initial is None:  # theta_0: the weights before step 1
             self.initial = {k: [p.detach().clone() for p in v] for k, v in self.blocks().items()}
         self.recording, self.model.extremes = True, self.full
@@ -235,44 +273,37 @@ class Diagnostics:
         self.handles = []
 
     def _record_stream(self, layer: int, suffix: str, x: torch.Tensor) -> None:
-        """The RMS and max |value| of the stream entering block `layer` (`out`: leaving the
-        last block), on the steps that record."""
-        if not (self.recording and self.light):
+        """Keep the stream entering block `layer` (`out`: leaving the last block) for its
+        RMS and max |value|, measured for every layer at once after the forward pass."""
+        if not (self.recording and self.light_on):
             return
         where = self.names[layer - 1] if layer <= len(self.names) else "out"
-        key = f"{where}/{suffix}" if suffix else where
-        x = x.detach().float()
-        self.current[f"resid_rms/{key}"] = x.square().mean().sqrt()
-        self.current[f"resid_max/{key}"] = x.abs().max()
+        self.streams.append((f"{where}/{suffix}" if suffix else where, x.detach()))
 
     def _logit_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            if self.recording and self.light:
+            if self.recording and self.light_on:
                 q, k, scale = args
                 peak, mean = attention_logits(q[: self.attn_rows], k[: self.attn_rows], scale)
-                self.current[f"attn_logit_max/{name}"] = peak
-                self.current[f"attn_logit_mean/{name}"] = mean
+                self.scalars[f"attn_logit_max/{name}"] = peak
+                self.scalars[f"attn_logit_mean/{name}"] = mean
 
         return hook
 
     def _norm_hook(self, key: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if self.recording and self.light:
-                x = args[0].detach()
-                rms = torch.linalg.vector_norm(x, dtype=torch.float32) / math.sqrt(x.numel())
-                self.current[f"norm_in_rms/{key}"] = rms
+            if self.recording and self.light_on:
+                self.inputs.append((key, args[0].detach()))
 
         return hook
 
     def _head_hook(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-        """The output logits' statistics (model/loss.py HEAD_STATS) of the training forward."""
-        if not (self.recording and self.light):
-            return
-        for name, value in zip(HEAD_STATS, args[0], strict=True):
-            if name != "logit_max_abs":
-                self.current[f"logits/{name}"] = value
-            elif self.full:  # measured when the model's `extremes` is set: on full steps
-                self.current["logits/max_abs"] = value
+        """The output logits' statistics (model/loss.py HEAD_STATS) of the training forward;
+        the largest |logit| only on full steps (measured when the model's `extremes` is set)."""
+        if self.recording and self.light_on:
+            measured = len(HEAD_STATS) if self.full else len(HEAD_STATS) - 1
+            keys = ["logits/max_abs" if n == "logit_max_abs" else f"logits/{n}" for n in HEAD_STATS]
+            self.vectors.add(keys[:measured], args[0][:measured])
 
     def _entropy_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -280,47 +311,55 @@ class Diagnostics:
                 return
             p = module.attention_probs(args[0].detach())
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # 0 log 0 = 0
-            self.current[f"attn_entropy/{name}"] = entropy.mean()
+            self.scalars[f"attn_entropy/{name}"] = entropy.mean()
 
         return hook
 
-    def on_grads(self) -> None:
-        """After the backward pass, before clipping: gradient norms per block and sublayer."""
-        if not self.light:
+    def on_grads(self, norms: torch.Tensor) -> None:
+        """After the backward pass, before clipping: the gradient norms per block and
+        sublayer from each parameter's (`norms`, in `model.parameters()` order): two
+        index-adds, whatever the depth."""
+        if not self.light_on:
             return
-        keys, grads, index = list(self.groups), [], []
-        for i, key in enumerate(keys):
-            for p in self.groups[key]:
-                if p.grad is not None:
-                    grads.append(p.grad.detach())
-                    index.append(i)
-        norms = _norms(grads)
-        squares = torch.zeros(len(keys), device=norms.device).index_add_(
-            0, torch.tensor(index, device=norms.device), norms.square()
-        )
-        for i, key in enumerate(keys):
-            self.current[f"grad_norm/{key}"] = squares[i].sqrt()
-        for name in self.names:
-            parts = [squares[keys.index(k)] for k in keys if k.startswith(f"{name}/")]
-            self.current[f"grad_norm/{name}"] = torch.stack(parts).sum().sqrt()
+        by_param, in_blocks, block_of = self._by_param, self._in_blocks, self._block_of
+        groups = torch.zeros(len(self.groups) + 1, device=norms.device)
+        groups.index_add_(0, by_param, norms.square())
+        blocks = torch.zeros(len(self.names), device=norms.device)
+        blocks.index_add_(0, block_of, groups[in_blocks])
+        self.vectors.add([f"grad_norm/{k}" for k in self.groups], groups[:-1].sqrt())
+        self.vectors.add([f"grad_norm/{n}" for n in self.names], blocks.sqrt())
         if self.full and self.per_param:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            for p, n in zip(params, _norms([p.grad.detach() for p in params]), strict=True):
-                self.current[f"grad_norm/param/{self.param_names[id(p)]}"] = n
+            names = [f"grad_norm/param/{self.param_names[id(p)]}" for p in self.params]
+            self.vectors.add(names, norms)
+
+    def light(self) -> Values:
+        """This step's statistics measured in the forward and backward passes, as one vector
+        on the device (the stream's and the norm inputs' norms in two fused kernels each)."""
+        out = Values()
+        if not self.light_on:
+            return out
+        if self.scalars:
+            out.add(list(self.scalars), torch.stack(list(self.scalars.values())))
+        if self.streams:
+            keys, xs = zip(*self.streams, strict=True)
+            sizes = torch.tensor([x.numel() for x in xs], dtype=torch.float32).sqrt()
+            out.add([f"resid_rms/{k}" for k in keys], _norms(list(xs)) / sizes.to(xs[0].device))
+            peak = torch._foreach_norm(list(xs), float("inf"), dtype=torch.float32)
+            out.add([f"resid_max/{k}" for k in keys], torch.stack(peak))
+        if self.inputs:
+            keys, xs = zip(*self.inputs, strict=True)
+            sizes = torch.tensor([x.numel() for x in xs], dtype=torch.float32).sqrt()
+            out.add([f"norm_in_rms/{k}" for k in keys], _norms(list(xs)) / sizes.to(xs[0].device))
+        out.add(self.vectors.keys, self.vectors.values)
+        self.streams, self.inputs = [], []  # no longer held
+        return out
 
     # --- after the backward pass --------------------------------------------------------------
 
-    def step_stats(self, loss: float, grad_norm: float) -> dict[str, Any]:
-        """This step's per-layer statistics as numbers (pushed to the ring buffer)."""
-        if not self.light:
-            return {}
-        light = {k: v for k, v in self.current.items() if not k.startswith(FULL_ONLY)}
-        values = torch.stack(list(light.values())).tolist() if light else []
-        row = {"step": self.step, "loss": loss, "grad_norm": grad_norm}
-        row |= dict(zip(light, values, strict=True))
+    def push(self, row: dict[str, Any]) -> None:
+        """A step's per-layer statistics, read on the host, into the ring buffer."""
         if self.history.maxlen:
             self.history.append(row)
-        return row
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "initial": self.initial}
@@ -355,29 +394,30 @@ class Diagnostics:
 
     def _relative(self, now: list[torch.Tensor], then: list[torch.Tensor]) -> torch.Tensor:
         """||now - then|| / ||then|| over a group of tensors."""
-        delta = _norms([p.detach() - o for p, o in zip(now, then, strict=True)])
+        delta = _norms(torch._foreach_sub([p.detach() for p in now], then))
         return delta.square().sum().sqrt() / _norms(then).square().sum().sqrt()
 
     @torch.no_grad()
-    def after_update(self, stats: dict[str, Any]) -> dict[str, Any] | None:
-        """On a full step: the row of every diagnostic (`stats` plus the update ratios,
-        attention entropies and per-parameter norms); otherwise None."""
+    def after_update(self) -> Values:
+        """On a full step, the rest of the full row: the update ratios, the distance from
+        the initial weights, the norms' gains (empty on other steps)."""
+        extra = Values()
         if not self.full:
-            return None
-        extra: dict[str, torch.Tensor] = {}
-        for name, params in self.update_groups().items():
-            extra[f"update_ratio/{name}"] = self._relative(params, self.before[name])
+            return extra
+        ratios = [self._relative(ps, self.before[n]) for n, ps in self.update_groups().items()]
+        extra.add([f"update_ratio/{n}" for n in self.update_groups()], torch.stack(ratios))
         if self.initial is not None:
-            for name, params in self.blocks().items():
-                extra[f"from_init/{name}"] = self._relative(params, self.initial[name])
+            blocks = self.blocks()
+            moved = [self._relative(ps, self.initial[n]) for n, ps in blocks.items()]
+            extra.add([f"from_init/{n}" for n in blocks], torch.stack(moved))
+        gains = {}
         for key, norm in self.norms.items():
             if (gain := _gain(norm)) is not None:
-                extra[f"norm_gain/{key}"] = gain
-        extra |= {k: v for k, v in self.current.items() if k.startswith(FULL_ONLY)}
-        values = torch.stack(list(extra.values())).tolist()
+                gains[key] = gain
+        if gains:
+            extra.add([f"norm_gain/{k}" for k in gains], torch.stack(list(gains.values())))
         self.before = {}
-        row = {k: v for k, v in stats.items() if k not in ("loss", "grad_norm")}
-        return row | dict(zip(extra, values, strict=True))
+        return extra
 
 
 def blame(history: list[dict[str, Any]], top: int = 3) -> dict[str, Any]:
