@@ -1,7 +1,8 @@
 """`make bench`: training throughput, memory and MFU against a plain PyTorch GPT-2 step.
 
-    python -m normbench.bench [--steps N] [--warmup N] [--cases LIST] [--trajectory N]
-                              [--startup] [--diag] [--json PATH] [overrides...]
+    python -m normbench.bench [--steps N] [--warmup N] [--per-sync K] [--cases LIST]
+                              [--nanogpt DIR] [--trajectory N] [--startup] [--diag]
+                              [--json PATH] [overrides...]
 
 The bench configuration is GPT-2's vocabulary, context 256, width 256, 4 heads, depth 8,
 batch 16, Pre-LN, AdamW (`BENCH` below; overrides apply on top). Each case runs in a fresh
@@ -16,10 +17,16 @@ leaks between cases; cases alternate for `--rounds`, and the median is reported:
 - `deep`: normbench at depth 48, and `post`: normbench with norm=post (the speedups hold
   across variants).
 
+Steps are timed K at a time between two synchronizations of the device (`--per-sync`), so
+that a step that never waits for the device is measured as it trains. With `--nanogpt DIR`
+(a karpathy/nanoGPT checkout) its own step runs too, eager and compiled, in the same run.
+
 Printed per case: tokens/s, ms/step, peak RSS, model FLOPs per token (6N + 12 L d T with N
 the weights of the matrix products, the tied LM head included once, embeddings' lookups
 excluded), achieved FLOP/s and MFU against the peak of a large bf16 (and float32) matrix
-product measured on this machine in the same run; then the ratios to the baseline.
+product measured on this machine in the same run; on CUDA the kernels per step and the
+fraction of the time the GPU ran none (torch.profiler over 5 steps); then the ratios to the
+references.
 `--trajectory N` trains normbench and the baseline from the same initial weights on the same
 WikiText-2 batches for N steps and prints how far their losses differ. `--startup` times
 `normbench train` from the command to its first training step. `--diag` measures the cost
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -103,6 +111,7 @@ LEVERS = {
     "no-diag": ["diag.every=0", "divergence.history=0"],
     "one-thread": ["threads=1"],
     "compile": ["train.compile=true"],
+    "reduce-overhead": ["train.compile=reduce-overhead"],  # CUDA graphs
 }
 BASELINES = ("baseline", "baseline-deep")
 NANOGPT = ("nanogpt", "nanogpt-compile")
@@ -138,24 +147,61 @@ def bench_trainer(cfg: NormbenchConfig, allocator: bool = True) -> Trainer:
     return Trainer(cfg, random_tokens(cfg, cfg.seed), tune_allocator=allocator)
 
 
-def time_steps(step: Any, device: Any, steps: int, warmup: int) -> list[float]:
-    """Seconds of each of `steps` calls of `step(i)` after `warmup` untimed ones."""
-
-    times = []
-    for i in range(warmup + steps):
-        synchronize(device)
-        tic = time.perf_counter()
+def time_steps(step: Any, device: Any, steps: int, warmup: int, per_sync: int = 1) -> list[float]:
+    """Seconds per step of `steps` calls of `step(i)` after `warmup` untimed ones, timed
+    `per_sync` steps at a time between two synchronizations: within them the host may run
+    ahead of the device, as in training (on a CPU the two are the same)."""
+    for i in range(warmup):
         step(i + 1)
+    synchronize(device)
+    times: list[float] = []
+    done = warmup
+    while len(times) < steps:
+        k = min(per_sync, steps - len(times))
+        tic = time.perf_counter()
+        for _ in range(k):
+            done += 1
+            step(done)
         synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - tic)
+        times += [(time.perf_counter() - tic) / k] * k
     return times
 
 
+def device_profile(step: Any, first: int, steps: int) -> dict[str, float]:
+    """On CUDA, with torch.profiler over `steps` calls: the GPU kernels launched per step
+    and the fraction of the wall time the GPU ran none (its idle fraction)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize("cuda")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        tic = time.perf_counter()
+        for i in range(steps):
+            step(first + i)
+        synchronize("cuda")
+        wall_us = (time.perf_counter() - tic) * 1e6
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    busy, end = 0.0, -math.inf
+    for start, stop in kernels:  # the union of the kernels' intervals
+        busy += max(0.0, stop - max(start, end))
+        end = max(end, stop)
+    return {"kernels_per_step": len(kernels) / steps, "gpu_idle": max(0.0, 1 - busy / wall_us)}
+
+
 def run_case(
-    case: str, overrides: list[str], steps: int, warmup: int, nanogpt: str | None = None
+    case: str,
+    overrides: list[str],
+    steps: int,
+    warmup: int,
+    nanogpt: str | None = None,
+    per_sync: int = 1,
 ) -> dict[str, Any]:
-    """One case, in this (fresh) process: median ms per step over `steps` after `warmup`."""
+    """One case, in this (fresh) process: median ms per step over `steps` after `warmup`,
+    `per_sync` steps per synchronization; on CUDA also the kernels per step and the GPU's
+    idle fraction."""
 
     cfg = compose([*CASES.get(case, []), *LEVERS.get(case, []), *overrides])
     B, T = cfg.train.batch_size, cfg.model.context
@@ -169,8 +215,9 @@ def run_case(
     else:  # the very step of `normbench train`
         trainer = bench_trainer(cfg, allocator=case != "no-mallopt")
         step, precision = trainer.step, trainer.precision
-    times = time_steps(step, device, steps, warmup)
+    times = time_steps(step, device, steps, warmup, per_sync)
     ms = statistics.median(times) * 1e3
+    profiled = device_profile(step, warmup + steps + 1, 5) if device.type == "cuda" else {}
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -189,6 +236,8 @@ def run_case(
         "memory": "GPU allocated" if device.type == "cuda" else "RSS",
         "flops_per_token": flops_per_token(cfg),
         "threads": torch.get_num_threads(),
+        "per_sync": per_sync,
+        **profiled,
     }
 
 
@@ -225,7 +274,8 @@ def trajectory(which: str, overrides: list[str], steps: int, init: str) -> list[
     if which != "baseline":
         trainer = Trainer(cfg, tokens)
         trainer.model.load_state_dict(torch.load(init, weights_only=True))
-        return [trainer.step(i + 1).loss for i in range(steps)]
+        results = [trainer.step(i + 1) for i in range(steps)] + [trainer.flush()]
+        return [r.loss for r in results if r is not None]
 
     batches = RandomWindows(tokens.train, cfg.model.context, cfg.train.batch_size, cfg.seed)
     source = GPT.from_config(cfg)
@@ -278,6 +328,8 @@ def report(results: list[dict[str, Any]], peaks: dict[str, float]) -> list[str]:
             f"{achieved / peaks['bf16']:.1%} of the bf16 peak, {achieved / peaks['fp32']:.1%} "
             "of the fp32 peak"
         )
+        if "kernels_per_step" in r:  # CUDA
+            line += f"  {r['kernels_per_step']:,.0f} kernels/step, GPU idle {r['gpu_idle']:.1%}"
         if r["case"] not in REFERENCES:
             ratios = [
                 f"x{r['tokens_per_s'] / ref['tokens_per_s']:.2f} tokens/s, "
@@ -304,6 +356,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="measurements of each case")
+    parser.add_argument("--per-sync", type=int, default=10,
+                        help="steps timed between two synchronizations of the device")  # fmt: skip
     parser.add_argument("--cases", default="normbench,baseline,post,deep,baseline-deep")
     parser.add_argument("--levers", action="store_true", help="also each lever alone")
     parser.add_argument("--trajectory", type=int, default=0, help="also compare N steps")
@@ -330,11 +384,21 @@ def machine_line(device: Any, peaks: dict[str, float]) -> str:
 def measure_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every case, each `--rounds` times in a fresh process, alternating; the medians."""
     cases = [c for c in args.cases.split(",") if c] + (list(LEVERS) if args.levers else [])
+    if args.nanogpt:  # nanoGPT's own step, eager and compiled, in the same run
+        cases += [c for c in NANOGPT if c not in cases]
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
     for _ in range(args.rounds):
         for case in cases:
             runs[case].append(
-                in_child("run_case", case, args.overrides, args.steps, args.warmup, args.nanogpt)
+                in_child(
+                    "run_case",
+                    case,
+                    args.overrides,
+                    args.steps,
+                    args.warmup,
+                    args.nanogpt,
+                    args.per_sync,
+                )
             )
     results = []
     for rs in runs.values():

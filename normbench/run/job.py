@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from normbench.errors import ConfigError
-from normbench.run import dist
+from normbench.run import dist, gpus, hardware
 from normbench.run.config.resolve import as_dict, resolve
 from normbench.run.config.schema import NormbenchConfig
 from normbench.run.console import Interrupted, Terminated, is_user_error, one_line, say
@@ -126,11 +127,29 @@ def train_task(cfg: DictConfig, resume_command: str | None = None) -> float:
     config["data"]["fingerprint"] = tokens.fingerprint
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
     lock = RunLock.acquire(run_dir) if main else None
+    slot = _place_on_a_gpu(typed, hc.mode == RunMode.MULTIRUN)
     try:
         return _train_job(typed, tokens, run_dir, group, config, main, resume_command)
     finally:
+        if slot is not None:
+            slot.release()
         if lock is not None:
             lock.release()
+
+
+def _place_on_a_gpu(cfg: NormbenchConfig, multirun: bool) -> gpus.GpuSlot | None:
+    """A multirun's job on a machine with several GPUs (not under torchrun): the GPU of the
+    slot it claims (run/gpus.py), made the current device; None elsewhere."""
+    if not multirun or dist.active() or hardware.resolve_device(str(cfg.device)) != "cuda":
+        return None
+    count = torch.cuda.device_count()
+    if count < 2:
+        return None
+    folder = Path(cfg.data.cache_dir).expanduser() / "gpu-slots"
+    slot = gpus.claim(count, cfg.jobs_per_gpu, folder, log=log.info)
+    torch.cuda.set_device(slot.gpu)
+    log.info("on GPU %d of %d (slot %d of %d)", slot.gpu, count, slot.slot + 1, cfg.jobs_per_gpu)
+    return slot
 
 
 @dataclass

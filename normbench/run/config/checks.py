@@ -34,6 +34,7 @@ def validate(cfg: NormbenchConfig) -> None:
         cfg.threads is None or cfg.threads >= 1,
         f"threads must be >= 1, or null for automatic (got {cfg.threads})",
     )
+    need(cfg.jobs_per_gpu >= 1, f"jobs_per_gpu must be >= 1 (got {cfg.jobs_per_gpu})")
     validate_model(cfg)
     validate_vocab(cfg)
     validate_optim(cfg)

@@ -19,8 +19,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 import normbench
 from normbench.model.gpt import QK_NORMS
@@ -325,6 +326,7 @@ class NormbenchConfig:
     device: Device = MISSING
     precision: Precision = MISSING
     threads: Optional[int] = MISSING  # torch CPU threads per job; null: see train.yaml
+    jobs_per_gpu: int = MISSING  # a multirun's jobs at once per GPU (run/gpus.py)
     # The literature claim a preset checks (its name in normbench/analysis/claims/registry.py, which
     # checks it: this layer does not know the claims).
     claim: Optional[str] = MISSING
@@ -361,3 +363,11 @@ def register_configs() -> None:
     cs.store(name="divergence_schema", node=DivergenceConfig)
     cs.store(name="diag_schema", node=DiagConfig)
     cs.store(name="probe_schema", node=ProbeConfig)
+    if not OmegaConf.has_resolver("normbench_gpu_jobs"):  # hydra/launcher=gpus's n_jobs
+        OmegaConf.register_new_resolver("normbench_gpu_jobs", gpu_jobs)
+
+
+def gpu_jobs(per_gpu: Any) -> int:
+    """The jobs a multirun runs at once under hydra/launcher=gpus: `jobs_per_gpu` on each
+    GPU of the machine (on one without, `jobs_per_gpu` on the CPU)."""
+    return max(1, torch.cuda.device_count()) * max(1, int(per_gpu))

@@ -38,6 +38,7 @@ FREE = (
     "logger.",
     "data.cache_dir",
     "threads",
+    "jobs_per_gpu",
     "device",
     "diag.attn_rows",  # how precisely a diagnostic is measured, not what is trained
 )
