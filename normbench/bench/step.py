@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from torch.profiler import ProfilerActivity, profile
 
 from normbench.bench.baseline import (
     BaselineGPT,
@@ -170,8 +171,6 @@ def time_steps(step: Any, device: Any, steps: int, warmup: int, per_sync: int = 
 def device_profile(step: Any, first: int, steps: int) -> dict[str, float]:
     """On CUDA, with torch.profiler over `steps` calls: the GPU kernels launched per step
     and the fraction of the wall time the GPU ran none (its idle fraction)."""
-    from torch.profiler import ProfilerActivity, profile
-
     synchronize("cuda")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         tic = time.perf_counter()

@@ -111,3 +111,19 @@ def test_a_stop_detector_decides_one_step_late():
     # the weights are those after the event's step (result.step = step - 2); the step
     # launched with it (step - 1) changed nothing
     assert _same(after, _state(t)) and t.pending is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_cuda_step_never_synchronizes():
+    """On a GPU, under torch.cuda.set_sync_debug_mode("error"): every step after the first
+    queues its work and reads its predecessor's values from pinned memory, with no
+    synchronizing call (an implicit one raises)."""
+    t = trainer("device=cuda", "precision=auto", "diag.every=2")
+    t.step(1)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        results = [t.step(step) for step in range(2, 7)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [r.step for r in results] == [1, 2, 3, 4, 5]
+    assert all(math.isfinite(r.loss) and r.seconds > 0 for r in results)
