@@ -19,7 +19,8 @@ leaks between cases; cases alternate for `--rounds`, and the median is reported:
 
 Steps are timed K at a time between two synchronizations of the device (`--per-sync`), so
 that a step that never waits for the device is measured as it trains. With `--nanogpt DIR`
-(a karpathy/nanoGPT checkout) its own step runs too, eager and compiled, in the same run.
+(a karpathy/nanoGPT checkout) its own step runs too, eager and compiled, in the same run
+(unless `--cases` names one of them).
 
 Printed per case: tokens/s, ms/step, peak RSS, model FLOPs per token (6N + 12 L d T with N
 the weights of the matrix products, the tied LM head included once, embeddings' lookups
@@ -383,8 +384,8 @@ def machine_line(device: Any, peaks: dict[str, float]) -> str:
 def measure_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every case, each `--rounds` times in a fresh process, alternating; the medians."""
     cases = [c for c in args.cases.split(",") if c] + (list(LEVERS) if args.levers else [])
-    if args.nanogpt:  # nanoGPT's own step, eager and compiled, in the same run
-        cases += [c for c in NANOGPT if c not in cases]
+    if args.nanogpt and not any(c in NANOGPT for c in cases):  # eager and compiled
+        cases += list(NANOGPT)
     runs: dict[str, list[dict[str, Any]]] = {c: [] for c in cases}
     for _ in range(args.rounds):
         for case in cases:
