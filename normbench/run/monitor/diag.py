@@ -92,28 +92,31 @@ def hook_streams(model: GPT, record: Callable[[int, str, torch.Tensor], None]) -
 @lru_cache(maxsize=8)
 def _causal_mask(T: int, device: torch.device) -> torch.Tensor:
     """(T x T) additive mask: 0 where j <= i, -inf where key j follows query i (built once per
-    length and device, not per layer and step; in a compiled graph, a constant of it)."""
+    length and device, not per layer and step)."""
     return torch.full((T, T), -math.inf, device=device).triu_(diagonal=1)
 
 
 def attention_logits(
     q: torch.Tensor, k: torch.Tensor, scale: float, chunk: int = ATTENTION_CHUNK
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The largest and the mean of q_i . k_j x scale over the causal pairs j <= i, in float32,
-    for q and k of shape (B, heads, T, head_dim). The max takes the (T x T) products, a chunk
-    of batch rows at a time; the mean is sum_i q_i . (sum_{j<=i} k_j), without them."""
+    """The largest and the mean of q_i . k_j x scale over the causal pairs j <= i, in float32
+    (outside any autocast), for q and k of shape (B, heads, T, head_dim). The max takes the
+    (T x T) products with the causal mask added in the same kernel (baddbmm), a chunk of
+    batch rows at a time (one chunk at the default sizes); the mean is
+    sum_i q_i . (sum_{j<=i} k_j), without them."""
     B, H, T, D = q.shape
-    q = q.detach().float().reshape(B * H, T, D)
-    k = k.detach().float().reshape(B * H, T, D)
-    mask = (_causal_mask.__wrapped__ if torch.compiler.is_compiling() else _causal_mask)(
-        T, q.device
-    )
-    rows = max(1, chunk // (T * T))
-    peak = torch.full((), -math.inf, device=q.device)
-    for start in range(0, B * H, rows):
-        logits = torch.bmm(q[start : start + rows], k[start : start + rows].transpose(1, 2))
-        peak = torch.maximum(peak, logits.add_(mask).amax())
-    total = torch.linalg.vecdot(q, k.cumsum(dim=1)).sum()
+    with torch.autocast(q.device.type, enabled=False):
+        q = q.detach().float().reshape(B * H, T, D)
+        k = k.detach().float().reshape(B * H, T, D)
+        cached = not torch.compiler.is_compiling()  # in a compiled graph, a constant of it
+        mask = (_causal_mask if cached else _causal_mask.__wrapped__)(T, q.device)
+        rows = max(1, chunk // (T * T))
+        peaks = [
+            torch.baddbmm(mask, q[start : start + rows], k[start : start + rows].mT).amax()
+            for start in range(0, B * H, rows)
+        ]
+        peak = peaks[0] if len(peaks) == 1 else torch.stack(peaks).amax()
+        total = torch.linalg.vecdot(q, k.cumsum(dim=1)).sum()
     pairs = B * H * T * (T + 1) // 2
     return peak * scale, total * scale / pairs
 
