@@ -142,16 +142,9 @@ class Pending:
     host: torch.Tensor | None = None  # the values in host memory (pinned on CUDA)
     ready: Any = None  # the CUDA event after their copy
 
-    def send(self) -> None:
+    def send(self, buffers: StepBuffers) -> None:
         """Queue the copy of the values to host memory (no waiting)."""
-        vector = self.values.values
-        if vector.device.type != "cuda":
-            self.host = vector
-            return
-        self.host = torch.empty(vector.shape, dtype=vector.dtype, pin_memory=True)
-        self.host.copy_(vector, non_blocking=True)
-        self.ready = torch.cuda.Event()
-        self.ready.record()
+        self.host, self.ready = buffers.send(self.values)
 
     def read(self) -> dict[str, float]:
         """The step's values by name: the one host read of the step."""
@@ -159,6 +152,34 @@ class Pending:
             self.ready.synchronize()
         assert self.host is not None, "read before send"
         return dict(zip(self.values.keys, self.host.tolist(), strict=True))
+
+
+class StepBuffers:
+    """Where a step's values go: one preallocated device vector per layout (light steps and
+    full steps have theirs), written in one `cat`, and on CUDA one pinned host vector per
+    layout (a step is read before the next one is sent)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.on_device: dict[int, torch.Tensor] = {}
+        self.on_host: dict[int, torch.Tensor] = {}
+
+    def send(self, values: Values) -> tuple[torch.Tensor, Any]:
+        """Write the values into their device vector and queue its copy to the host; the
+        host vector and the CUDA event after the copy (None off CUDA: already there)."""
+        n = len(values.keys)
+        if n not in self.on_device:
+            self.on_device[n] = torch.empty(n, device=self.device)
+        vector = torch.cat(values.parts, out=self.on_device[n]) if n else self.on_device[n]
+        if self.device.type != "cuda":
+            return vector.clone(), None  # the next step writes the same vector
+        if n not in self.on_host:
+            self.on_host[n] = torch.empty(n, pin_memory=True)
+        host = self.on_host[n]
+        host.copy_(vector, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
 
 
 class Trainer:
@@ -222,6 +243,7 @@ class Trainer:
         self.gradients = Gradients(list(self.model.parameters()))
         self.clock = hardware.Clock(self.device)
         self.pending: Pending | None = None
+        self.buffers = StepBuffers(self.device)
         self.halted = torch.zeros((), device=self.device)  # 1 after a non-finite step
         self.batches = RandomWindows(self.tokens.train, cfg.model.context, t.batch_size, cfg.seed)
         self.tokens_per_step = t.batch_size * cfg.model.context
@@ -330,7 +352,7 @@ class Trainer:
         self.scheduler.step()
         pending.values.add(extra.keys, extra.values)
         pending.end = self.clock.mark()
-        pending.send()
+        pending.send(self.buffers)
 
     def _apply(self, ok: torch.Tensor, diag: Diagnostics) -> Values:
         """The gated update and the rest of the full diagnostics around it."""
