@@ -369,3 +369,19 @@ def test_attention_logits_of_the_first_rows_only_with_attn_rows():
     diag = Diagnostics(model, every=0, per_param=False, history=1, attn_rows=1)
     stats, _ = one_step(model, diag, x, y)
     assert stats["attn_logit_max/block_01"] == pytest.approx(per_row[0].item(), rel=1e-5)
+
+
+def test_attention_logit_max_in_bf16_off_full_steps_is_close_to_the_exact_one():
+    """Light steps take the products in q's dtype (bf16 under autocast), full steps in
+    float32: the two maxima within bf16's rounding; the mean is float32 in both."""
+    g = torch.Generator().manual_seed(0)
+    q = (torch.randn(2, 3, 24, 8, generator=g) * 3).bfloat16()
+    k = (torch.randn(2, 3, 24, 8, generator=g) * 3).bfloat16()
+    exact_max, exact_mean = attention_logits(q, k, 0.5, exact=True)
+    light_max, light_mean = attention_logits(q, k, 0.5, exact=False)
+    products = (q.double() @ k.double().transpose(-1, -2)).masked_fill(
+        torch.ones(24, 24, dtype=torch.bool).triu(1), -math.inf
+    )
+    assert exact_max.item() == pytest.approx(products.max().item() * 0.5, rel=1e-6)
+    assert light_max.item() == pytest.approx(exact_max.item(), rel=2**-7)
+    assert light_mean.item() == exact_mean.item()
