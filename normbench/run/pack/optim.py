@@ -1,0 +1,101 @@
+"""AdamW for a pack's parameters: each parameter holds every member's values along a leading
+member dimension, and each member's slice is updated by torch's fused AdamW kernel with that
+member's own settings (learning rate, betas, eps, weight decay) and its own gate.
+
+Each member's update is the very kernel and arithmetic a single run's AdamW applies
+(run/optim.py `build_optimizer`: weight decay on matrices only, fused, the learning rate a
+device tensor, `found_inf` as the gate), so a member's weights and moments equal those of
+the same run trained alone, bit for bit; a member whose gate is set (a non-finite step, or a
+member frozen after its run ended) is left exactly as it was, and the others are not
+touched by it. `member_state_dict(m)` is member m's state in the layout of a single run's
+`torch.optim.AdamW.state_dict()`, for its checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.adam import adam
+
+from normbench.run.config.schema import OptimConfig
+from normbench.run.optim import decay_coefficient
+
+
+@dataclass(frozen=True)
+class MemberSettings:
+    """One member's AdamW settings (from its `optim.*`)."""
+
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float  # the coefficient torch's AdamW multiplies by the lr (run/optim.py)
+
+    @classmethod
+    def of(cls, optim: OptimConfig) -> MemberSettings:
+        b1, b2 = optim.betas
+        return cls((float(b1), float(b2)), float(optim.eps), decay_coefficient(optim))
+
+
+class MemberAdamW:
+    """AdamW over `params`, each of shape (members, ...): a single run's groups (matrices
+    decay, vectors and scalars do not: judged on a member's slice, as `build_optimizer`
+    judges a single run's parameter), each member with its `settings`."""
+
+    def __init__(self, params: list[nn.Parameter], settings: list[MemberSettings]) -> None:
+        self.params, self.settings = params, settings
+        self.members = len(settings)
+        if any(p.shape[0] != self.members for p in params):
+            raise ValueError(f"every parameter needs a leading dimension of {self.members}")
+        decay = [p for p in params if p.dim() - 1 >= 2]
+        self.groups = [decay, [p for p in params if p.dim() - 1 < 2]]  # torch's group order
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        device = params[0].device
+        self.steps = torch.zeros(self.members, len(params), dtype=torch.float32, device=device)
+        self.index = {id(p): i for i, p in enumerate(params)}
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, skip: torch.Tensor) -> None:
+        """One update of every member: `lr` and `skip` are float32 vectors of one value per
+        member on the device (skip 1: that member's update is skipped there)."""
+        for m, settings in enumerate(self.settings):
+            for decayed, group in zip((True, False), self.groups, strict=True):
+                if not group:
+                    continue
+                at = [self.index[id(p)] for p in group]
+                adam(
+                    [p[m] for p in group],
+                    [p.grad[m] for p in group],
+                    [self.exp_avg[i][m] for i in at],
+                    [self.exp_avg_sq[i][m] for i in at],
+                    [],
+                    [self.steps[m, i] for i in at],
+                    fused=True,
+                    found_inf=skip[m],
+                    decoupled_weight_decay=True,
+                    amsgrad=False,
+                    beta1=settings.betas[0],
+                    beta2=settings.betas[1],
+                    lr=lr[m],
+                    weight_decay=settings.weight_decay if decayed else 0.0,
+                    eps=settings.eps,
+                    maximize=False,
+                )
+
+    def member_state_dict(self, m: int, template: dict[str, Any]) -> dict[str, Any]:
+        """Member m's state as a single run's `torch.optim.AdamW.state_dict()`: its moments
+        and step per parameter, numbered across the two groups as torch numbers them, in the
+        groups of `template` (the state dict of that run's own optimizer, whose settings and
+        learning rate it keeps)."""
+        order = [self.index[id(p)] for group in self.groups for p in group]
+        state = {
+            n: {
+                "step": self.steps[m, i].clone(),
+                "exp_avg": self.exp_avg[i][m].clone(),
+                "exp_avg_sq": self.exp_avg_sq[i][m].clone(),
+            }
+            for n, i in enumerate(order)
+        }
+        return {"state": state, "param_groups": [dict(g) for g in template["param_groups"]]}
