@@ -59,6 +59,8 @@ LAYER_PREFIXES = (
 )
 # Measured on `diag.every` steps only (the rest is measured on every step that records).
 FULL_ONLY = ("attn_entropy/", "grad_norm/param/", "logits/max_abs")
+# The names of the fused head's statistics (model/loss.py HEAD_STATS), in its order.
+HEAD_KEYS = ["logits/max_abs" if n == "logit_max_abs" else f"logits/{n}" for n in HEAD_STATS]
 ATTENTION_CHUNK = 1 << 24  # logits per chunk when measuring attention (64 MB in float32)
 
 
@@ -164,6 +166,13 @@ def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
 
 
+def _rms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The RMS of each tensor, in float32, as one vector: a foreach norm scaled by each
+    1/sqrt(numel) (numbers, not a tensor copied to the device)."""
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    return torch.stack(torch._foreach_mul(norms, [t.numel() ** -0.5 for t in tensors]))
+
+
 @dataclass
 class Values:
     """Named statistics that stay on the device until read: `keys` name the entries of
@@ -209,7 +218,6 @@ class Diagnostics:
         self.history: deque[dict[str, Any]] = deque(maxlen=history)
         self.names = block_names(len(model.blocks))
         self.params = list(model.parameters())  # the order of the gradients' norms
-        self.param_names = {id(p): n for n, p in model.named_parameters()}
         self._group(model)
         self.norms = norm_modules(model, self.names)
         self.step, self.light_on, self.full, self.recording = 0, False, False, False
@@ -241,14 +249,16 @@ class Diagnostics:
         self.groups = groups
         where = {id(p): i for i, ps in enumerate(groups.values()) for p in ps}
         # a parameter in no group (none today) counts in no group norm
-        self._param_group = [where.get(id(p), len(groups)) for p in self.params]
-        keys = list(groups)
-        self._group_block = [self.names.index(k.split("/")[0]) if "/" in k else -1 for k in keys]
-        in_blocks = [i for i, b in enumerate(self._group_block) if b >= 0]
+        by_param = [where.get(id(p), len(groups)) for p in self.params]
+        block_of = {i: self.names.index(k.split("/")[0]) for i, k in enumerate(groups) if "/" in k}
         device = self.params[0].device  # built once, before any step (not in a compiled one)
-        self._by_param = torch.tensor(self._param_group, device=device)
-        self._in_blocks = torch.tensor(in_blocks, device=device)
-        self._block_of = torch.tensor([self._group_block[i] for i in in_blocks], device=device)
+        self._by_param = torch.tensor(by_param, device=device)
+        self._in_blocks = torch.tensor(list(block_of), device=device)
+        self._block_of = torch.tensor(list(block_of.values()), device=device)
+        self._group_keys = [f"grad_norm/{k}" for k in groups]
+        self._block_keys = [f"grad_norm/{n}" for n in self.names]
+        names = {id(p): n for n, p in model.named_parameters()}
+        self._param_keys = [f"grad_norm/param/{names[id(p)]}" for p in self.params]
 
     def is_full(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -318,9 +328,8 @@ class Diagnostics:
         """The output logits' statistics (model/loss.py HEAD_STATS) of the training forward;
         the largest |logit| only on full steps (measured when the model's `extremes` is set)."""
         if self.recording and self.light_on:
-            measured = len(HEAD_STATS) if self.full else len(HEAD_STATS) - 1
-            keys = ["logits/max_abs" if n == "logit_max_abs" else f"logits/{n}" for n in HEAD_STATS]
-            self.vectors.add(keys[:measured], args[0][:measured])
+            measured = len(HEAD_KEYS) if self.full else len(HEAD_KEYS) - 1
+            self.vectors.add(HEAD_KEYS[:measured], args[0][:measured])
 
     def _entropy_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -343,11 +352,10 @@ class Diagnostics:
         groups.index_add_(0, by_param, norms.square())
         blocks = torch.zeros(len(self.names), device=norms.device)
         blocks.index_add_(0, block_of, groups[in_blocks])
-        self.vectors.add([f"grad_norm/{k}" for k in self.groups], groups[:-1].sqrt())
-        self.vectors.add([f"grad_norm/{n}" for n in self.names], blocks.sqrt())
+        self.vectors.add(self._group_keys, groups[:-1].sqrt())
+        self.vectors.add(self._block_keys, blocks.sqrt())
         if self.full and self.per_param:
-            names = [f"grad_norm/param/{self.param_names[id(p)]}" for p in self.params]
-            self.vectors.add(names, norms)
+            self.vectors.add(self._param_keys, norms)
 
     def light(self) -> Values:
         """This step's statistics measured in the forward and backward passes, as one vector
@@ -359,14 +367,12 @@ class Diagnostics:
             out.add(list(self.scalars), torch.stack(list(self.scalars.values())))
         if self.streams:
             keys, xs = zip(*self.streams, strict=True)
-            sizes = torch.tensor([x.numel() for x in xs], dtype=torch.float32).sqrt()
-            out.add([f"resid_rms/{k}" for k in keys], _norms(list(xs)) / sizes.to(xs[0].device))
+            out.add([f"resid_rms/{k}" for k in keys], _rms(list(xs)))
             peak = torch._foreach_norm(list(xs), float("inf"), dtype=torch.float32)
             out.add([f"resid_max/{k}" for k in keys], torch.stack(peak))
         if self.inputs:
             keys, xs = zip(*self.inputs, strict=True)
-            sizes = torch.tensor([x.numel() for x in xs], dtype=torch.float32).sqrt()
-            out.add([f"norm_in_rms/{k}" for k in keys], _norms(list(xs)) / sizes.to(xs[0].device))
+            out.add([f"norm_in_rms/{k}" for k in keys], _rms(list(xs)))
         out.add(self.vectors.keys, self.vectors.values)
         self.streams, self.inputs = [], []  # no longer held
         return out
