@@ -12,11 +12,12 @@ machine share the slots of one cache folder.
 from __future__ import annotations
 
 import fcntl
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from normbench.run.record.files import open_own
 
 
 @dataclass
@@ -25,10 +26,10 @@ class GpuSlot:
 
     gpu: int
     slot: int
-    fd: int
+    file: IO[Any]
 
     def release(self) -> None:
-        os.close(self.fd)  # closing the descriptor drops the lock
+        self.file.close()  # closing the file drops the lock
 
 
 def slots(gpus: int, per_gpu: int) -> list[tuple[int, int]]:
@@ -36,15 +37,15 @@ def slots(gpus: int, per_gpu: int) -> list[tuple[int, int]]:
     return [(g, k) for k in range(per_gpu) for g in range(gpus)]
 
 
-def _try(path: Path) -> int | None:
-    """An exclusive lock on `path` (created, never followed through a link), or None."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+def _try(path: Path) -> IO[Any] | None:
+    """An exclusive lock on `path` (created, never through a link: files.open_own), or None."""
+    f = open_own(path, "r+")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
+        f.close()
         return None
-    return fd
+    return f
 
 
 def claim(
@@ -58,9 +59,9 @@ def claim(
     told = False
     while True:
         for gpu, slot in slots(gpus, per_gpu):
-            fd = _try(folder / f"gpu{gpu}.slot{slot}.lock")
-            if fd is not None:
-                return GpuSlot(gpu, slot, fd)
+            held = _try(folder / f"gpu{gpu}.slot{slot}.lock")
+            if held is not None:
+                return GpuSlot(gpu, slot, held)
         if log is not None and not told:
             log(f"all {gpus} x {per_gpu} GPU slots are taken; waiting for one")
             told = True

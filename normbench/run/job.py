@@ -127,8 +127,9 @@ def train_task(cfg: DictConfig, resume_command: str | None = None) -> float:
     config["data"]["fingerprint"] = tokens.fingerprint
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
     lock = RunLock.acquire(run_dir) if main else None
-    slot = _place_on_a_gpu(typed, hc.mode == RunMode.MULTIRUN)
+    slot = None
     try:
+        slot = _place_on_a_gpu(typed, hc.mode == RunMode.MULTIRUN)
         return _train_job(typed, tokens, run_dir, group, config, main, resume_command)
     finally:
         if slot is not None:

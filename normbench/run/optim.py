@@ -105,9 +105,7 @@ def lr_on_device(optimizer: torch.optim.Optimizer, device: torch.device) -> None
     if not fused(optimizer):  # torch's unfused kernels take a tensor lr only when capturable
         return
     for group in optimizer.param_groups:
-        lr = group["lr"]
-        value = lr.detach().to("cpu").item() if isinstance(lr, torch.Tensor) else float(lr)
-        group["lr"] = torch.tensor(value, dtype=torch.float32, device=device)
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
 
 
 def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
