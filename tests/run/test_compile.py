@@ -5,25 +5,18 @@ without recompiling after the first full-diagnostics step. Traced by Dynamo with
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from normbench.run.data.tokens import TokenSplits
 from normbench.run.trainer import Trainer
 
-from support import TINY, compose_config
+from support import random_trainer
 
 
 def trainer(*overrides: str) -> Trainer:
-    cfg = compose_config(*TINY, "device=cpu", "precision=fp32", "logger=none", *overrides)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 50257, size=20_000).astype(np.uint16)
-    return Trainer(cfg, TokenSplits(tokens, tokens[:2_000], Path("."), {"label": "random"}))
+    return random_trainer(*overrides)
 
 
 def normbench_breaks(explained) -> list[str]:  # noqa: ANN001

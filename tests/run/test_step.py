@@ -5,17 +5,14 @@ decide one step late. Real Trainer, real tokenizer-sized vocabulary, tiny models
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from normbench.run.data.tokens import TokenSplits
 from normbench.run.trainer import Trainer
 
-from support import TINY, compose_config
+from support import random_trainer
 
 # What reads a tensor's value on the host (on a GPU: waits for it).
 READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
@@ -36,12 +33,7 @@ class HostReads(TorchFunctionMode):
 
 
 def trainer(*overrides: str) -> Trainer:
-    cfg = compose_config(
-        *TINY, "device=cpu", "precision=fp32", "logger=none", "train.max_steps=50", *overrides
-    )
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 50257, size=20_000).astype(np.uint16)
-    return Trainer(cfg, TokenSplits(tokens, tokens[:2_000], Path("."), {"label": "random"}))
+    return random_trainer("train.max_steps=50", *overrides)
 
 
 @pytest.mark.parametrize("depth,chunk", [(2, 1024), (2, 16), (6, 16)])

@@ -109,3 +109,16 @@ def compose_config(*overrides: str) -> Any:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def random_trainer(*overrides: str) -> Any:
+    """The Trainer of a TINY config on the CPU in float32, on uniformly random GPT-2 token
+    ids (its steps, without the data pipeline)."""
+    import numpy as np
+
+    from normbench.run.data.tokens import TokenSplits
+    from normbench.run.trainer import Trainer
+
+    cfg = compose_config(*TINY, "device=cpu", "precision=fp32", "logger=none", *overrides)
+    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000).astype(np.uint16)
+    return Trainer(cfg, TokenSplits(tokens, tokens[:2_000], Path("."), {"label": "random"}))
