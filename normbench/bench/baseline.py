@@ -83,8 +83,8 @@ class BaselineGPT(nn.Module):
     def load_from(self, model: nn.Module) -> None:
         """Copy the weights of a normbench GPT (norm=pre, layernorm, sequential) in."""
         vocab = self.wte.weight.shape[0]
-        self.wte.weight.copy_(model.wte.weight[:vocab])
-        self.wpe.weight.copy_(model.wpe.weight)
+        self.wte.weight.copy_(model.wte.state_dict()["weight"][:vocab])  # a run's layout
+        self.wpe.weight.copy_(model.wpe.state_dict()["weight"])
         self.ln_f.load_state_dict(model.norm_f.state_dict())
         for mine, theirs in zip(self.h, model.blocks, strict=True):
             mine.ln_1.load_state_dict(theirs.norm_a.state_dict())

@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from normbench.model.members import Gain
+
 NormFactory = Callable[[], nn.Module]
 
 
@@ -88,6 +90,14 @@ class Block(nn.Module):
         sum and `norm_m` the MLP's; none for a placement that normalizes a sublayer's input or
         output instead. (Xiong et al.'s Lemma 2 is about those sums' norms.)"""
         return {"attn": self.norm_a, "mlp": self.norm_m} if self.normalizes_stream else {}
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kw):
+        """A state dict from when a gain (ReZero's a, Admin's omega) was a parameter of the
+        block (`blocks.0.a`) loads into the gain module (`blocks.0.a.weight`)."""
+        for name, module in self._modules.items():
+            if isinstance(module, Gain) and prefix + name in state_dict:
+                state_dict[f"{prefix}{name}.weight"] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)
 
     # The residual stream is one tensor, except for ResiDual's pair of streams.
     def enter(self, x: torch.Tensor) -> Any:

@@ -10,7 +10,7 @@ embedding. With `norm=pre`, `norm.kind=layernorm` and
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.model import members
 from normbench.model.kinds import KIND_OPTIONS, make_norm, upcast
-from normbench.model.loss import linear_cross_entropy, logit_stats
+from normbench.model.loss import linear_cross_entropy, logit_stats, z_coefficients
+from normbench.model.members import Embedding, Linear, MemberModule, broadcast
 from normbench.model.placements import PLACEMENTS
 
 
@@ -33,7 +35,7 @@ class Tap(nn.Module):
         return values
 
 
-class ResidualProjection(nn.Linear):
+class ResidualProjection(Linear):
     """A linear layer that writes into the residual stream (attention W_o, MLP W2).
 
     The type marks the role, so depth-scaled initializations find these layers however
@@ -41,14 +43,14 @@ class ResidualProjection(nn.Linear):
     """
 
 
-class FusedQKV(nn.Linear):
-    """[W_q; W_k; W_v] stacked in one d -> 3d layer; `slices()` gives each d x d weight."""
+class FusedQKV(Linear):
+    """[W_q; W_k; W_v] stacked in one d -> 3d layer; `slices()` gives each (M, d, d) weight."""
 
     def slices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.weight.chunk(3, dim=0)  # views: initializing them writes into the weight
+        return self.weight.chunk(3, dim=1)  # views: initializing them writes into the weight
 
 
-class QKNorm(nn.Module):
+class QKNorm(MemberModule):
     """QKNorm (2010.04245): q and k L2-normalized per head, logits g * (q . k) with no 1/sqrt(d).
 
     One learned scalar g per attention layer, initialised to log2(T^2 - T) for training
@@ -57,11 +59,11 @@ class QKNorm(nn.Module):
 
     def __init__(self, context: int):
         super().__init__()
-        self.g = nn.Parameter(torch.tensor(math.log2(context**2 - context)))
+        self.g = nn.Parameter(torch.full((1,), math.log2(context**2 - context)))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q and k normalized (in float32, cast back), q times g; attend with scale 1."""
-        qn = F.normalize(upcast(q), dim=-1) * self.g
+        qn = F.normalize(upcast(q), dim=-1) * broadcast(self.g, q)
         kn = F.normalize(upcast(k), dim=-1)
         return qn.to(q.dtype), kn.to(k.dtype)
 
@@ -122,10 +124,12 @@ class CausalSelfAttention(nn.Module):
         self.scores = Tap()  # sees (q, k, scale) as SDPA does: the attention logits' inputs
 
     def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """q, k, v as (B, heads, T, head_dim), and the logit scale (1 with QKNorm's l2)."""
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        """q, k, v as (..., heads, T, head_dim) for x (..., T, d): (M, B, heads, T, head_dim)
+        for the stream (M, B, T, d); and the logit scale (1 with QKNorm's l2)."""
+        *lead, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)
+        H = self.n_heads
+        q, k, v = (t.view(*lead, T, H, C // H).transpose(-3, -2) for t in (q, k, v))
         scale = 1 / math.sqrt(C // self.n_heads)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
@@ -134,24 +138,27 @@ class CausalSelfAttention(nn.Module):
         return q, k, v, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
+        """x (..., T, d): the stream (M, B, T, d), or a member's (B, T, d)."""
+        *lead, T, C = x.shape
         q, k, v, scale = self.heads(x)
         self.scores(q, k, scale)
         p = self.dropout if self.training else 0.0
+        # every member's sequences as one batch for SDPA
+        q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(*lead, T, C)
         return self.resid_dropout(self.proj(y))
 
     @torch.no_grad()
     def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T * scale + causal mask) as (B, heads, T, T), in float32.
+        """softmax(q k^T * scale + causal mask) as (M, B, heads, T, T), in float32.
 
         SDPA never materializes these weights; the diagnostics (attention entropy) compute
         them here from the same q and k.
         """
         q, k, _, scale = self.heads(x)
         logits = (upcast(q) @ upcast(k).transpose(-2, -1)) * scale
-        T = x.shape[1]
+        T = x.shape[-2]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return logits.masked_fill(~causal, -math.inf).softmax(dim=-1)
 
@@ -161,7 +168,7 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, bias: bool = True):
         super().__init__()
-        self.fc = nn.Linear(d_model, 4 * d_model, bias=bias)  # W1
+        self.fc = Linear(d_model, 4 * d_model, bias=bias)  # W1
         self.act = nn.GELU(approximate="tanh")
         self.proj = ResidualProjection(4 * d_model, d_model, bias=bias)  # W2
         self.dropout = nn.Dropout(dropout)
@@ -173,6 +180,10 @@ class MLP(nn.Module):
 class GPT(nn.Module):
     """Embeddings, the embedding norm `norm_e` and the final norm `norm_f` where the placement
     has them, `depth` blocks of the chosen placement, the tied LM head.
+
+    Built with one member; `GPT.pack(models)` stacks models of one architecture into a pack
+    whose member m is models[m] (normbench/model/members.py): tokens (M, B, T), a residual
+    stream (M, B, T, d), a loss per member.
 
     `norm_options` holds the kind's eps / bias / alpha0 (absent or None: the kind's default);
     `placement_options` the placement's own options (norm.mix_ratio, norm.dual_scale,
@@ -212,8 +223,8 @@ class GPT(nn.Module):
             constants = Block.constants(depth, **(placement_options or {}))
         self.constants = dict(constants)
         norm = partial(make_norm, norm_kind, d_model, context=context, **(norm_options or {}))
-        self.wte = nn.Embedding(vocab_size, d_model)
-        self.wpe = nn.Embedding(context, d_model)
+        self.wte = Embedding(vocab_size, d_model)
+        self.wpe = Embedding(context, d_model)
         self.norm_e = norm() if Block.embed_norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -231,7 +242,7 @@ class GPT(nn.Module):
         )
         self.norm_f = norm() if Block.final_norm else nn.Identity()
         self.removed: frozenset[int] = frozenset()  # blocks left out of the forward (`without`)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.lm_head = Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         # Sees the output logits' statistics (loss.HEAD_STATS) of each forward with targets;
         # the largest |logit| costs a pass over the logits, measured while `extremes` is set.
@@ -275,7 +286,7 @@ class GPT(nn.Module):
         """
         std = 0.02
         for module in self.modules():
-            if isinstance(module, nn.Linear) and module is not self.lm_head:
+            if isinstance(module, Linear) and module is not self.lm_head:
                 if scheme == "gpt2":
                     scale = 1 / math.sqrt(2 * self.depth) if depth_scaled else 1.0
                     is_residual = isinstance(module, ResidualProjection)
@@ -283,26 +294,49 @@ class GPT(nn.Module):
                 elif scheme == "xavier":
                     parts = module.slices() if isinstance(module, FusedQKV) else [module.weight]
                     for w in parts:
-                        nn.init.xavier_uniform_(w)
+                        for member in w:  # each member's (out, in) matrix
+                            nn.init.xavier_uniform_(member)
                 else:
                     raise ValueError(f"unknown init scheme {scheme!r}")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
+            elif isinstance(module, Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
 
+    @classmethod
+    def pack(cls, models: list[GPT]) -> GPT:
+        """One model whose member m is models[m] (each built alone, of one member, all of one
+        architecture): their weights stacked along the member dimension, each member
+        initialized as its run alone."""
+        return members.stack(models)  # type: ignore[return-value]
+
+    @property
+    def members(self) -> int:
+        """The number of members (runs) this model trains: 1 for a run alone."""
+        return self.wte.weight.shape[0]
+
     def num_params(self) -> int:
-        """Number of parameters, the tied LM head counted once."""
-        return sum(p.numel() for p in self.parameters())
+        """Number of parameters of one member, the tied LM head counted once."""
+        return sum(p.numel() for p in self.parameters()) // self.members
+
+    def tokens(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids as (M, B, T): as given, or (B, T) tokens the same for every member."""
+        if idx.dim() == 3:
+            if idx.shape[0] != self.members:
+                raise ValueError(f"tokens for {idx.shape[0]} members; the model has {self.members}")
+            return idx
+        return idx.expand(self.members, *idx.shape)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
-        """The embedding output entering the blocks, (B, T, d): token + position embeddings,
-        the embedding norm where the placement has one (Peri-LN's Norm_e), then dropout."""
-        T = idx.shape[1]
+        """The embedding output entering the blocks, (M, B, T, d) for tokens (M, B, T) or
+        (B, T) (`tokens`): token + position embeddings, the embedding norm where the
+        placement has one (Peri-LN's Norm_e), then dropout."""
+        idx = self.tokens(idx)
+        M, T = idx.shape[0], idx.shape[-1]
         if T > self.context:
             raise ValueError(f"sequence of length {T} exceeds the context {self.context}")
-        pos = torch.arange(T, device=idx.device)
-        return self.drop(self.norm_e(self.wte(idx) + self.wpe(pos)))
+        pos = torch.arange(T, device=idx.device).expand(M, T)
+        return self.drop(self.norm_e(self.wte(idx) + self.wpe(pos).unsqueeze(1)))
 
     @torch.no_grad()
     def profile_init(self, idx: torch.Tensor) -> dict[str, Any] | None:
@@ -321,7 +355,7 @@ class GPT(nn.Module):
         return {"placement": Block.name, "batch": list(idx.shape), **profile}
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """The hidden state entering the LM head, (B, T, d)."""
+        """The hidden state entering the LM head, (M, B, T, d)."""
         stream = self.blocks[0].enter(self.embed(idx))  # ResiDual: a pair of streams
         for block in self.blocks:
             if block.layer not in self.removed:  # a removed block passes its input on
@@ -347,35 +381,56 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         reduction: str = "mean",
-        z_loss: float = 0.0,
+        z_loss: float | Sequence[float] = 0.0,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Without targets: the logits (B, T, vocab), None. With targets: None, and the
-        cross-entropy (`reduction` mean or sum) in float32, plus `z_loss` x log(Z)^2 per token
-        when z_loss > 0, from the fused LM head and loss (normbench/model/loss.py), which never
-        materializes the (B, T, vocab) logits."""
+        """Tokens (M, B, T), or (B, T) for every member alike (`tokens`). Without targets:
+        the logits (M, B, T, vocab), None. With targets: None, and each member's
+        cross-entropy (M,) (`reduction` mean or sum) in float32, plus its `z_loss` x log(Z)^2
+        per token when z_loss > 0 (one coefficient, or one per member), from the fused LM head
+        and loss (normbench/model/loss.py), which never materializes the logits. For (B, T)
+        tokens and one member the member dimension is dropped: a plain GPT's shapes."""
+        alone = idx.dim() == 2
         h = self.hidden(idx)
         if targets is None:
-            return self.lm_head(h), None
-        if not self.fused_head:  # the unfused head (model.fused_head=false), for comparison
             logits = self.lm_head(h)
-            flat = logits.float().flatten(0, 1)
-            loss = F.cross_entropy(flat, targets.flatten(), reduction=reduction)
-            stats = logit_stats(flat)
-            if z_loss:
+            return (logits.squeeze(0) if alone else logits), None
+        targets = self.tokens(targets)
+        logits = None
+        if self.fused_head:
+            loss, stats = linear_cross_entropy(
+                h,
+                self.lm_head.weight,
+                targets,
+                reduction,
+                self.head_chunk,
+                z_loss=z_loss,
+                stats=True,
+                extremes=self.extremes,
+            )
+        else:  # the unfused head (model.fused_head=false), for comparison
+            logits, loss, stats = self._unfused_loss(h, targets, reduction, z_loss)
+        self.head_stats(stats)
+        if alone:
+            loss, logits = loss.squeeze(0), None if logits is None else logits.squeeze(0)
+        return logits, loss
+
+    def _unfused_loss(
+        self,
+        h: torch.Tensor,
+        targets: torch.Tensor,
+        reduction: str,
+        z_loss: float | Sequence[float],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits (M, B, T, V) materialized, each member's loss (M,) and HEAD_STATS (M, 4)."""
+        logits = self.lm_head(h)
+        losses, stats = [], []
+        zs = z_coefficients(z_loss, self.members)
+        for flat, y, z in zip(logits.float().flatten(1, 2), targets.flatten(1), zs, strict=True):
+            loss = F.cross_entropy(flat, y, reduction=reduction)
+            stats.append(logit_stats(flat))
+            if z:
                 log_z = torch.logsumexp(flat, dim=-1)
                 total = log_z.square().mean() if reduction == "mean" else log_z.square().sum()
-                loss = loss + z_loss * total
-            self.head_stats(stats)
-            return logits, loss
-        loss, stats = linear_cross_entropy(
-            h,
-            self.lm_head.weight,
-            targets,
-            reduction,
-            self.head_chunk,
-            z_loss=z_loss,
-            stats=True,
-            extremes=self.extremes,
-        )
-        self.head_stats(stats)
-        return None, loss
+                loss = loss + z * total
+            losses.append(loss)
+        return logits, torch.stack(losses), torch.stack(stats)

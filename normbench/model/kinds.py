@@ -15,14 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normbench.model.members import MemberModule, broadcast
+
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """x in float32, or as is when it already has at least float32's precision (float64)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-class Norm(nn.Module):
-    """Base class of the kinds: a registry entry with a name, a paper and its options."""
+class Norm(MemberModule):
+    """Base class of the kinds: a registry entry with a name, a paper and its options. Its
+    parameters carry the member dimension first (normbench/model/members.py): (M, d) for a
+    gain of width d, (M,) for a scalar; the input is (M, ..., d)."""
 
     name: ClassVar[str]
     paper: ClassVar[str]
@@ -40,14 +44,19 @@ class LayerNorm(Norm):
 
     def __init__(self, d: int, *, eps: float, bias: bool) -> None:
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+        self.eps, self.d = eps, d
+        self.weight = nn.Parameter(torch.ones(1, d))
+        self.bias = nn.Parameter(torch.zeros(1, d)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = upcast(x)
+        w = self.weight.to(xf.dtype)
         b = None if self.bias is None else self.bias.to(xf.dtype)
-        y = F.layer_norm(xf, self.weight.shape, self.weight.to(xf.dtype), b, self.eps)
+        if self.weight.shape[0] == 1:  # one member: torch's kernel applies the gain and shift
+            y = F.layer_norm(xf, (self.d,), w[0], None if b is None else b[0], self.eps)
+        else:
+            y = F.layer_norm(xf, (self.d,), None, None, self.eps) * broadcast(w, xf)
+            y = y if b is None else y + broadcast(b, xf)
         return y.to(x.dtype)
 
 
@@ -61,11 +70,12 @@ class RMSNorm(Norm):
     def __init__(self, d: int, *, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
+        self.weight = nn.Parameter(torch.ones(1, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = upcast(x)
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        rms = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = xf * rms * broadcast(self.weight, xf)
         return y.to(x.dtype)
 
 
@@ -82,11 +92,11 @@ class ScaleNorm(Norm):
     def __init__(self, d: int, *, eps: float) -> None:
         super().__init__()
         self.eps = eps
-        self.g = nn.Parameter(torch.tensor(float(d) ** 0.5))
+        self.g = nn.Parameter(torch.full((1,), float(d) ** 0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = upcast(x)
-        y = self.g * xf / xf.norm(dim=-1, keepdim=True).clamp(min=self.eps)
+        y = broadcast(self.g, xf) * xf / xf.norm(dim=-1, keepdim=True).clamp(min=self.eps)
         return y.to(x.dtype)
 
 
@@ -102,14 +112,15 @@ class DyT(Norm):
 
     def __init__(self, d: int, *, alpha0: float, bias: bool) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.tensor(float(alpha0)))
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha0)))
+        self.weight = nn.Parameter(torch.ones(1, d))
+        self.bias = nn.Parameter(torch.zeros(1, d)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.weight * torch.tanh(self.alpha * upcast(x))
+        xf = upcast(x)
+        y = broadcast(self.weight, xf) * torch.tanh(broadcast(self.alpha, xf) * xf)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + broadcast(self.bias, xf)
         return y.to(x.dtype)
 
 
@@ -120,6 +131,8 @@ class BatchNorm(Norm):
 
     In training, position t of every sequence is normalized with the mean and (biased)
     variance of position t across the batch, so no token sees statistics of later tokens.
+    Each member has its own statistics: the input is (M, B, T, d) (or (B, T, d), one
+    member's).
     Running averages of these per-position statistics (momentum 0.1, unbiased variance, as
     torch.nn.BatchNorm1d) normalize at evaluation.
     """
@@ -132,28 +145,31 @@ class BatchNorm(Norm):
     def __init__(self, d: int, *, eps: float, bias: bool, context: int) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
-        self.register_buffer("running_mean", torch.zeros(context, d))
-        self.register_buffer("running_var", torch.ones(context, d))
+        self.weight = nn.Parameter(torch.ones(1, d))
+        self.bias = nn.Parameter(torch.zeros(1, d)) if bias else None
+        self.register_buffer("running_mean", torch.zeros(1, context, d))
+        self.register_buffer("running_var", torch.ones(1, context, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = upcast(x)  # (B, T, d)
-        T = xf.shape[1]
+        if x.dim() == 3:  # one member's (B, T, d)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        xf = upcast(x)  # (M, B, T, d)
+        B, T = xf.shape[1:3]
         if self.training:
-            if xf.shape[0] < 2:
+            if B < 2:
                 raise ValueError("batchnorm needs a batch of at least 2 sequences in training")
-            var, mean = torch.var_mean(xf, dim=0, unbiased=False)  # (T, d) each
+            var, mean = torch.var_mean(xf, dim=1, unbiased=False)  # (M, T, d) each
             with torch.no_grad():
-                n = xf.shape[0]
                 m = self.momentum
-                self.running_mean[:T].lerp_(mean.to(self.running_mean.dtype), m)
-                self.running_var[:T].lerp_((var * n / (n - 1)).to(self.running_var.dtype), m)
+                self.running_mean[:, :T].lerp_(mean.to(self.running_mean.dtype), m)
+                self.running_var[:, :T].lerp_((var * B / (B - 1)).to(self.running_var.dtype), m)
         else:
-            mean, var = self.running_mean[:T].to(xf.dtype), self.running_var[:T].to(xf.dtype)
-        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight
+            mean = self.running_mean[:, :T].to(xf.dtype)
+            var = self.running_var[:, :T].to(xf.dtype)
+        y = (xf - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps)
+        y = y * broadcast(self.weight, xf)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + broadcast(self.bias, xf)
         return y.to(x.dtype)
 
 

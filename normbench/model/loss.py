@@ -17,11 +17,13 @@ respect to the logits, 2 z log(Z) softmax, joins dlogits in the same pass.
 
 Precision: the products run in the dtype of the autocast region (bf16 under bf16 autocast,
 as the unfused head), the softmax in float32 (see `_nll_and_softmax`), grad_W accumulates in
-float32. Cost per token, the unfused head's: three products; the elementwise work is one
+float32 (float64 for a float64 model). Cost per token, the unfused head's: three products; the elementwise work is one
 softmax kernel instead of the unfused chain of casts, log-softmax, exp and scaling.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,8 @@ def _nll_and_softmax(
     """-log softmax(logits)[y] and log Z = logsumexp(logits) per row (float32), and
     softmax(logits) in logits' dtype (or `dtype`: float32 for the z-loss, whose gradient is a
     relative change of ~2z log Z to each probability, below bf16's resolution; rounded once,
-    after it is added, it survives on average as in the unfused head).
+    after it is added, it survives on average as in the unfused head). Rows are logits'
+    last dimension, whatever the dimensions before it (a pack's members, the tokens).
 
     One softmax kernel (float32 inside; for bf16 logits bf16 out, bit-identical to rounding
     the float32 softmax) and log Z read off it at each row's largest probability: with m the
@@ -54,13 +57,15 @@ def _nll_and_softmax(
     the rounding of the bf16 logits themselves. Costs two reductions over the chunk's logits
     and probabilities, instead of a float32 logsumexp pass.
     """
-    rows = torch.arange(len(y), device=y.device)
     p = torch.softmax(logits, dim=-1, dtype=dtype)
     log_z = logits.amax(dim=-1).float() - p.amax(dim=-1).float().log()
-    return log_z - logits[rows, y].float(), log_z, p
+    return log_z - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1).float(), log_z, p
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Member by member (h (M, n, d), weight (M, V, d), targets (M, n)): each member's loss
+    and HEAD_STATS, in batched products over the members, a chunk of tokens at a time."""
+
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx,
@@ -71,42 +76,43 @@ class _LinearCrossEntropy(torch.autograd.Function):
         reduction: str,
         chunk: int,
         needs_grad: bool,
-        z_loss: float,
+        z_loss: tuple[float, ...],
         extremes: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = h.shape[0]
+        M, n = h.shape[:2]
         w = weight.to(dtype)
-        wt = w.t().contiguous()  # (d, V): the forward product is fastest on this layout
+        wt = w.mT.contiguous()  # (M, d, V): the forward product is fastest on this layout
         grad_h = torch.empty_like(h) if needs_grad else None
-        grad_w = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if needs_grad else None
-        )
-        # the sums of the loss, log Z and log Z^2; the max of log Z and of |logit|
-        sums = torch.zeros(3, dtype=torch.float32, device=h.device)
-        peaks = torch.full((2,), -torch.inf, dtype=torch.float32, device=h.device)
+        acc = torch.promote_types(torch.float32, weight.dtype)  # grad_W: float32 at least
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if needs_grad else None
+        # per member: the sums of the loss, log Z and log Z^2; the max of log Z and of |logit|
+        sums = torch.zeros(M, 3, dtype=torch.float32, device=h.device)
+        peaks = torch.full((M, 2), -torch.inf, dtype=torch.float32, device=h.device)
+        # with a z-loss the softmax is float32 (at least) for every member: a member without
+        # one, in a pack with members that have one, gets bf16's rounding of it no longer
+        z = _z_factor(z_loss, h.device)
         for start in range(0, n, chunk):
-            hc = h[start : start + chunk].to(dtype)
-            yc = targets[start : start + chunk]
-            rows = torch.arange(len(yc), device=h.device)
-            logits = hc @ wt
-            nll, log_z, p = _nll_and_softmax(logits, yc, torch.float32 if z_loss else None)
-            sums += torch.stack(
-                [nll.sum() + z_loss * log_z.square().sum(), log_z.sum(), log_z.square().sum()]
-            )
-            peaks[0] = torch.maximum(peaks[0], log_z.max())
+            hc = h[:, start : start + chunk].to(dtype)
+            yc = targets[:, start : start + chunk]
+            logits = torch.bmm(hc, wt)  # (M, c, V)
+            nll, log_z, p = _nll_and_softmax(logits, yc, acc if z is not None else None)
+            total = nll.sum(1) if z is None else (nll + z * log_z.square()).sum(1)
+            sums += torch.stack([total, log_z.sum(1), log_z.square().sum(1)], dim=1)
+            peaks[:, 0] = torch.maximum(peaks[:, 0], log_z.amax(1))
             if extremes:
-                low, high = torch.aminmax(logits)
-                peaks[1] = torch.maximum(peaks[1], torch.maximum(-low, high).float())
+                low, high = torch.aminmax(logits.flatten(1), dim=1)
+                peaks[:, 1] = torch.maximum(peaks[:, 1], torch.maximum(-low, high).float())
             if needs_grad:  # dlogits = softmax (1 + 2 z log Z) - onehot; 1/n of a mean below
-                if z_loss:
-                    p *= (1.0 + 2.0 * z_loss * log_z)[:, None]
-                p[rows, yc] -= 1.0
+                if z is not None:
+                    p *= (1.0 + 2.0 * z * log_z)[..., None]
+                rows = torch.arange(yc.numel(), device=h.device)
+                p.view(-1, p.shape[-1])[rows, yc.flatten()] -= 1.0
                 p = p.to(dtype)
-                grad_h[start : start + chunk] = p @ w
-                if p.dtype == torch.float32:  # accumulate in place: no (V x d) temporary
-                    grad_w.addmm_(p.t(), hc)
+                grad_h[:, start : start + chunk] = torch.bmm(p, w)
+                if p.dtype == acc:  # accumulate in place: no (V x d) temporary
+                    grad_w.baddbmm_(p.mT, hc)
                 else:
-                    grad_w += (p.t() @ hc).float()
+                    grad_w += torch.bmm(p.mT, hc).to(acc)
         scale = 1.0 / n if reduction == "mean" else 1.0
         if needs_grad:
             grad_h *= scale
@@ -114,19 +120,39 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         if not extremes:
-            peaks[1] = torch.nan
-        stats = torch.stack([sums[1] / n, peaks[0], sums[2] / n, peaks[1]])
+            peaks[:, 1] = torch.nan
+        stats = torch.stack([sums[:, 1] / n, peaks[:, 0], sums[:, 2] / n, peaks[:, 1]], dim=1)
         ctx.mark_non_differentiable(stats)
-        return sums[0] * scale, stats
+        return sums[:, 0] * scale, stats
 
     @staticmethod
     def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_out: torch.Tensor, _: torch.Tensor
     ) -> tuple:
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out if ctx.needs_input_grad[0] else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        g = grad_out.view(-1, 1, 1)
+        gh = grad_h * g if ctx.needs_input_grad[0] else None
+        gw = (grad_w * g).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
         return gh, gw, None, None, None, None, None, None, None
+
+
+def z_coefficients(z_loss: float | Sequence[float], members: int) -> tuple[float, ...]:
+    """The z-loss coefficient of each of `members`: one for all, or one per member."""
+    if isinstance(z_loss, (int, float)):
+        return (float(z_loss),) * members
+    if len(z_loss) != members:
+        raise ValueError(f"{len(z_loss)} z-loss coefficients for {members} members")
+    return tuple(float(z) for z in z_loss)
+
+
+def _z_factor(z_loss: tuple[float, ...], device: torch.device) -> float | torch.Tensor | None:
+    """None without a z-loss; one number where every member has the same coefficient; else
+    a (M, 1) tensor that scales each member's rows."""
+    if not any(z_loss):
+        return None
+    if len(set(z_loss)) == 1:
+        return z_loss[0]
+    return torch.tensor(z_loss, dtype=torch.float32, device=device).view(-1, 1)
 
 
 def linear_cross_entropy(
@@ -136,34 +162,41 @@ def linear_cross_entropy(
     reduction: str = "mean",
     chunk: int = CHUNK,
     *,
-    z_loss: float = 0.0,
+    z_loss: float | Sequence[float] = 0.0,
     stats: bool = False,
     extremes: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """cross_entropy(h @ weight.T, targets) over the last dimension of h, without the logits.
 
-    h: (..., d); weight: (V, d); targets: (...) token ids. `reduction`: mean or sum. Equal
-    to `F.cross_entropy(F.linear(h, weight).float().flatten(0, -2), targets.flatten())` up to
-    rounding, in value and in gradient; plus `z_loss` x log(Z)^2 per token when z_loss > 0.
-    With `stats`, also the float32 vector of HEAD_STATS (no gradient); `extremes` adds the
+    h: (..., d); weight: (V, d); targets: (...) token ids; or, for a pack's M members, h
+    (M, ..., d), weight (M, V, d), targets (M, ...): each member's loss, (M,). `reduction`:
+    mean or sum. Equal to `F.cross_entropy(F.linear(h, weight).float().flatten(0, -2),
+    targets.flatten())` up to rounding, in value and in gradient; plus `z_loss` x log(Z)^2
+    per token when z_loss > 0 (one coefficient, or one per member). With `stats`, also the
+    float32 vector of HEAD_STATS (no gradient; (M, 4) for members); `extremes` adds the
     largest |logit| to it (else NaN).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be mean or sum, not {reduction!r}")
+    alone = weight.dim() == 2  # a plain head: one member
+    if alone:
+        h, weight, targets = h.unsqueeze(0), weight.unsqueeze(0), targets.unsqueeze(0)
     dtype = _compute_dtype(h)
     needs_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     with torch.autocast(h.device.type, enabled=False):
         loss, values = _LinearCrossEntropy.apply(
-            h.flatten(0, -2),
+            h.flatten(1, -2),
             weight,
-            targets.flatten(),
+            targets.flatten(1),
             dtype,
             reduction,
             chunk,
             needs_grad,
-            float(z_loss),
+            z_coefficients(z_loss, weight.shape[0]),
             extremes,
         )
+    if alone:
+        loss, values = loss[0], values[0]
     return (loss, values) if stats else loss
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from normbench.model.block import Block, NormFactory
+from normbench.model.members import Gain
 from normbench.model.postnorm import B2T, Admin, DeepNorm, MixLN, PostLN, ResiDual
 
 
@@ -150,13 +151,13 @@ class ReZero(Block):
 
     def __init__(self, attn: nn.Module, mlp: nn.Module, norm: NormFactory, **kw: Any) -> None:
         super().__init__(attn, mlp, norm, **kw)
-        self.a = nn.Parameter(torch.zeros(()))
+        self.a = Gain((), init=0.0)  # a(y) = a * y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_parallel:
-            return x + self.a * (self.attn(x) + self.mlp(x))
-        x = x + self.a * self.attn(x)
-        x = x + self.a * self.mlp(x)
+            return x + self.a(self.attn(x) + self.mlp(x))
+        x = x + self.a(self.attn(x))
+        x = x + self.a(self.mlp(x))
         return x
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from normbench.errors import ConfigError
 from normbench.model.block import Block, NormFactory
 from normbench.model.kinds import upcast
+from normbench.model.members import Gain
 
 
 class PostLN(Block):
@@ -113,8 +114,8 @@ class Admin(Block):
         # profiling run starts (omega_1 = 1 is also the profile's first value)
         self.profiled = omega is None
         start = 1.0 if omega is None else omega
-        self.omega_a = nn.Parameter(torch.full((self.d_model,), start))
-        self.omega_m = nn.Parameter(torch.full((self.d_model,), start))
+        self.omega_a = Gain((self.d_model,), init=start)  # omega(x) = omega ⊙ x
+        self.omega_m = Gain((self.d_model,), init=start)
         self.norm_a, self.norm_m = norm(), norm()
 
     @classmethod
@@ -132,7 +133,7 @@ class Admin(Block):
                 f"norm.admin_init must be one of {', '.join(ADMIN_INITS)} (got {admin_init!r})"
             )
 
-    def sublayers(self) -> list[tuple[str, nn.Module, nn.Parameter, nn.Module]]:
+    def sublayers(self) -> list[tuple[str, nn.Module, Gain, nn.Module]]:
         """(name, F, its omega, its norm) of the block's two sublayers, in order."""
         return [
             ("attn", self.attn, self.omega_a, self.norm_a),
@@ -149,10 +150,10 @@ class Admin(Block):
             return None
         omega, rows = 1.0, []
         for block in admins:
-            for name, F, weight, norm in block.sublayers():
+            for name, F, gain, norm in block.sublayers():
                 f = F(x)
-                weight.fill_(omega)
-                shortcut = weight * x
+                gain.weight.fill_(omega)
+                shortcut = gain(x)
                 var_shortcut, var_branch = _variance(shortcut), _variance(f)
                 rows.append(
                     {
@@ -176,8 +177,8 @@ class Admin(Block):
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm_a(self.omega_a * x + self.attn(x))
-        x = self.norm_m(self.omega_m * x + self.mlp(x))
+        x = self.norm_a(self.omega_a(x) + self.attn(x))
+        x = self.norm_m(self.omega_m(x) + self.mlp(x))
         return x
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from normbench.model.members import shapes_alone
 from normbench.run.config.schema import OptimConfig
 
 
@@ -52,14 +53,17 @@ def build_optimizer(
     model: nn.Module, optim: OptimConfig, device: torch.device
 ) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices (linear weights, embeddings), not on norms or biases,
-    coupled to the peak lr or independent of it (`optim.weight_decay_mode`).
+    coupled to the peak lr or independent of it (`optim.weight_decay_mode`). A parameter's
+    shape is judged without its member dimension (model/members.py): a norm's gain (M, d) is
+    a vector.
 
     `optim.fused` (null: yes where torch has the kernel) picks the fused implementation,
     one pass over each weight instead of several (8x faster on a 2-core CPU for 21M weights).
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    shapes = shapes_alone(model)
+    decay = [p for p in params if len(shapes[id(p)]) >= 2]
+    no_decay = [p for p in params if len(shapes[id(p)]) < 2]
     groups = [
         {"params": decay, "weight_decay": decay_coefficient(optim)},
         {"params": no_decay, "weight_decay": 0.0},
@@ -122,3 +126,33 @@ def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
             del optimizer.found_inf  # type: ignore[attr-defined]
     elif not bool(skip):
         optimizer.step()
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters in the numbering of the optimizer's state dict."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def state_alone(optimizer: torch.optim.Optimizer) -> dict:
+    """The state dict of a run alone's optimizer with each moment in its parameter's shape in
+    a plain GPT (the member dimension of one dropped), as the model's own state dict: the
+    layout of a run's checkpoint."""
+    state = optimizer.state_dict()
+    state["state"] = {
+        n: {k: v[0] if k != "step" and torch.is_tensor(v) and v.dim() else v for k, v in s.items()}
+        for n, s in state["state"].items()
+    }
+    return state
+
+
+def load_state_alone(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a state dict in a run's layout (`state_alone`), or in the optimizer's own."""
+    params = _params(optimizer)
+    state = {**state, "state": dict(state["state"])}
+    for n, s in state["state"].items():
+        shape = params[int(n)].shape
+        state["state"][n] = {
+            k: v.unsqueeze(0) if torch.is_tensor(v) and v.dim() == len(shape) - 1 else v
+            for k, v in s.items()
+        }
+    optimizer.load_state_dict(state)

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from normbench.model.gpt import GPT
+from normbench.model.members import shapes_alone
 from normbench.run.config.schema import OptimConfig
 from normbench.run.data.batches import RandomWindows
 from normbench.run.monitor.diag import hook_streams
@@ -50,8 +51,10 @@ MODEL_KEYS = ("output_change", "logit_change", "output_rms", "loss")
 
 
 def _weights(module: nn.Module) -> list[nn.Parameter]:
-    """The weight matrices of a sublayer (biases and gains left out)."""
-    return [p for p in module.parameters() if p.dim() >= 2]
+    """The weight matrices of a sublayer (biases and gains left out; shapes as in a run
+    alone, without the member dimension)."""
+    shapes = shapes_alone(module)
+    return [p for p in module.parameters() if len(shapes[id(p)]) >= 2]
 
 
 def _norm(tensors: list[torch.Tensor]) -> float:

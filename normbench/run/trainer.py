@@ -47,8 +47,10 @@ from normbench.run.monitor.divergence import DivergenceMonitor, Event, describe
 from normbench.run.optim import (
     build_optimizer,
     build_scheduler,
+    load_state_alone,
     lr_on_device,
     schedule,
+    state_alone,
     step_unless,
 )
 from normbench.run.progress import Progress
@@ -583,7 +585,7 @@ class Trainer:
             "evaluated": evaluated,
             "config": self.config,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": state_alone(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -605,7 +607,7 @@ class Trainer:
         """Continue from a `state_dict`; returns its step. The device and the precision stay
         those chosen for this process."""
         checkpoint.load_model(self.model, saved["model"], str(self.cfg.norm.name))
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_state_alone(self.optimizer, saved["optimizer"])
         lr_on_device(self.optimizer, self.device)
         self.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"]["torch"])

@@ -67,7 +67,8 @@ def test_probe_matches_a_direct_computation(placement):
             w2_sum[i] += block.mlp.proj.weight.grad
         for i, block in enumerate(reference.blocks):
             for sub in ("attn", "mlp"):
-                weights = [p for p in getattr(block, sub).parameters() if p.dim() == 2]
+                # matrices: (1, out, in) with the member dimension of a run alone
+                weights = [p for p in getattr(block, sub).parameters() if p.dim() == 3]
                 grads[(i, sub)].append(math.sqrt(sum(p.grad.square().sum() for p in weights)))
     for i in range(4):
         assert layers[i]["hidden_norm"] == pytest.approx(sum(hidden[i]) / 2, rel=1e-5)

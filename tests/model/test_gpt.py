@@ -11,9 +11,11 @@ from torch import nn
 
 from normbench.model.gpt import MLP, CausalSelfAttention, ResidualProjection
 from normbench.model.kinds import KINDS, make_norm
+from normbench.model.members import Linear
 from normbench.model.placements import PLACEMENTS, PostLN, PreLN
 
 from support.models import D, H, gpt, randomize
+from support.reference import param
 
 T, B = 10, 3
 
@@ -89,8 +91,8 @@ def copy_into_hf(model: nn.Module, hf: nn.Module) -> None:
     """Our weights into GPT-2's modules (its Conv1D stores W transposed: (in, out))."""
     t = hf.transformer
     with torch.no_grad():
-        t.wte.weight.copy_(model.wte.weight)
-        t.wpe.weight.copy_(model.wpe.weight)
+        t.wte.weight.copy_(param(model.wte, "weight"))
+        t.wpe.weight.copy_(param(model.wpe, "weight"))
         for ours, theirs in zip(model.blocks, t.h, strict=True):
             pairs = [
                 (ours.attn.qkv, theirs.attn.c_attn),
@@ -99,13 +101,13 @@ def copy_into_hf(model: nn.Module, hf: nn.Module) -> None:
                 (ours.mlp.proj, theirs.mlp.c_proj),
             ]
             for linear, conv in pairs:
-                conv.weight.copy_(linear.weight.T)
-                conv.bias.copy_(linear.bias)
+                conv.weight.copy_(param(linear, "weight").T)
+                conv.bias.copy_(param(linear, "bias"))
             for norm, ln in ((ours.norm_a, theirs.ln_1), (ours.norm_m, theirs.ln_2)):
-                ln.weight.copy_(norm.weight)
-                ln.bias.copy_(norm.bias)
-        t.ln_f.weight.copy_(model.norm_f.weight)
-        t.ln_f.bias.copy_(model.norm_f.bias)
+                ln.weight.copy_(param(norm, "weight"))
+                ln.bias.copy_(param(norm, "bias"))
+        t.ln_f.weight.copy_(param(model.norm_f, "weight"))
+        t.ln_f.bias.copy_(param(model.norm_f, "bias"))
 
 
 def test_pre_ln_is_gpt2_logit_for_logit():
@@ -208,12 +210,14 @@ def test_qk_norm_attention_is_g_times_cosine_similarity():
     x = torch.randn(B, T, D)
     q, k, v = (
         (x @ w.T + b).view(B, T, H, D // H).transpose(1, 2)
-        for w, b in zip(attn.qkv.weight.chunk(3), attn.qkv.bias.chunk(3), strict=True)
+        for w, b in zip(
+            param(attn.qkv, "weight").chunk(3), param(attn.qkv, "bias").chunk(3), strict=True
+        )
     )
     cos = F.cosine_similarity(q.unsqueeze(3), k.unsqueeze(2), dim=-1)  # (B, H, T, T)
     scores = (3.7 * cos).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
     y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D)
-    expected = y @ attn.proj.weight.T + attn.proj.bias
+    expected = y @ param(attn.proj, "weight").T + param(attn.proj, "bias")
     with torch.no_grad():
         torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in attn.qk_norm.parameters()) == 1  # one scalar per layer
@@ -233,7 +237,9 @@ def test_qk_layernorm_normalizes_q_and_k_per_head_then_scales_by_sqrt_d_head(kin
     x = torch.randn(B, T, D)
     q, k, v = (
         (x @ w.T + b).view(B, T, H, hd).transpose(1, 2)
-        for w, b in zip(attn.qkv.weight.chunk(3), attn.qkv.bias.chunk(3), strict=True)
+        for w, b in zip(
+            param(attn.qkv, "weight").chunk(3), param(attn.qkv, "bias").chunk(3), strict=True
+        )
     )
 
     def norm(t, module):
@@ -247,7 +253,7 @@ def test_qk_layernorm_normalizes_q_and_k_per_head_then_scales_by_sqrt_d_head(kin
         torch.ones(T, T).triu(1).bool(), float("-inf")
     )
     y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D)
-    expected = y @ attn.proj.weight.T + attn.proj.bias
+    expected = y @ param(attn.proj, "weight").T + param(attn.proj, "bias")
     with torch.no_grad():
         torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
     per_norm = 2 * hd if kind == "layernorm" else hd  # gain (and shift) over d_head
@@ -279,7 +285,7 @@ def test_gpt2_init_scales_residual_projections_by_depth(depth):
     other = [
         m.weight
         for m in model.modules()
-        if isinstance(m, nn.Linear)
+        if isinstance(m, Linear)
         and not isinstance(m, ResidualProjection)
         and m is not model.lm_head
     ]
@@ -289,7 +295,7 @@ def test_gpt2_init_scales_residual_projections_by_depth(depth):
     got_other = torch.cat([w.flatten() for w in other]).std().item()
     assert abs(got_other - 0.02) / 0.02 < 0.03
     assert abs(model.wte.weight.std().item() - 0.02) / 0.02 < 0.03
-    biases = [m.bias for m in model.modules() if isinstance(m, nn.Linear) and m.bias is not None]
+    biases = [m.bias for m in model.modules() if isinstance(m, Linear) and m.bias is not None]
     assert all(torch.count_nonzero(b) == 0 for b in biases)
 
 

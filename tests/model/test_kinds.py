@@ -9,6 +9,8 @@ import torch
 
 from normbench.model.kinds import KINDS, kind_options, make_norm
 
+from support.reference import param
+
 D = 64
 
 
@@ -49,7 +51,9 @@ def test_rmsnorm_has_unit_rms_before_the_gain_and_no_bias():
 
 def test_scalenorm_output_norm_equals_g():
     norm = make_norm("scalenorm", D)
-    assert norm.g.shape == () and norm.g.item() == pytest.approx(math.sqrt(D))  # init sqrt(d)
+    assert param(norm, "g").shape == () and norm.g.item() == pytest.approx(
+        math.sqrt(D)
+    )  # init sqrt(d)
     with torch.no_grad():
         norm.g.fill_(2.5)
     y = norm(tokens(4, 7)).detach()
@@ -59,7 +63,7 @@ def test_scalenorm_output_norm_equals_g():
 
 def test_dyt_is_bounded_by_g_plus_b_and_is_its_formula():
     norm = make_norm("dyt", D, alpha0=0.8)
-    assert norm.alpha.shape == () and norm.alpha.item() == pytest.approx(0.8)
+    assert param(norm, "alpha").shape == () and norm.alpha.item() == pytest.approx(0.8)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(D))
         norm.bias.copy_(torch.randn(D))
@@ -98,12 +102,13 @@ def test_batchnorm_evaluates_with_its_running_per_position_statistics():
     x = tokens(8, 10)
     norm(x)  # one training step: running = 0.9 * initial + 0.1 * batch statistics
     mean, var = x.mean(0), x.var(0, unbiased=True)
-    torch.testing.assert_close(norm.running_mean[:10], 0.1 * mean)
-    torch.testing.assert_close(norm.running_var[:10], 0.9 + 0.1 * var)
-    assert (norm.running_mean[10:] == 0).all()  # positions never seen keep the initial values
+    running_mean, running_var = param(norm, "running_mean"), param(norm, "running_var")
+    torch.testing.assert_close(running_mean[:10], 0.1 * mean)
+    torch.testing.assert_close(running_var[:10], 0.9 + 0.1 * var)
+    assert (running_mean[10:] == 0).all()  # positions never seen keep the initial values
     norm.eval()
     one = x[:1]  # at evaluation a single sequence is enough: no batch statistics
-    expected = (one - norm.running_mean[:10]) / torch.sqrt(norm.running_var[:10] + 1e-5)
+    expected = (one - running_mean[:10]) / torch.sqrt(running_var[:10] + 1e-5)
     torch.testing.assert_close(norm(one).detach(), expected)
 
 

@@ -90,7 +90,7 @@ def test_peri_ln_is_sandwich_ln_with_the_embedding_normalized(block):
     with torch.no_grad():
         for blk in sandwich.blocks:
             x = blk(x)
-        want = ref.norm(sandwich.norm_f, x) @ sandwich.wte.weight.T
+        want = ref.norm(sandwich.norm_f, x) @ ref.param(sandwich.wte, "weight").T
         torch.testing.assert_close(peri(idx)[0], want, rtol=1e-10, atol=1e-10)
         assert not torch.allclose(sandwich(idx)[0], want, atol=1e-3)  # Norm_e matters
     fresh = gpt("peri", "rmsnorm")  # Norm_e is of the selected kind, its gain starts at 1
@@ -154,8 +154,9 @@ def test_admin_omega(depth):
     assert omega == pytest.approx(ADMIN_OMEGA[depth], rel=1e-9)
     model = gpt("admin", depth=depth, d_model=8, n_heads=2, vocab_size=16)
     for blk in model.blocks:  # a learnable d-vector per sublayer, initialised to omega
-        for w in (blk.omega_a, blk.omega_m):
-            assert isinstance(w, nn.Parameter) and w.shape == (8,)
+        for gain in (blk.omega_a, blk.omega_m):
+            w = ref.param(gain, "weight")
+            assert isinstance(gain.weight, nn.Parameter) and w.shape == (8,)
             torch.testing.assert_close(w.detach(), torch.full((8,), omega))
     # analytic: nothing to measure; the profile leaves the model as it was
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -180,7 +181,7 @@ def test_admin_profiled_omega_is_the_papers_profile(kind):
     assert [(r["block"], r["sublayer"]) for r in got] == [
         (layer, sub) for layer in (1, 2, 3) for sub in ("attn", "mlp")
     ]
-    weights = [w for blk in model.blocks for w in (blk.omega_a, blk.omega_m)]
+    weights = [g.weight for blk in model.blocks for g in (blk.omega_a, blk.omega_m)]
     for row, weight, (omega, var_shortcut, var_branch) in zip(got, weights, want, strict=True):
         assert isinstance(weight, nn.Parameter) and weight.requires_grad
         torch.testing.assert_close(weight.detach(), torch.full_like(weight, omega))
@@ -222,12 +223,12 @@ def test_lns_scales_block_l_by_one_over_sqrt_l(depth):
 
 def test_rezero_gates_start_at_zero_so_the_model_starts_as_the_embedding():
     model = gpt("rezero", depth=3)
-    assert all(blk.a.item() == 0.0 and blk.a.requires_grad for blk in model.blocks)
+    assert all(blk.a.weight.item() == 0.0 and blk.a.weight.requires_grad for blk in model.blocks)
     idx = torch.randint(0, 128, (2, 8))
     with torch.no_grad():
         logits, _ = model(idx)
         embedded = model.wte(idx) + model.wpe(torch.arange(8))
-    torch.testing.assert_close(logits, embedded @ model.wte.weight.T)
+    torch.testing.assert_close(logits, embedded @ ref.param(model.wte, "weight").T)
 
 
 # --- initial std of the scaled weights -----------------------------------------------------
@@ -241,13 +242,13 @@ def roles(model: GPT) -> dict[str, list[torch.Tensor]]:
     """The weights by role, found by module type (not by name)."""
     out: dict[str, list[torch.Tensor]] = {"q": [], "k": [], "v": [], "o": [], "w1": [], "w2": []}
     for blk in model.blocks:
-        q, k, v = blk.attn.qkv.weight.chunk(3, dim=0)
+        q, k, v = ref.param(blk.attn.qkv, "weight").chunk(3, dim=0)
         out["q"].append(q)
         out["k"].append(k)
         out["v"].append(v)
-        out["o"].append(blk.attn.proj.weight)
-        out["w1"].append(blk.mlp.fc.weight)
-        out["w2"].append(blk.mlp.proj.weight)
+        out["o"].append(ref.param(blk.attn.proj, "weight"))
+        out["w1"].append(ref.param(blk.mlp.fc, "weight"))
+        out["w2"].append(ref.param(blk.mlp.proj, "weight"))
     return out
 
 

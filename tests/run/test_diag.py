@@ -79,7 +79,7 @@ def test_values_match_a_direct_computation(placement):
     if placement == "rezero":
         with torch.no_grad():
             for b in model.blocks:
-                b.a.fill_(0.5)  # so the blocks' gradients are not zero
+                b.a.weight.fill_(0.5)  # so the blocks' gradients are not zero
     x, y = batch()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     diag = Diagnostics(model, every=1, per_param=True, history=4)

@@ -22,7 +22,7 @@ from support import reference as ref
 
 
 def omegas(model: torch.nn.Module) -> list[torch.Tensor]:
-    return [w.detach().clone() for b in model.blocks for w in (b.omega_a, b.omega_m)]
+    return [g.weight.detach().clone() for b in model.blocks for g in (b.omega_a, b.omega_m)]
 
 
 def admin_config(text_files, tmp_path, init: str):

@@ -37,10 +37,11 @@ def gpt(placement: str = "pre", kind: str = "layernorm", depth: int = 2, **kw: A
 
 def randomize(module: nn.Module) -> None:
     """Random values for every parameter, so that no term of an equation is trivially 0 or 1
-    (ReZero's a, Admin's omega, norm gains and biases, DyT's alpha)."""
+    (ReZero's a, Admin's omega, norm gains and biases, DyT's alpha). Shapes are judged
+    without the member dimension (normbench/model/members.py)."""
     with torch.no_grad():
         for p in module.parameters():
-            if p.dim() <= 1:
+            if p.dim() - 1 <= 1:
                 p.copy_(0.5 + torch.rand_like(p))
             else:
                 p.copy_(torch.randn_like(p) * 0.2)

@@ -37,17 +37,23 @@ FINAL_NORM = {
 EMBED_NORM = {"peri"}
 
 
-def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
-    y = x @ layer.weight.T
-    return y if layer.bias is None else y + layer.bias
+def param(module: torch.nn.Module, name: str) -> Tensor | None:
+    """A parameter of `module` as a run alone has it (a plain GPT's shape, without the member
+    dimension: its state dict), None where the module has none of that name."""
+    return module.state_dict(keep_vars=True).get(name)
+
+
+def linear(x: Tensor, layer: torch.nn.Module) -> Tensor:
+    y = x @ param(layer, "weight").T
+    return y if layer.bias is None else y + param(layer, "bias")
 
 
 def attention(attn: CausalSelfAttention, x: Tensor) -> Tensor:
     """A(x) = W_o softmax(mask(q k^T / sqrt(d_head))) v, per head; QKNorm when enabled."""
     B, T, C = x.shape
     h = attn.n_heads
-    w_q, w_k, w_v = attn.qkv.weight.chunk(3, dim=0)
-    b_q, b_k, b_v = attn.qkv.bias.chunk(3) if attn.qkv.bias is not None else (0, 0, 0)
+    w_q, w_k, w_v = param(attn.qkv, "weight").chunk(3, dim=0)
+    b_q, b_k, b_v = param(attn.qkv, "bias").chunk(3) if attn.qkv.bias is not None else (0, 0, 0)
     q, k, v = (
         (x @ w.T + b).reshape(B, T, h, C // h).transpose(1, 2)
         for w, b in ((w_q, b_q), (w_k, b_k), (w_v, b_v))
@@ -55,7 +61,7 @@ def attention(attn: CausalSelfAttention, x: Tensor) -> Tensor:
     if attn.qk_norm is not None and not hasattr(attn.qk_norm, "g"):
         raise NotImplementedError("qk-layernorm is tested on its own (tests/model/test_gpt.py)")
     if attn.qk_norm is not None:  # 2010.04245: g * (q/|q|) . (k/|k|)
-        q = q / q.norm(dim=-1, keepdim=True) * attn.qk_norm.g
+        q = q / q.norm(dim=-1, keepdim=True) * param(attn.qk_norm, "g")
         k = k / k.norm(dim=-1, keepdim=True)
         scores = q @ k.transpose(-1, -2)
     else:
@@ -78,22 +84,22 @@ def mlp(m: torch.nn.Module, x: Tensor) -> Tensor:
 def norm(n: torch.nn.Module, x: Tensor) -> Tensor:
     """The kind's formula from variants.md, from the layer's own parameters."""
     kind = n.name
-    b = getattr(n, "bias", None)
+    b = param(n, "bias")
     shift = 0 if b is None else b
     if kind == "layernorm":
         mean = x.mean(-1, keepdim=True)
         var = ((x - mean) ** 2).mean(-1, keepdim=True)
-        return (x - mean) / torch.sqrt(var + n.eps) * n.weight + shift
+        return (x - mean) / torch.sqrt(var + n.eps) * param(n, "weight") + shift
     if kind == "rmsnorm":
-        return x / torch.sqrt((x**2).mean(-1, keepdim=True) + n.eps) * n.weight
+        return x / torch.sqrt((x**2).mean(-1, keepdim=True) + n.eps) * param(n, "weight")
     if kind == "scalenorm":
-        return n.g * x / torch.clamp(torch.sqrt((x**2).sum(-1, keepdim=True)), min=n.eps)
+        return param(n, "g") * x / torch.clamp(torch.sqrt((x**2).sum(-1, keepdim=True)), min=n.eps)
     if kind == "dyt":
-        return n.weight * torch.tanh(n.alpha * x) + shift
+        return param(n, "weight") * torch.tanh(param(n, "alpha") * x) + shift
     if kind == "batchnorm":  # training mode: statistics over the batch, per position
         mean = x.mean(0, keepdim=True)
         var = ((x - mean) ** 2).mean(0, keepdim=True)
-        return (x - mean) / torch.sqrt(var + n.eps) * n.weight + shift
+        return (x - mean) / torch.sqrt(var + n.eps) * param(n, "weight") + shift
     if kind == "identity":
         return x
     raise AssertionError(f"no reference for kind {kind}")
@@ -129,8 +135,8 @@ def block(blk: torch.nn.Module, x):
         x = norm(blk.norm_a, alpha * x + A(x))
         return norm(blk.norm_m, alpha * x + M(x))
     if name == "admin":
-        x = norm(blk.norm_a, blk.omega_a * x + A(x))
-        return norm(blk.norm_m, blk.omega_m * x + M(x))
+        x = norm(blk.norm_a, param(blk.omega_a, "weight") * x + A(x))
+        return norm(blk.norm_m, param(blk.omega_m, "weight") * x + M(x))
     if name == "resi_dual":
         x_a, x_d = x
         f = A(x_a)
@@ -155,10 +161,11 @@ def block(blk: torch.nn.Module, x):
         x = x + A(norm(blk.norm_a, x) * s)
         return x + M(norm(blk.norm_m, x) * s)
     if name == "rezero":
+        a = param(blk.a, "weight")
         if parallel:
-            return x + blk.a * (A(x) + M(x))
-        x = x + blk.a * A(x)
-        return x + blk.a * M(x)
+            return x + a * (A(x) + M(x))
+        x = x + a * A(x)
+        return x + a * M(x)
     if name == "none":
         if parallel:
             return x + A(x) + M(x)
@@ -170,7 +177,8 @@ def block(blk: torch.nn.Module, x):
 def gpt_logits(model: torch.nn.Module, idx: Tensor) -> Tensor:
     """The whole model from the specification: embeddings, blocks, final norm, tied head."""
     T = idx.shape[1]
-    x = model.wte.weight[idx] + model.wpe.weight[:T]
+    wte = param(model.wte, "weight")
+    x = wte[idx] + param(model.wpe, "weight")[:T]
     name = model.blocks[0].name
     if name in EMBED_NORM:
         x = norm(model.norm_e, x)
@@ -182,7 +190,7 @@ def gpt_logits(model: torch.nn.Module, idx: Tensor) -> Tensor:
         h = x_a + norm(model.norm_f, x_d)
     else:
         h = norm(model.norm_f, stream) if FINAL_NORM[name] else stream
-    return h @ model.wte.weight.T
+    return h @ wte.T
 
 
 def admin_profile(model: torch.nn.Module, idx: Tensor) -> list[tuple[float, float, float]]:

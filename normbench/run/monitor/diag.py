@@ -107,32 +107,32 @@ def attention_logits(
     exact: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The largest and the mean of q_i . k_j x scale over the causal pairs j <= i, for q and
-    k of shape (B, heads, T, head_dim), as float32 numbers.
+    k of shape (..., T, head_dim) (the attention's (M, B, heads, T, head_dim)), as float32
+    numbers.
 
     The max takes the (T x T) products with the causal mask added in the same kernel
     (baddbmm), a chunk of batch rows at a time (one chunk at the default sizes): `exact`, in
     float32 outside any autocast; otherwise in q's own dtype (bf16 under bf16 autocast:
     within 2^-8 of the exact max, at a fraction of the cost of float32 products on a GPU).
     The mean is sum_i q_i . (sum_{j<=i} k_j) in float32, without the products."""
-    B, H, T, D = q.shape
+    T, D = q.shape[-2:]
+    BH = q.numel() // (T * D)  # every sequence and head
     with torch.autocast(q.device.type, enabled=False):
-        q32 = q.detach().float().reshape(B * H, T, D)
-        k32 = k.detach().float().reshape(B * H, T, D)
+        q32 = q.detach().float().reshape(BH, T, D)
+        k32 = k.detach().float().reshape(BH, T, D)
         qp, kp = (
-            (q32, k32)
-            if exact
-            else (q.detach().reshape(B * H, T, D), k.detach().reshape(B * H, T, D))
+            (q32, k32) if exact else (q.detach().reshape(BH, T, D), k.detach().reshape(BH, T, D))
         )
         cached = not torch.compiler.is_compiling()  # in a compiled graph, a constant of it
         mask = (_causal_mask if cached else _causal_mask.__wrapped__)(T, q.device).to(qp.dtype)
         rows = max(1, chunk // (T * T))
         peaks = [
             torch.baddbmm(mask, qp[start : start + rows], kp[start : start + rows].mT).amax()
-            for start in range(0, B * H, rows)
+            for start in range(0, BH, rows)
         ]
         peak = (peaks[0] if len(peaks) == 1 else torch.stack(peaks).amax()).float()
         total = torch.linalg.vecdot(q32, k32.cumsum(dim=1)).sum()
-    pairs = B * H * T * (T + 1) // 2
+    pairs = BH * T * (T + 1) // 2
     return peak * scale, total * scale / pairs
 
 
@@ -311,7 +311,7 @@ class Diagnostics:
             if self.recording and self.light_on:
                 q, k, scale = args
                 rows = slice(self.attn_rows)  # exact on full steps, in q's dtype on the others
-                peak, mean = attention_logits(q[rows], k[rows], scale, exact=self.full)
+                peak, mean = attention_logits(q[:, rows], k[:, rows], scale, exact=self.full)
                 self.scalars[f"attn_logit_max/{name}"] = peak
                 self.scalars[f"attn_logit_mean/{name}"] = mean
 
@@ -329,7 +329,7 @@ class Diagnostics:
         the largest |logit| only on full steps (measured when the model's `extremes` is set)."""
         if self.recording and self.light_on:
             measured = len(HEAD_KEYS) if self.full else len(HEAD_KEYS) - 1
-            self.vectors.add(HEAD_KEYS[:measured], args[0][:measured])
+            self.vectors.add(HEAD_KEYS[:measured], args[0][..., :measured])
 
     def _entropy_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
