@@ -4,7 +4,8 @@ before Hydra runs the first.
 
 This is the one module that uses Hydra's private API (`hydra._internal`): its config loader,
 the basic sweeper's cartesian product, its argument parser and `_run_hydra`. The task
-functions Hydra calls are `normbench.run.job.train_task` (one training job) and
+functions Hydra calls are `normbench.run.job.TrainTask` (one training job, or with
+hydra/launcher=packed a pack of them: normbench/launcher.py) and
 `normbench.analysis.report.probe.probe_task`.
 """
 
@@ -41,7 +42,7 @@ from normbench.run.console import PROG, Interrupted, say
 from normbench.run.data.tokens import check_data_fits, load_tokens
 from normbench.run.dist import check_global_batch
 from normbench.run.hardware import check_memory
-from normbench.run.job import check_same_config, train_task
+from normbench.run.job import TrainTask, check_same_config
 from normbench.run.record.checkpoint import RunLock
 from normbench.run.record.checkpoint import load as load_checkpoint
 from normbench.run.record.rundir import (
@@ -382,7 +383,7 @@ def train(argv: list[str]) -> None:
     # output folder is named by the time, so "the same command" would start another).
     hint = resume_command(argv, key, lock.dir) if lock is not None else None
     try:
-        run(args, parser, partial(train_task, resume_command=hint), config_name, lock)
+        run(args, parser, TrainTask(hint), config_name, lock)
     except (Interrupted, WriteError) as e:
         e.resume_command = e.resume_command or hint
         raise

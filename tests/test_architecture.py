@@ -27,6 +27,7 @@ LAYERS = {
     "normbench.bench": 3,  # a tool standing above one run, beside the analysis
     "normbench.cli": 4,
     "normbench.launch": 4,
+    "normbench.launcher": 4,
     "normbench.__main__": 4,
 }
 # Modules of one layer that must not import each other (siblings, not a stack).

@@ -135,6 +135,8 @@ def test_wheel_carries_configs_and_tokenizer(tmp_path):
     }
     assert len(configs) > 10 and configs <= names, sorted(configs - names)
     assert {"normbench/assets/gpt2/vocab.bpe", "normbench/assets/gpt2/encoder.json"} <= names
+    assert "hydra_plugins/normbench_packed_launcher/__init__.py" in names  # hydra/launcher=packed
+    assert not any(n.startswith("hydra_plugins/__init__") for n in names)  # a namespace package
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     probe = "from normbench.run.config.schema import config_dir; print(config_dir())"
     out = subprocess.run(

@@ -42,7 +42,7 @@ from normbench.run.record.writer import (
 )
 from normbench.run.removal import measure_layer_removal
 from normbench.run.runtime import StopRequest, configure_threads
-from normbench.run.trainer import Trainer
+from normbench.run.trainer import Run, Trainer
 
 log = logging.getLogger("normbench")
 
@@ -105,6 +105,41 @@ def check_same_config(state: dict[str, Any], config: dict[str, Any], path: Path)
         )
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a job runs, from its Hydra config: its run directory, its sweep's W&B group (a
+    multirun's), whether it is a multirun's job, and the launcher (for its threads)."""
+
+    run_dir: Path
+    group: str | None
+    multirun: bool
+    launcher: Any
+
+    @classmethod
+    def current(cls) -> Place:
+        """The place of the job Hydra is running now."""
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        group = str(hc.sweep.dir)[-128:] if multirun else None
+        return cls(Path(hc.runtime.output_dir).resolve(), group, multirun, hc.launcher)
+
+
+class TrainTask:
+    """The task of `normbench train`, as Hydra's launchers run it: one job (`__call__`), or
+    the jobs of a pack trained together (`pack`, by hydra/launcher=packed:
+    normbench/launcher.py). `resume_command`, the command that continues the run, goes into
+    the summary of a run that was interrupted or failed."""
+
+    def __init__(self, resume_command: str | None = None) -> None:
+        self.resume_command = resume_command
+
+    def __call__(self, cfg: DictConfig) -> float:
+        return train_task(cfg, self.resume_command)
+
+    def pack(self, jobs: list[tuple[DictConfig, Place]]) -> list[float | BaseException]:
+        return pack_task(jobs, self.resume_command)
+
+
 def train_task(cfg: DictConfig, resume_command: str | None = None) -> float:
     """One Hydra job: train, write the run record, log to W&B; return the objective.
 
@@ -117,25 +152,57 @@ def train_task(cfg: DictConfig, resume_command: str | None = None) -> float:
     data's fingerprint (`data.fingerprint`): a run is never continued or returned on other
     tokens than it trained on.
     """
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir).resolve()
-    group = str(hc.sweep.dir)[-128:] if hc.mode == RunMode.MULTIRUN else None
-    typed = resolve(cfg)  # from here on the typed config
-    tokens = load_tokens(typed.data)
-    check_data_fits(tokens, typed.model.context)
-    config = as_dict(typed)
-    config["data"]["fingerprint"] = tokens.fingerprint
+    (value,) = pack_task([(cfg, Place.current())], resume_command, alone=True)
+    assert not isinstance(value, BaseException)  # a job alone raises it
+    return value
+
+
+def pack_task(
+    jobs: list[tuple[DictConfig, Place]], resume_command: str | None, alone: bool = False
+) -> list[float | BaseException]:
+    """Jobs of one architecture (run/pack/plan.py) trained together as one pack: each takes
+    its run directory's lock, plans its resume and writes its own record and W&B run, as a
+    job alone does; a job whose run already finished only returns its objective, and jobs
+    that resume from different steps train as one pack per step. Returns each job's
+    objective, or the exception that ended it (`alone`: a single job, whose exception is
+    raised as it is)."""
+    typed = [resolve(cfg) for cfg, _ in jobs]  # from here on the typed configs
+    tokens = load_tokens(typed[0].data)  # one architecture: one data
+    check_data_fits(tokens, typed[0].model.context)
     main = dist.is_main()  # under torchrun only rank 0 records, logs and prints
-    lock = RunLock.acquire(run_dir) if main else None
+    locks: list[RunLock] = []
     slot = None
+    values: list[float | BaseException | None] = [None] * len(jobs)
     try:
-        slot = _place_on_a_gpu(typed, hc.mode == RunMode.MULTIRUN)
-        return _train_job(typed, tokens, run_dir, group, config, main, resume_command)
+        prepared: list[tuple[int, _Job]] = []
+        for i, ((_, place), cfg) in enumerate(zip(jobs, typed, strict=True)):
+            config = as_dict(cfg)
+            config["data"]["fingerprint"] = tokens.fingerprint
+            if main:
+                locks.append(RunLock.acquire(place.run_dir))
+            job = _prepare(cfg, tokens, place, config, main, resume_command)
+            if isinstance(job, _Job):
+                prepared.append((i, job))
+            else:
+                values[i] = job  # already finished: its objective
+        if prepared:
+            first = prepared[0][1]
+            slot = _place_on_a_gpu(first.cfg, first.place.multirun)
+        # Members resume from their newest valid checkpoints; a kill can leave them at
+        # different steps (one cut short mid-write): each step's members train as a pack.
+        by_step: dict[int, list[tuple[int, _Job]]] = {}
+        for i, job in prepared:
+            by_step.setdefault(int((job.resume or {}).get("step", 0)), []).append((i, job))
+        for group in by_step.values():
+            trained = _train_jobs([job for _, job in group], alone)
+            for (i, _), value in zip(group, trained, strict=True):
+                values[i] = value
     finally:
         if slot is not None:
             slot.release()
-        if lock is not None:
+        for lock in locks:
             lock.release()
+    return [v for v in values if v is not None]
 
 
 def _place_on_a_gpu(cfg: NormbenchConfig, multirun: bool) -> gpus.GpuSlot | None:
@@ -158,7 +225,7 @@ class _Job:
     """What a job holds while it trains, and what its end writes and closes."""
 
     cfg: NormbenchConfig
-    run_dir: Path
+    place: Place
     config: dict[str, Any]
     main: bool  # rank 0 (or no torchrun): the one that records, logs and prints
     record: Record
@@ -166,48 +233,77 @@ class _Job:
     summary: Summary
     logger: Logger
     tokens: TokenSplits
+    resume: dict[str, Any] | None = None  # the checkpoint it continues from
     resume_command: str | None = None  # the command that continues the run
+    checkpointer: Checkpointer | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.place.run_dir
 
 
-def _train_job(
+def _prepare(
     cfg: NormbenchConfig,
     tokens: TokenSplits,
-    run_dir: Path,
-    group: str | None,
+    place: Place,
     config: dict[str, Any],
     main: bool,
     resume_command: str | None,
-) -> float:
-    """train_task's body, holding the run directory's lock."""
-
-    resume, keep_until, finished = plan_resume(cfg, run_dir, config, main)
+) -> _Job | float:
+    """A job, holding its run directory's lock, ready to train: its resume planned and its
+    record opened; or the objective of a run that already finished."""
+    resume, keep_until, finished = plan_resume(cfg, place.run_dir, config, main)
     if finished:
-        return _already_finished(cfg, run_dir, main)
-    record = RunRecord(run_dir, resume_after=keep_until) if main else NullRecord()
+        return _already_finished(cfg, place.run_dir, main)
+    record = RunRecord(place.run_dir, resume_after=keep_until) if main else NullRecord()
     if resume is not None and main:
         _check_rows(record, resume.get("record_rows") or {}, keep_until)
-    job = _Job(
-        cfg, run_dir, config, main, record, StopRequest(), Summary(), NullLogger(), tokens,
-        resume_command,
+    return _Job(
+        cfg, place, config, main, record, StopRequest(), Summary(), NullLogger(), tokens,
+        resume, resume_command,
     )  # fmt: skip
+
+
+def _train_jobs(jobs: list[_Job], alone: bool) -> list[float | BaseException]:
+    """Train the jobs (one pack) and finish each, whatever happens: each one's objective,
+    or the exception that ended it (raised as it is for a job `alone`)."""
+    stop = StopRequest()  # one process: one signal stops every run of the pack
+    for job in jobs:
+        job.stop = stop
+    failure: BaseException | None = None
     try:
-        _train(job, group, resume)
+        _train(jobs)
     except (KeyboardInterrupt, Terminated, SystemExit) as e:  # a second signal: at once
-        job.summary.update(
-            status=Status.INTERRUPTED,
-            stopped_by="a second signal",
-            error=f"{type(e).__name__}: stopped at once; the newest checkpoint is the last "
-            "periodic one",
-        )
-        raise
+        for job in jobs:
+            job.summary.update(
+                status=Status.INTERRUPTED,
+                stopped_by="a second signal",
+                error=f"{type(e).__name__}: stopped at once; the newest checkpoint is the "
+                "last periodic one",
+            )
+        failure = e
     except BaseException as e:
-        _record_failure(job, e)
-        raise
-    finally:
-        _finish(job)
-    if job.summary.status == Status.INTERRUPTED:
-        raise Interrupted(str(job.stop.signal), job.summary.steps, resume_command)
-    return job.summary.objective
+        for job in jobs:
+            _record_failure(job, e)
+        failure = e
+    unrecorded = [_finish(job) for job in jobs]
+    if alone and unrecorded[0] is not None:  # raised last, as from a `finally`
+        raise unrecorded[0]
+    if failure is not None:
+        if alone or not isinstance(failure, Exception):
+            raise failure
+        return [failure] * len(jobs)
+    values: list[float | BaseException] = []
+    for job, error in zip(jobs, unrecorded, strict=True):
+        if error is not None:
+            values.append(error)
+        elif job.summary.status == Status.INTERRUPTED:
+            values.append(Interrupted(str(stop.signal), job.summary.steps, job.resume_command))
+        else:
+            values.append(job.summary.objective)
+    if alone and isinstance(values[0], BaseException):
+        raise values[0]
+    return values
 
 
 def _check_rows(record: RunRecord, covered: dict[str, int], step: int) -> None:
@@ -234,38 +330,29 @@ def _already_finished(cfg: NormbenchConfig, run_dir: Path, main: bool) -> float:
     return summary.objective or objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
 
 
-def _train(job: _Job, group: str | None, resume: dict[str, Any] | None) -> None:
-    """Write the config, open the logger and the checkpointer, train."""
-
-    cfg, run_dir, config, summary = job.cfg, job.run_dir, job.config, job.summary
-    job.record.write_config(config)
-    previous_id = (resume or {}).get("summary", {}).get("wandb") or {}
-    if job.main:
-        job.logger = make_logger(
-            cfg, run_dir, group=group, config=config, resume_id=previous_id.get("id")
-        )
-    t = cfg.train
-    checkpointer = (
-        Checkpointer(
-            run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min, owner=run_identity(config)
-        )
-        if job.main
-        else None
-    )
-    summary.wandb = job.logger.info  # in every checkpoint: a resume continues this W&B run
-    summary.threads = configure_threads(cfg.threads, HydraConfig.get().launcher)
-    trainer = Trainer(
-        cfg,
-        job.tokens,
-        job.record,
-        job.logger,
-        summary,
-        stop=job.stop,
-        resume=resume,
-        config=config,
-    )
-    trainer.fit(checkpointer)
-    measure_layer_removal(trainer)  # with diag.layer_removal, after the final evaluation
+def _train(jobs: list[_Job]) -> None:
+    """Write each config, open each logger and checkpointer, train the pack (a job alone:
+    the pack of one)."""
+    runs = []
+    for job in jobs:
+        cfg, run_dir, config, summary = job.cfg, job.run_dir, job.config, job.summary
+        job.record.write_config(config)
+        previous = (job.resume or {}).get("summary", {}).get("wandb") or {}
+        if job.main:
+            job.logger = make_logger(
+                cfg, run_dir, group=job.place.group, config=config, resume_id=previous.get("id")
+            )
+            t = cfg.train
+            job.checkpointer = Checkpointer(
+                run_dir, t.ckpt_every, t.ckpt_keep, t.ckpt_every_min, owner=run_identity(config)
+            )
+        summary.wandb = job.logger.info  # in every checkpoint: a resume continues this W&B run
+        summary.threads = configure_threads(cfg.threads, job.place.launcher)
+        runs.append(Run(cfg, job.record, job.logger, summary, job.resume, config))
+    trainer = Trainer.pack(runs, jobs[0].tokens, stop=jobs[0].stop)
+    trainer.fit([job.checkpointer for job in jobs])
+    if len(jobs) == 1:  # diag.layer_removal (a job alone: run/pack/plan.py), after the end
+        measure_layer_removal(trainer)
 
 
 def _record_failure(job: _Job, e: BaseException) -> None:
@@ -278,9 +365,10 @@ def _record_failure(job: _Job, e: BaseException) -> None:
             pass
 
 
-def _finish(job: _Job) -> None:
+def _finish(job: _Job) -> RecordWriteError | None:
     """However the job ended: write the summary, close the record and the logger, log the
-    outcome and say where the run is. A summary that could not be written raises last."""
+    outcome and say where the run is. Returns the error of a summary that could not be
+    written (raised last)."""
     cfg, summary = job.cfg, job.summary
     summary.objective = objective(summary, cfg.train.max_steps, cfg.divergence.penalty)
     summary.wandb = job.logger.info
@@ -298,8 +386,7 @@ def _finish(job: _Job) -> None:
     if job.main:
         _log_outcome(summary, job.run_dir)
         say(f"run_dir: {job.run_dir}")
-    if unrecorded is not None:
-        raise unrecorded
+    return unrecorded
 
 
 def _log_outcome(summary: Summary, run_dir: Path) -> None:

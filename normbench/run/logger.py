@@ -159,7 +159,8 @@ class WandbLogger:
                 config={**axes, "cfg": config},
                 dir=str(run_dir),
                 mode=mode,
-                reinit="finish_previous",
+                # its own run, beside any other of this process (a pack's runs log at once)
+                reinit="create_new",
                 # a resumed run continues the same W&B run
                 **({"id": resume_id, "resume": "allow"} if resume_id else {}),
             )

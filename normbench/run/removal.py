@@ -48,11 +48,11 @@ def measure_layer_removal(trainer: Trainer) -> dict[str, float] | None:
 
     def loss_of(model: GPT) -> float:
         val = trainer.tokens.val
-        loss = evaluate(
+        losses = evaluate(
             model, val, cfg.model.context, batch_size, trainer.device, trainer.precision
         )
-        assert loss is not None  # no stop callback: never cut short
-        return loss
+        assert losses is not None  # no stop callback: never cut short
+        return losses[0]  # a run alone: the pack of one
 
     losses = removal_losses(trainer.model, loss_of)
     summary.layer_removal = losses

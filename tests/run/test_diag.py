@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
+from normbench.model.gpt import GPT
 from normbench.run.monitor.diag import (
     FULL_ONLY,
     Diagnostics,
+    Values,
     attention_logits,
     blame,
     block_names,
 )
 from normbench.run.optim import build_optimizer
-from normbench.run.steps import Gradients, forward_backward, total_norm
+from normbench.run.pack.grads import MemberGradients
+from normbench.run.pack.optim import MemberAdamW, MemberSettings
+from normbench.run.steps import forward_backward
 
 from support.models import gpt, optim_config, randomize
 
@@ -26,18 +31,18 @@ def one_step(model, diag, x, y, clip=math.inf, *, step=1, optimizer=None):
     """The training loop's order of calls for one step (run/trainer.py), its values read at
     once; returns (the ring buffer's row, the full row or None)."""
     optimizer = optimizer or build_optimizer(model, Optim, torch.device("cpu"))
-    gradients = Gradients(list(model.parameters()))
+    gradients = MemberGradients(list(model.parameters()))
     with diag.watch(step):
         loss = forward_backward(model, x, y, "fp32")
     norms = gradients.norms()
-    grad_norm = total_norm(norms)
+    grad_norm = gradients.totals(norms)[0]
     diag.on_grads(norms)
-    gradients.clip_(grad_norm, clip)
+    gradients.clip_(gradients.totals(norms), torch.tensor([clip]))
     light = diag.light()
     diag.before_update()
     optimizer.step()
     extra = diag.after_update()
-    vector = torch.cat([light.values, extra.values]).tolist()
+    (vector,) = torch.cat([light.values, extra.values], dim=1).tolist()  # one member
     values = dict(zip(light.keys + extra.keys, vector, strict=True))
     stats = {}
     if light.keys:
@@ -47,6 +52,18 @@ def one_step(model, diag, x, y, clip=math.inf, *, step=1, optimizer=None):
         }
         diag.push(stats)
     return stats, ({"step": step, **values} if diag.full else None)
+
+
+class TrainersAdamW:
+    """A run alone's AdamW as the trainer takes its step (run/pack/optim.py, one member,
+    the lr a float32 number on the device), behind torch's `step()`."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.opt = MemberAdamW(list(model.parameters()), [MemberSettings.of(Optim)])
+        self.lr = torch.tensor([Optim.lr], dtype=torch.float32)
+
+    def step(self) -> None:
+        self.opt.step(self.lr, torch.zeros(1))
 
 
 def batch(vocab=128, B=3, T=16, seed=0):
@@ -288,9 +305,14 @@ def test_attention_logits_are_those_of_the_materialized_products():
     want_max = logits.masked_fill(~causal, -math.inf).amax()
     want_mean = logits[..., causal].mean()
     for chunk in (1, 2 * 7 * 7 * 2, 1 << 24):  # one batch row at a time, two, all
-        peak, mean = attention_logits(q, k, 0.5, chunk=chunk)
+        peak, mean = attention_logits(q[None], k[None], 0.5, chunk=chunk)  # one member
         assert peak.item() == pytest.approx(want_max.item(), rel=1e-6)
         assert mean.item() == pytest.approx(want_mean.item(), rel=1e-5, abs=1e-6)
+        # the 5 rows as 5 members of a pack: each member's own
+        peaks, means = attention_logits(q, k, 0.5, chunk=chunk)
+        masked = logits.masked_fill(~causal, -math.inf)
+        torch.testing.assert_close(peaks, masked.amax((1, 2, 3)), rtol=1e-6, atol=0)
+        torch.testing.assert_close(means, logits[..., causal].mean((1, 2)), rtol=1e-5, atol=1e-6)
     upper = logits.masked_fill(causal, -math.inf).amax()
     assert upper > want_max  # the masked pairs hold larger logits: the mask matters
 
@@ -377,11 +399,52 @@ def test_attention_logit_max_in_bf16_off_full_steps_is_close_to_the_exact_one():
     g = torch.Generator().manual_seed(0)
     q = (torch.randn(2, 3, 24, 8, generator=g) * 3).bfloat16()
     k = (torch.randn(2, 3, 24, 8, generator=g) * 3).bfloat16()
-    exact_max, exact_mean = attention_logits(q, k, 0.5, exact=True)
-    light_max, light_mean = attention_logits(q, k, 0.5, exact=False)
+    exact_max, exact_mean = attention_logits(q[None], k[None], 0.5, exact=True)
+    light_max, light_mean = attention_logits(q[None], k[None], 0.5, exact=False)
     products = (q.double() @ k.double().transpose(-1, -2)).masked_fill(
         torch.ones(24, 24, dtype=torch.bool).triu(1), -math.inf
     )
     assert exact_max.item() == pytest.approx(products.max().item() * 0.5, rel=1e-6)
     assert light_max.item() == pytest.approx(exact_max.item(), rel=2**-7)
     assert light_mean.item() == exact_mean.item()
+
+
+@pytest.mark.parametrize("placement", ["pre", "resi_dual", "peri"])
+def test_a_packs_rows_are_its_members_rows_alone(placement):
+    """Diagnostics on a pack (normbench/model/members.py) give each member the row its run
+    alone gets, from the same weights, tokens and update: every statistic, light and full
+    (a float64 model; the rows are float32 numbers: within a few of their rounding steps)."""
+    M = 3
+    models = []
+    for seed in range(M):
+        torch.manual_seed(seed)
+        model = gpt(placement, depth=2).double()
+        randomize(model)
+        models.append(model)
+    pack = GPT.pack([copy.deepcopy(m) for m in models])
+    xs, ys = zip(*(batch(seed=m) for m in range(M)), strict=True)
+    x, y = torch.stack(xs), torch.stack(ys)
+    settings = [MemberSettings.of(Optim)] * M
+    optimizer = MemberAdamW(list(pack.parameters()), settings)
+    gradients = MemberGradients(list(pack.parameters()))
+    diag = Diagnostics(pack, every=1, per_param=True, history=2, from_init=True)
+    with diag.watch(1):
+        _, losses = pack(x, y)
+        losses.sum().backward()
+    norms = gradients.norms()
+    diag.on_grads(norms)
+    light = diag.light()
+    diag.before_update()
+    lr = torch.full((M,), Optim.lr, dtype=torch.float32)
+    optimizer.step(lr, torch.zeros(M))
+    extra = diag.after_update()
+    rows = torch.cat([light.values, extra.values], dim=1).tolist()
+    got = Values(M, light.keys + extra.keys).rows(rows)
+    for m, model in enumerate(models):
+        alone = Diagnostics(model, every=1, per_param=True, history=2, from_init=True)
+        opt = TrainersAdamW(model)  # the run alone's, as the trainer takes it
+        _, want = one_step(model, alone, xs[m], ys[m], step=1, optimizer=opt)
+        assert got[m].keys() == want.keys() - {"step"}
+        for key, value in got[m].items():
+            assert value == pytest.approx(want[key], rel=1e-6, abs=1e-12), (m, key)
+    assert got[0]["grad_norm/block_01"] != got[1]["grad_norm/block_01"]  # members differ

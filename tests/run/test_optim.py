@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from normbench.run.config.schema import Schedule, WeightDecayMode
-from normbench.run.optim import build_optimizer, build_scheduler, lr_at
+from normbench.run.optim import build_optimizer, lr_at
+from normbench.run.pack.optim import MemberAdamW, MemberSettings
 
+from support import random_trainer
 from support.models import optim_config
 
 KW = dict(lr=1.0, min_lr=0.1, warmup=10, max_steps=110)
@@ -50,20 +52,18 @@ def _optim_cfg(**kw):
     return optim_config(**{"lr": 0.5, "warmup_steps": 2, "schedule": Schedule.linear, **kw})
 
 
-def test_scheduler_drives_the_optimizer():
-    model = torch.nn.Linear(3, 3)
-    cfg = _optim_cfg()
-    opt = build_optimizer(model, cfg, torch.device("cpu"))
-    sched = build_scheduler(opt, cfg, max_steps=6)
-    seen = []
-    for _ in range(6):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+def test_the_trainers_learning_rates_follow_the_schedule():
+    """The trainer's table of each step's learning rate (on the device, read by no step)
+    and the lr each step reports are lr_at's."""
+    t = random_trainer(
+        "optim.lr=0.5", "optim.warmup_steps=2", "optim.schedule=linear", "train.max_steps=6"
+    )
     expected = [
         lr_at(s, lr=0.5, min_lr=0.0, warmup=2, max_steps=6, schedule="linear") for s in range(6)
     ]
-    assert seen == pytest.approx(expected)
+    assert t.lrs[:, 0].tolist() == pytest.approx(expected, rel=1e-6)
+    reported = [r.lr for step in range(1, 7) if (r := t.step(step)) is not None]
+    assert [*reported, t.flush().lr] == pytest.approx(expected)
 
 
 def test_weight_decay_only_on_matrices():
@@ -84,19 +84,16 @@ def test_weight_decay_coupled_to_the_peak_lr_or_independent_of_it(mode):
     the same at every peak lr), lr_t following the warmup and the linear schedule."""
     wd, steps, shrink = 0.1, 6, {}
     for lr in (0.5, 0.05):
-        model = torch.nn.Linear(3, 3, bias=False)
-        torch.nn.init.ones_(model.weight)
+        weight = torch.nn.Parameter(torch.ones(1, 3, 3))  # one member's matrix
         cfg = _optim_cfg(lr=lr, weight_decay=wd, weight_decay_mode=WeightDecayMode(mode))
-        opt = build_optimizer(model, cfg, torch.device("cpu"))
-        sched = build_scheduler(opt, cfg, max_steps=steps)
+        opt = MemberAdamW([weight], [MemberSettings.of(cfg)])
         expected = 1.0
         for s in range(steps):
-            model.weight.grad = torch.zeros_like(model.weight)
+            weight.grad = torch.zeros_like(weight)
             lr_t = lr_at(s, lr=lr, min_lr=0.0, warmup=2, max_steps=steps, schedule="linear")
             expected *= 1 - (lr_t * wd if mode == "coupled" else wd * lr_t / lr)
-            opt.step()
-            sched.step()
-        torch.testing.assert_close(model.weight.detach(), torch.full((3, 3), expected))
+            opt.step(torch.tensor([lr_t]), torch.zeros(1))
+        torch.testing.assert_close(weight.detach()[0], torch.full((3, 3), expected))
         shrink[lr] = expected
     if mode == "independent":  # the decay does not depend on the peak lr
         assert shrink[0.5] == pytest.approx(shrink[0.05])

@@ -1,6 +1,6 @@
-"""AdamW for a pack (run/pack/optim.py): each member bit-identical to the same run's own
-optimizer (run/optim.py, torch's fused AdamW), a member's gate touching no other, and a
-member's state loadable into a single run's optimizer."""
+"""AdamW for a pack (run/pack/optim.py): each member bit-identical to torch's AdamW for that
+run alone (run/optim.py's groups, torch's fused kernel with its found_inf gate), a member's
+gate touching no other, and a member's state in torch's layout, loadable both ways."""
 
 from __future__ import annotations
 
@@ -8,12 +8,29 @@ import torch
 from torch import nn
 
 from normbench.run.config.schema import WeightDecayMode
-from normbench.run.optim import build_optimizer, lr_on_device, step_unless
+from normbench.run.optim import build_optimizer
 from normbench.run.pack.optim import MemberAdamW, MemberSettings
 
 from support.models import optim_config
 
 CPU = torch.device("cpu")
+
+
+def lr_on_device(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """Each group's lr a float32 tensor on the device, as a pack's."""
+    for group in opt.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+def step_unless(opt: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """torch's fused AdamW step, gated on the device by `found_inf` (GradScaler's gate)."""
+    opt.found_inf = skip
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
+
+
 OPTIMS = [
     optim_config(lr=1e-2, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1),
     optim_config(lr=3e-3, betas=[0.8, 0.99], eps=1e-6, weight_decay=0.0),
@@ -75,7 +92,7 @@ def test_a_members_state_loads_into_its_runs_own_optimizer():
         with torch.no_grad():
             for p, q in zip(pack, model.parameters(), strict=True):
                 q.copy_(p[m])
-        opt.load_state_dict(packed.member_state_dict(m, opt.state_dict()))
+        opt.load_state_dict(packed.member_state_dict(m))  # groups of its own settings
         lr_on_device(opt, CPU)
     grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in pack]
     for p, grad in zip(pack, grads, strict=True):
@@ -87,3 +104,47 @@ def test_a_members_state_loads_into_its_runs_own_optimizer():
         step_unless(opt, torch.zeros(()))
         for p, q in zip(pack, model.parameters(), strict=True):
             assert torch.equal(p[m], q), m
+
+
+def test_a_members_state_round_trips_and_the_unfused_kernels_match_torchs():
+    """member_state_dict -> load_member_state_dict restores a member exactly; with
+    optim.fused=false each member takes torch's single-tensor AdamW step, gated on the host."""
+    pack, alone, _, packed, g = packed_and_alone(2)
+    for p in pack:
+        p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+    packed.step(torch.tensor([o.lr for o in OPTIMS]), torch.zeros(3))
+    saved = [packed.member_state_dict(m) for m in range(3)]
+    fresh = MemberAdamW(pack, [MemberSettings.of(o) for o in OPTIMS], fused=False)
+    for m, state in enumerate(saved):
+        fresh.load_member_state_dict(m, state)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.exp_avg, packed.exp_avg, strict=True))
+    assert torch.equal(fresh.steps, packed.steps)
+    unfused = [
+        torch.optim.AdamW(
+            [{"params": [q for q in model.parameters() if q.dim() >= 2]},
+             {"params": [q for q in model.parameters() if q.dim() < 2], "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=MemberSettings.of(o).weight_decay,
+            foreach=False,
+        )
+        for model, o in zip(alone, OPTIMS, strict=True)
+    ]  # fmt: skip
+    for m, (model, opt) in enumerate(zip(alone, unfused, strict=True)):
+        with torch.no_grad():
+            for p, q in zip(pack, model.parameters(), strict=True):
+                q.copy_(p[m])
+        opt.load_state_dict({**saved[m], "param_groups": opt.state_dict()["param_groups"]})
+    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in pack]
+    for p, grad in zip(pack, grads, strict=True):
+        p.grad = grad.clone()
+    fresh.step(
+        torch.tensor([o.lr for o in OPTIMS], dtype=torch.float64), torch.tensor([0.0, 1.0, 0.0])
+    )
+    for m, (model, opt) in enumerate(zip(alone, unfused, strict=True)):
+        before = [q.detach().clone() for q in model.parameters()]
+        if m != 1:  # member 1 gated
+            for q, grad in zip(model.parameters(), grads, strict=True):
+                q.grad = grad[m].clone()
+            opt.step()
+        for p, q, b in zip(pack, model.parameters(), before, strict=True):
+            assert torch.equal(p[m], q), m
+            assert (m == 1) == torch.equal(q, b), m

@@ -70,5 +70,7 @@ def test_only_the_member_keys_may_differ(lr_sweep):
         other = {**one, section: {**one[section], name: "changed"}}
         assert architecture_key(other) != architecture_key(one), name
     assert plan_packs([one, one, one], 2) == [[0, 1], [2]]
+    dropout = {**one, "model": {**one["model"], "dropout": 0.1}}
+    assert plan_packs([dropout, dropout, one], 8) == [[0], [1], [2]]  # with dropout: alone
     with pytest.raises(ValueError, match="max_members"):
         plan_packs([one], 0)

@@ -24,7 +24,7 @@ def test_removal_losses_are_the_loss_of_each_model_without_a_block():
     tokens = np.random.default_rng(0).integers(0, 128, 400, dtype=np.uint16)
 
     def loss_of(m):
-        return evaluate(m, tokens, 16, 4, torch.device("cpu"), "fp32")
+        return evaluate(m, tokens, 16, 4, torch.device("cpu"), "fp32")[0]
 
     losses = removal_losses(model, loss_of)
     assert list(losses) == ["full", "block_01", "block_02", "block_03"]

@@ -54,9 +54,11 @@ def test_one_host_read_per_step_whatever_the_depth_and_the_head_chunks(depth, ch
 
 def _state(t: Trainer) -> dict[str, torch.Tensor]:
     state = {f"w/{n}": p.detach().clone() for n, p in t.model.named_parameters()}
-    for i, p in enumerate(t.model.parameters()):
-        for k, v in t.optimizer.state[p].items():
-            state[f"opt/{i}/{k}"] = v.clone()
+    opt = t.optimizer  # each member's AdamW (run/pack/optim.py)
+    for i in range(len(opt.params)):
+        state[f"opt/{i}/exp_avg"] = opt.exp_avg[i].clone()
+        state[f"opt/{i}/exp_avg_sq"] = opt.exp_avg_sq[i].clone()
+    state["opt/steps"] = opt.steps.clone()
     return state
 
 

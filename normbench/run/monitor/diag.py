@@ -27,6 +27,10 @@ Two tiers, both measured on the training step itself (no extra forward pass):
 
 Gradient norms are taken after the backward pass and before clipping. Blocks are numbered
 from 1, zero-padded (`block_01` ... `block_48`), as in the specification's `l`.
+
+Every statistic is measured per member of the model (normbench/model/members.py): a pack's
+M runs each get their own row, from their own slice of every tensor, as each would alone; a
+run alone is the pack of one.
 """
 
 from __future__ import annotations
@@ -107,16 +111,16 @@ def attention_logits(
     exact: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The largest and the mean of q_i . k_j x scale over the causal pairs j <= i, for q and
-    k of shape (..., T, head_dim) (the attention's (M, B, heads, T, head_dim)), as float32
-    numbers.
+    k of shape (M, ..., T, head_dim) (the attention's (M, B, heads, T, head_dim)): one float32
+    value per member each, (M,).
 
     The max takes the (T x T) products with the causal mask added in the same kernel
     (baddbmm), a chunk of batch rows at a time (one chunk at the default sizes): `exact`, in
     float32 outside any autocast; otherwise in q's own dtype (bf16 under bf16 autocast:
     within 2^-8 of the exact max, at a fraction of the cost of float32 products on a GPU).
     The mean is sum_i q_i . (sum_{j<=i} k_j) in float32, without the products."""
-    T, D = q.shape[-2:]
-    BH = q.numel() // (T * D)  # every sequence and head
+    M, (T, D) = q.shape[0], q.shape[-2:]
+    BH = q.numel() // (T * D)  # every member's sequences and heads
     with torch.autocast(q.device.type, enabled=False):
         q32 = q.detach().float().reshape(BH, T, D)
         k32 = k.detach().float().reshape(BH, T, D)
@@ -126,13 +130,13 @@ def attention_logits(
         cached = not torch.compiler.is_compiling()  # in a compiled graph, a constant of it
         mask = (_causal_mask if cached else _causal_mask.__wrapped__)(T, q.device).to(qp.dtype)
         rows = max(1, chunk // (T * T))
-        peaks = [
-            torch.baddbmm(mask, qp[start : start + rows], kp[start : start + rows].mT).amax()
+        peaks = [  # the largest product of each sequence and head
+            torch.baddbmm(mask, qp[start : start + rows], kp[start : start + rows].mT).amax((1, 2))
             for start in range(0, BH, rows)
         ]
-        peak = (peaks[0] if len(peaks) == 1 else torch.stack(peaks).amax()).float()
-        total = torch.linalg.vecdot(q32, k32.cumsum(dim=1)).sum()
-    pairs = BH * T * (T + 1) // 2
+        peak = (peaks[0] if len(peaks) == 1 else torch.cat(peaks)).view(M, -1).amax(1).float()
+        total = torch.linalg.vecdot(q32, k32.cumsum(dim=1)).view(M, -1).sum(1)
+    pairs = BH // M * T * (T + 1) // 2
     return peak * scale, total * scale / pairs
 
 
@@ -153,41 +157,63 @@ def norm_modules(model: GPT, names: list[str]) -> dict[str, Norm]:
 
 
 def _gain(norm: Norm) -> torch.Tensor | None:
-    """The mean of a norm's gain (g of ScaleNorm, the weight of the others)."""
+    """The mean of a norm's gain (g of ScaleNorm, the weight of the others), per member."""
     gain = getattr(norm, "weight", None)
     gain = gain if isinstance(gain, torch.Tensor) else getattr(norm, "g", None)
-    return None if gain is None else gain.detach().float().mean()
+    return None if gain is None else gain.detach().float().reshape(gain.shape[0], -1).mean(1)
 
 
-def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The L2 norm of each tensor, in float32, as one vector (one fused kernel where possible)."""
+def _slices(tensors: list[torch.Tensor], members: int) -> list[torch.Tensor]:
+    """Each member's slice of each tensor (member dimension first), tensor by tensor."""
+    return [t[m] for t in tensors for m in range(members)]
+
+
+def _accumulator(tensors: list[torch.Tensor]) -> torch.dtype:
+    """float32, or float64 for float64 tensors (a norm never narrows them)."""
+    return torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+
+
+def _norms(tensors: list[torch.Tensor], members: int, order: float = 2) -> torch.Tensor:
+    """The norm of each member's slice of each tensor, in float32, as (members, tensors): one
+    fused (foreach) kernel over all the slices."""
     if not tensors:
-        return torch.zeros(0)
-    return torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32))
+        return torch.zeros(members, 0, dtype=torch.float32)
+    norms = torch._foreach_norm(_slices(tensors, members), order, dtype=_accumulator(tensors))
+    return torch.stack(norms).float().view(len(tensors), members).T
 
 
-def _rms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """The RMS of each tensor, in float32, as one vector: a foreach norm scaled by each
-    1/sqrt(numel) (numbers, not a tensor copied to the device)."""
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    return torch.stack(torch._foreach_mul(norms, [t.numel() ** -0.5 for t in tensors]))
+def _rms(tensors: list[torch.Tensor], members: int) -> torch.Tensor:
+    """The RMS of each member's slice of each tensor, float32, (members, tensors): a foreach
+    norm scaled by each 1/sqrt(numel) (numbers, not a tensor copied to the device)."""
+    slices = _slices(tensors, members)
+    norms = torch._foreach_norm(slices, 2, dtype=_accumulator(tensors))
+    scaled = torch._foreach_mul(norms, [t.numel() ** -0.5 for t in slices])
+    return torch.stack(scaled).float().view(len(tensors), members).T
 
 
 @dataclass
 class Values:
-    """Named statistics that stay on the device until read: `keys` name the entries of
-    `values` (one float32 vector); `add` appends, `read` is the one host read."""
+    """Named statistics that stay on the device until read, one row per member: `keys` name
+    the columns of `values` ((members, K) float32); `add` appends columns ((members, k), or
+    (k,) for one member), `rows` gives each member's by name once read on the host."""
 
+    members: int = 1
     keys: list[str] = field(default_factory=list)
     parts: list[torch.Tensor] = field(default_factory=list)
 
-    def add(self, keys: list[str], vector: torch.Tensor) -> None:
+    def add(self, keys: list[str], columns: torch.Tensor) -> None:
         self.keys += keys
-        self.parts.append(vector.detach().float().reshape(-1))
+        self.parts.append(columns.detach().float().reshape(self.members, len(keys)))
 
     @property
     def values(self) -> torch.Tensor:
-        return torch.cat(self.parts) if self.parts else torch.zeros(0)
+        if not self.parts:
+            return torch.zeros(self.members, 0, dtype=torch.float32)
+        return torch.cat(self.parts, dim=1)
+
+    def rows(self, host: list[list[float]]) -> list[dict[str, float]]:
+        """Each member's values by name, from `values` read on the host."""
+        return [dict(zip(self.keys, row, strict=True)) for row in host]
 
 
 class Diagnostics:
@@ -215,16 +241,17 @@ class Diagnostics:
         self.attn_rows = attn_rows or None  # 0: every sequence of the batch
         self.from_init = from_init and every > 0
         self.initial: dict[str, list[torch.Tensor]] | None = None  # theta_0, per block
-        self.history: deque[dict[str, Any]] = deque(maxlen=history)
+        self.members = model.members
+        self.histories = [deque(maxlen=history) for _ in range(self.members)]  # per member
         self.names = block_names(len(model.blocks))
         self.params = list(model.parameters())  # the order of the gradients' norms
         self._group(model)
         self.norms = norm_modules(model, self.names)
         self.step, self.light_on, self.full, self.recording = 0, False, False, False
-        self.scalars: dict[str, torch.Tensor] = {}  # 0-d statistics the hooks measured
+        self.scalars: dict[str, torch.Tensor] = {}  # (M,) statistics the hooks measured
         self.streams: list[tuple[str, torch.Tensor]] = []  # tensors whose norms are due
         self.inputs: list[tuple[str, torch.Tensor]] = []
-        self.vectors = Values()
+        self.vectors = Values(self.members)
         self.before: dict[str, list[torch.Tensor]] = {}
         self.handles: list[Any] = []
         if every > 0 or history > 0:
@@ -269,8 +296,9 @@ class Diagnostics:
     def watch(self, step: int) -> Iterator[None]:
         """Turn the hooks on for this step's forward pass (and attention's, on full steps)."""
         self.step, self.full = step, self.is_full(step)
-        self.light_on = self.full or self.history.maxlen > 0
-        self.scalars, self.streams, self.inputs, self.vectors = {}, [], [], Values()
+        self.light_on = self.full or self.histories[0].maxlen > 0
+        self.scalars, self.streams, self.inputs = {}, [], []
+        self.vectors = Values(self.members)
         if self.from_init and self.initial is None:  # theta_0: the weights before step 1
             self.initial = {k: [p.detach().clone() for p in v] for k, v in self.blocks().items()}
         self.recording, self.model.extremes = True, self.full
@@ -335,67 +363,91 @@ class Diagnostics:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not (self.recording and self.full):
                 return
-            p = module.attention_probs(args[0].detach())
+            p = module.attention_probs(args[0].detach())  # (M, B, heads, T, T)
             entropy = -(p * p.clamp_min(1e-30).log()).sum(-1)  # 0 log 0 = 0
-            self.scalars[f"attn_entropy/{name}"] = entropy.mean()
+            self.scalars[f"attn_entropy/{name}"] = entropy.reshape(self.members, -1).mean(1)
 
         return hook
 
     def on_grads(self, norms: torch.Tensor) -> None:
         """After the backward pass, before clipping: the gradient norms per block and
-        sublayer from each parameter's (`norms`, in `model.parameters()` order): two
-        index-adds, whatever the depth."""
+        sublayer from each parameter's (`norms`, in `model.parameters()` order, (parameters,
+        members) or (parameters,) for one member): two index-adds, whatever the depth."""
         if not self.light_on:
             return
+        norms = norms.reshape(len(self.params), self.members)
         by_param, in_blocks, block_of = self._by_param, self._in_blocks, self._block_of
-        groups = torch.zeros(len(self.groups) + 1, device=norms.device)
+        groups = torch.zeros(
+            len(self.groups) + 1, self.members, dtype=torch.float32, device=norms.device
+        )
+        norms = norms.float()
         groups.index_add_(0, by_param, norms.square())
-        blocks = torch.zeros(len(self.names), device=norms.device)
+        blocks = torch.zeros(
+            len(self.names), self.members, dtype=torch.float32, device=norms.device
+        )
         blocks.index_add_(0, block_of, groups[in_blocks])
-        self.vectors.add(self._group_keys, groups[:-1].sqrt())
-        self.vectors.add(self._block_keys, blocks.sqrt())
+        self.vectors.add(self._group_keys, groups[:-1].sqrt().T)
+        self.vectors.add(self._block_keys, blocks.sqrt().T)
         if self.full and self.per_param:
-            self.vectors.add(self._param_keys, norms)
+            self.vectors.add(self._param_keys, norms.T)
 
     def light(self) -> Values:
-        """This step's statistics measured in the forward and backward passes, as one vector
-        on the device (the stream's and the norm inputs' norms in two fused kernels each)."""
-        out = Values()
+        """This step's statistics measured in the forward and backward passes, a row per
+        member on the device (the stream's and the norm inputs' norms in two fused kernels
+        each)."""
+        M = self.members
+        out = Values(M)
         if not self.light_on:
             return out
         if self.scalars:
-            out.add(list(self.scalars), torch.stack(list(self.scalars.values())))
+            out.add(list(self.scalars), torch.stack(list(self.scalars.values()), dim=1))
         if self.streams:
             keys, xs = zip(*self.streams, strict=True)
-            out.add([f"resid_rms/{k}" for k in keys], _rms(list(xs)))
-            peak = torch._foreach_norm(list(xs), float("inf"), dtype=torch.float32)
-            out.add([f"resid_max/{k}" for k in keys], torch.stack(peak))
+            out.add([f"resid_rms/{k}" for k in keys], _rms(list(xs), M))
+            out.add([f"resid_max/{k}" for k in keys], _norms(list(xs), M, float("inf")))
         if self.inputs:
             keys, xs = zip(*self.inputs, strict=True)
-            out.add([f"norm_in_rms/{k}" for k in keys], _rms(list(xs)))
+            out.add([f"norm_in_rms/{k}" for k in keys], _rms(list(xs), M))
         out.add(self.vectors.keys, self.vectors.values)
         self.streams, self.inputs = [], []  # no longer held
         return out
 
     # --- after the backward pass --------------------------------------------------------------
 
-    def push(self, row: dict[str, Any]) -> None:
-        """A step's per-layer statistics, read on the host, into the ring buffer."""
-        if self.history.maxlen:
-            self.history.append(row)
+    def push(self, row: dict[str, Any], member: int = 0) -> None:
+        """A step's per-layer statistics of one member, read on the host, into its ring
+        buffer."""
+        if self.histories[member].maxlen:
+            self.histories[member].append(row)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "initial": self.initial}
+    def state_dict(self, member: int = 0) -> dict[str, Any]:
+        """One member's state, as a run alone's: its ring buffer and its initial weights
+        (without the member dimension)."""
+        initial = self.initial
+        if initial is not None:
+            initial = {k: [t[member] for t in ts] for k, ts in initial.items()}
+        return {"history": list(self.histories[member]), "initial": initial}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history.clear()
-        self.history.extend(state["history"])
-        if self.from_init:  # a checkpoint from before diag.from_init: measured from here on
-            self.initial = state.get("initial")
+    def load_state_dict(self, state: dict[str, Any], member: int = 0) -> None:
+        """One member's state (`state_dict`); the initial weights of every member are set
+        once each member's is loaded."""
+        self.histories[member].clear()
+        self.histories[member].extend(state["history"])
+        if not self.from_init:
+            return
+        if state.get("initial") is None:  # from before diag.from_init: measured from here on
+            self.initial = None
+            return
+        if self.initial is None:
+            self.initial = {k: [p.detach().clone() for p in v] for k, v in self.blocks().items()}
+        for k, ts in state["initial"].items():
+            for mine, saved in zip(self.initial[k], ts, strict=True):
+                mine[member].copy_(saved.reshape(mine.shape[1:]))
 
-    def recent(self) -> list[dict[str, Any]]:
-        """The ring buffer: per-layer statistics of the last `divergence.history` steps."""
-        return list(self.history)
+    def recent(self, member: int = 0) -> list[dict[str, Any]]:
+        """A member's ring buffer: its per-layer statistics of the last `divergence.history`
+        steps."""
+        return list(self.histories[member])
 
     @torch.no_grad()
     def before_update(self) -> None:
@@ -416,29 +468,30 @@ class Diagnostics:
         return self.blocks() | {"embed": self.groups["embed"]}
 
     def _relative(self, now: list[torch.Tensor], then: list[torch.Tensor]) -> torch.Tensor:
-        """||now - then|| / ||then|| over a group of tensors."""
-        delta = _norms(torch._foreach_sub([p.detach() for p in now], then))
-        return delta.square().sum().sqrt() / _norms(then).square().sum().sqrt()
+        """||now - then|| / ||then|| over a group of tensors, per member, (M,)."""
+        M = self.members
+        delta = _norms(torch._foreach_sub([p.detach() for p in now], then), M)
+        return delta.square().sum(1).sqrt() / _norms(then, M).square().sum(1).sqrt()
 
     @torch.no_grad()
     def after_update(self) -> Values:
         """On a full step, the rest of the full row: the update ratios, the distance from
         the initial weights, the norms' gains (empty on other steps)."""
-        extra = Values()
+        extra = Values(self.members)
         if not self.full:
             return extra
         ratios = [self._relative(ps, self.before[n]) for n, ps in self.update_groups().items()]
-        extra.add([f"update_ratio/{n}" for n in self.update_groups()], torch.stack(ratios))
+        extra.add([f"update_ratio/{n}" for n in self.update_groups()], torch.stack(ratios, 1))
         if self.initial is not None:
             blocks = self.blocks()
             moved = [self._relative(ps, self.initial[n]) for n, ps in blocks.items()]
-            extra.add([f"from_init/{n}" for n in blocks], torch.stack(moved))
+            extra.add([f"from_init/{n}" for n in blocks], torch.stack(moved, 1))
         gains = {}
         for key, norm in self.norms.items():
             if (gain := _gain(norm)) is not None:
                 gains[key] = gain
         if gains:
-            extra.add([f"norm_gain/{k}" for k in gains], torch.stack(list(gains.values())))
+            extra.add([f"norm_gain/{k}" for k in gains], torch.stack(list(gains.values()), 1))
         self.before = {}
         return extra
 

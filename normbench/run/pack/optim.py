@@ -21,7 +21,17 @@ from torch import nn
 from torch.optim.adam import adam
 
 from normbench.run.config.schema import OptimConfig
-from normbench.run.optim import decay_coefficient
+
+
+def decay_coefficient(optim: OptimConfig) -> float:
+    """The weight decay handed to torch's AdamW, which multiplies the weights by
+    1 - lr_t x coefficient at each update (lr_t: the scheduled lr). `coupled`: weight_decay
+    itself, so the decay grows with the peak lr; `independent`: weight_decay / optim.lr, so
+    that each update decays by weight_decay x lr_t / optim.lr, the schedule's factor alone
+    (independent of the peak lr, as in Wortsman et al. 2309.14322)."""
+    if str(optim.weight_decay_mode) == "independent":
+        return optim.weight_decay / optim.lr
+    return optim.weight_decay
 
 
 @dataclass(frozen=True)
@@ -31,11 +41,13 @@ class MemberSettings:
     betas: tuple[float, float]
     eps: float
     weight_decay: float  # the coefficient torch's AdamW multiplies by the lr (run/optim.py)
+    lr: float = 0.0  # the peak learning rate (the schedule's; a step takes its own lr)
 
     @classmethod
     def of(cls, optim: OptimConfig) -> MemberSettings:
         b1, b2 = optim.betas
-        return cls((float(b1), float(b2)), float(optim.eps), decay_coefficient(optim))
+        coefficient = decay_coefficient(optim)
+        return cls((float(b1), float(b2)), float(optim.eps), coefficient, float(optim.lr))
 
 
 class MemberAdamW:
@@ -43,8 +55,10 @@ class MemberAdamW:
     decay, vectors and scalars do not: judged on a member's slice, as `build_optimizer`
     judges a single run's parameter), each member with its `settings`."""
 
-    def __init__(self, params: list[nn.Parameter], settings: list[MemberSettings]) -> None:
-        self.params, self.settings = params, settings
+    def __init__(
+        self, params: list[nn.Parameter], settings: list[MemberSettings], fused: bool = True
+    ) -> None:
+        self.params, self.settings, self.fused = params, settings, fused
         self.members = len(settings)
         if any(p.shape[0] != self.members for p in params):
             raise ValueError(f"every parameter needs a leading dimension of {self.members}")
@@ -59,7 +73,12 @@ class MemberAdamW:
     @torch.no_grad()
     def step(self, lr: torch.Tensor, skip: torch.Tensor) -> None:
         """One update of every member: `lr` and `skip` are float32 vectors of one value per
-        member on the device (skip 1: that member's update is skipped there)."""
+        member on the device (skip 1: that member's update is skipped there, inside the
+        fused kernel). Unfused (`optim.fused=false`), torch's single-tensor kernels, which
+        have no gate: the learning rates and gates are read on the host first."""
+        if not self.fused:
+            self._step_unfused(lr.tolist(), skip.tolist())
+            return
         for m, settings in enumerate(self.settings):
             for decayed, group in zip((True, False), self.groups, strict=True):
                 if not group:
@@ -84,18 +103,82 @@ class MemberAdamW:
                     maximize=False,
                 )
 
-    def member_state_dict(self, m: int, template: dict[str, Any]) -> dict[str, Any]:
+    def _step_unfused(self, lrs: list[float], skips: list[float]) -> None:
+        for m, settings in enumerate(self.settings):
+            if skips[m]:
+                continue
+            for decayed, group in zip((True, False), self.groups, strict=True):
+                if not group:
+                    continue
+                at = [self.index[id(p)] for p in group]
+                adam(
+                    [p[m] for p in group],
+                    [p.grad[m] for p in group],
+                    [self.exp_avg[i][m] for i in at],
+                    [self.exp_avg_sq[i][m] for i in at],
+                    [],
+                    [self.steps[m, i] for i in at],
+                    foreach=False,
+                    decoupled_weight_decay=True,
+                    amsgrad=False,
+                    beta1=settings.betas[0],
+                    beta2=settings.betas[1],
+                    lr=lrs[m],
+                    weight_decay=settings.weight_decay if decayed else 0.0,
+                    eps=settings.eps,
+                    maximize=False,
+                )
+
+    def _order(self) -> list[int]:
+        """The parameters' indices in torch's numbering of a state dict: group by group."""
+        return [self.index[id(p)] for group in self.groups for p in group]
+
+    def member_state_dict(self, m: int, template: dict[str, Any] | None = None) -> dict[str, Any]:
         """Member m's state as a single run's `torch.optim.AdamW.state_dict()`: its moments
         and step per parameter, numbered across the two groups as torch numbers them, in the
-        groups of `template` (the state dict of that run's own optimizer, whose settings and
-        learning rate it keeps)."""
-        order = [self.index[id(p)] for group in self.groups for p in group]
+        groups of `template` (the state dict of that run's own optimizer) or else groups with
+        this member's settings, as torch's fused AdamW writes them."""
         state = {
             n: {
                 "step": self.steps[m, i].clone(),
                 "exp_avg": self.exp_avg[i][m].clone(),
                 "exp_avg_sq": self.exp_avg_sq[i][m].clone(),
             }
-            for n, i in enumerate(order)
+            for n, i in enumerate(self._order())
         }
-        return {"state": state, "param_groups": [dict(g) for g in template["param_groups"]]}
+        if template is not None:
+            groups = [dict(g) for g in template["param_groups"]]
+        else:
+            groups, start, settings = [], 0, self.settings[m]
+            for decayed, group in zip((True, False), self.groups, strict=True):
+                groups.append(
+                    {
+                        "lr": settings.lr,
+                        "betas": settings.betas,
+                        "eps": settings.eps,
+                        "weight_decay": settings.weight_decay if decayed else 0.0,
+                        "amsgrad": False,
+                        "maximize": False,
+                        "foreach": None,
+                        "capturable": False,
+                        "differentiable": False,
+                        "fused": True,
+                        "decoupled_weight_decay": True,
+                        "params": list(range(start, start + len(group))),
+                    }
+                )
+                start += len(group)
+        return {"state": state, "param_groups": groups}
+
+    @torch.no_grad()
+    def load_member_state_dict(self, m: int, saved: dict[str, Any]) -> None:
+        """Member m's state from a single run's AdamW state dict (`member_state_dict`, or
+        torch's own with the same groups); moments with or without a leading member
+        dimension of one."""
+        order = self._order()
+        for n, entry in saved["state"].items():
+            i = order[int(n)]
+            shape = self.params[i].shape[1:]
+            self.exp_avg[i][m].copy_(entry["exp_avg"].reshape(shape))
+            self.exp_avg_sq[i][m].copy_(entry["exp_avg_sq"].reshape(shape))
+            self.steps[m, i] = torch.as_tensor(entry["step"], dtype=torch.float32)

@@ -6,7 +6,9 @@ settings. They may differ only in `MEMBER_KEYS`: the seed (initialization, data 
 the optimizer's settings (learning rate and its schedule, warmup, weight decay and its mode,
 betas, eps, clipping, z-loss). `plan_packs` groups a sweep's resolved configs by everything
 else, in the order the sweep lists them, and splits each group into packs of at most
-`max_members`; a job that shares its architecture with no other is a pack of one.
+`max_members`; a job that shares its architecture with no other is a pack of one, and so is
+a job with dropout (`model.dropout` > 0: a pack draws its masks from one random stream, so
+its runs would not be those alone).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def architecture_key(config: dict[str, Any]) -> str:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
+def packable(config: dict[str, Any]) -> bool:
+    """Whether a job may share a pack: not with dropout (one random stream for a pack)."""
+    return not config.get("model", {}).get("dropout")
+
+
 def plan_packs(configs: list[dict[str, Any]], max_members: int) -> list[list[int]]:
     """The packs of a sweep: lists of indices into `configs`, each of at most `max_members`
     jobs with one `architecture_key`, in the sweep's order (a group's packs in the order of
@@ -48,7 +55,8 @@ def plan_packs(configs: list[dict[str, Any]], max_members: int) -> list[list[int
         raise ValueError(f"max_members must be >= 1 (got {max_members})")
     groups: dict[str, list[int]] = {}
     for index, config in enumerate(configs):
-        groups.setdefault(architecture_key(config), []).append(index)
+        alone = not packable(config)
+        groups.setdefault(f"alone {index}" if alone else architecture_key(config), []).append(index)
     return [
         members[start : start + max_members]
         for members in groups.values()

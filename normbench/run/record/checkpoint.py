@@ -234,6 +234,26 @@ def load_model(model: torch.nn.Module, weights: dict[str, Any], placement: str) 
         )
 
 
+def load_member(
+    model: torch.nn.Module, member: int, weights: dict[str, Any], placement: str
+) -> None:
+    """A checkpoint's model weights (a run alone's layout) into member `member` of a pack
+    (normbench/model/members.py), with `load_model`'s check that they are this model's."""
+    own = model.state_dict(keep_vars=True)
+    missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own)
+    if missing or unexpected:
+        names = [*(f"{n} missing" for n in missing), *(f"{n} unexpected" for n in unexpected)]
+        raise CheckpointError(
+            f"the checkpoint's model is not this normbench's norm={placement} "
+            f"({', '.join(names[:2])}): start a new run (another hydra.run.dir, or "
+            "train.resume=never)"
+        )
+    with torch.no_grad():
+        for name, value in weights.items():
+            target = own[name][member]
+            target.copy_(value.reshape(target.shape))
+
+
 def latest(run_dir: Path, owner: str | None = None) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of this run (`owner`) that verifies, skipping (with a warning
     naming it) any that does not verify, or whose sidecar names another run."""
