@@ -2,7 +2,8 @@
 # The GPU figures of docs/performance.md, prepared to run in one short lease of the device
 # tool (one card): make bench against karpathy/nanoGPT's own model.py in .nanogpt/ (eager
 # and compiled, in the same run), K steps per synchronization, kernels per step and the
-# GPU's idle fraction; the diagnostics' cost; the step under sync debug mode "error".
+# GPU's idle fraction; the diagnostics' cost; the step under sync debug mode "error"; the
+# step of a pack of runs against one run alone (packed sweeps).
 #   bash .gpu/run.sh 2>&1 | tee .gpu/out.txt
 set -euo pipefail
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -18,3 +19,6 @@ python3 -m normbench.bench --diag --steps 10 --warmup 3
 python3 -m normbench.bench --diag --steps 5 --warmup 2 $G
 # the step never synchronizes
 python3 -m pytest -q -p no:cacheprovider tests/run/test_step.py
+# packed sweeps: a pack of M runs of the GPU-size LR-sensitivity model against one run
+python3 .gpu/pack_step.py 6 1,8,16
+python3 .gpu/pack_step.py 24 1,8

@@ -53,7 +53,9 @@ class LayerNorm(Norm):
         w = self.weight.to(xf.dtype)
         b = None if self.bias is None else self.bias.to(xf.dtype)
         if self.weight.shape[0] == 1:  # one member: torch's kernel applies the gain and shift
-            y = F.layer_norm(xf, (self.d,), w[0], None if b is None else b[0], self.eps)
+            y = F.layer_norm(
+                xf, (self.d,), w.squeeze(0), None if b is None else b.squeeze(0), self.eps
+            )
         else:
             y = F.layer_norm(xf, (self.d,), None, None, self.eps) * broadcast(w, xf)
             y = y if b is None else y + broadcast(b, xf)

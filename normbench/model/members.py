@@ -84,7 +84,8 @@ class Linear(MemberModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         M = self.weight.shape[0]
         if M == 1:  # one member: torch's linear (addmm), faster than a batch of one on a CPU
-            return F.linear(x, self.weight[0], None if self.bias is None else self.bias[0])
+            bias = None if self.bias is None else self.bias.squeeze(0)  # views both ways
+            return F.linear(x, self.weight.squeeze(0), bias)
         if x.shape[0] != M:
             raise ValueError(f"input for {x.shape[0]} members; the layer has {M}")
         flat = x.reshape(M, -1, self.in_features)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from normbench.model.gpt import GPT
-from normbench.model.members import member_state
+from normbench.model.members import MemberModule, member_state
 from normbench.run import dist, hardware
 from normbench.run.config.resolve import as_dict
 from normbench.run.config.schema import NormbenchConfig, compile_mode
@@ -250,7 +250,10 @@ class Trainer:
         if len(runs) > 1:
             configs = [as_dict(run.cfg) for run in runs]
             if not all(packable(c) for c in configs):
-                raise ValueError("a run with model.dropout > 0 trains alone, not in a pack")
+                raise ValueError(
+                    "a run with model.dropout > 0 or diag.layer_removal trains alone, "
+                    "not in a pack (run/pack/plan.py)"
+                )
             if len({architecture_key(c) for c in configs}) != 1:
                 raise ValueError(
                     "the runs of a pack differ in more than the seed and the optimizer's "
@@ -268,7 +271,8 @@ class Trainer:
         tune_allocator: bool,
     ) -> None:
         self.t_start = time.perf_counter()
-        self.runs, self.tokens = runs, tokens
+        self.runs, self.tokens = runs, tokens  # the runs still training (the pack's members)
+        self.all_runs = list(runs)  # every run, in the pack's order, ended ones too
         self.stop = stop or StopRequest()
         self._build(tune_allocator)
         self._announce()
@@ -575,6 +579,7 @@ class Trainer:
         """
         if not isinstance(checkpointers, list):
             checkpointers = [checkpointers] * self.members
+        by_run = {id(run): c for run, c in zip(self.all_runs, checkpointers, strict=True)}
         start = self._start()
         self.model.train()
         progress = Progress(self.cfg.train.max_steps, done=start - 1)  # after the lines above
@@ -584,15 +589,15 @@ class Trainer:
                     if step == start and all(run.resume is None for run in self.runs):
                         for run in self.runs:
                             run.summary.startup_s = process_age()  # from the command to step 1
-                    if self._train_one(step, start, progress, checkpointers):
+                    if self._train_one(step, start, progress, by_run):
                         break
-            for run in self.runs:
+            for run in self.all_runs:
                 assert run.monitor is not None
                 ended = Status.COLLAPSED if run.monitor.collapsed else Status.COMPLETED
                 run.summary.status = run.status or ended
         finally:
             progress.close()
-            for run in self.runs:
+            for run in self.all_runs:
                 self._finish_summary(run)
 
     def _start(self) -> int:
@@ -619,20 +624,23 @@ class Trainer:
         step: int,
         start: int,
         progress: Progress,
-        checkpointers: list[Checkpointer | None],
+        checkpointers: dict[int, Checkpointer | None],
     ) -> bool:
         """Step; log the step it finished; at an evaluation, a checkpoint, a stop request or
         the last step, finish this one too, then evaluate and checkpoint. True when the loop
         ends here (every run ended, or a stop request)."""
         if self._take_all(self.step_all(step), start, progress):
             return True
+        if any(run.status is not None for run in self.runs) and self._compact(start, progress):
+            return True  # every run ended at this step
         t = self.cfg.train
         stopping = dist.any_rank(self.stop.requested)
         live = [m for m, run in enumerate(self.runs) if run.status is None]
         saving = [
             m
             for m in live
-            if (c := checkpointers[m]) is not None and (c.due(step, t.max_steps) or stopping)
+            if (c := checkpointers[id(self.runs[m])]) is not None
+            and (c.due(step, t.max_steps) or stopping)
         ]
         if not (stopping or saving or self._eval_due(step)):
             return False  # its values are read during the next step
@@ -641,7 +649,7 @@ class Trainer:
         evaluated = self._eval_due(step) and not stopping and self._evaluate_and_log(step)
         stopping = dist.any_rank(self.stop.requested)
         for m, run in enumerate(self.runs):
-            checkpointer = checkpointers[m]
+            checkpointer = checkpointers[id(run)]
             if run.status is not None or checkpointer is None:
                 continue
             if not (stopping or checkpointer.due(step, t.max_steps)):
@@ -697,7 +705,7 @@ class Trainer:
         if self.members == 1:
             return ""
         o = run.cfg.optim
-        m = self.runs.index(run) + 1
+        m = self.all_runs.index(run) + 1
         return (
             f"[run {m}/{self.members}: lr {o.lr:g}, warmup {o.warmup_steps}, seed {run.cfg.seed}] "
         )
@@ -730,6 +738,38 @@ class Trainer:
         if result.diag_row is not None:
             self._log(run, {"step": step, "tokens": self._tokens(step), **result.diag_row})
             run.summary.diag = result.diag_row
+
+    def _compact(self, start: int, progress: Progress) -> bool:
+        """Drop the members whose runs ended from the pack: finish the pending step (one
+        host read more, once per ended run), then keep only the live members' slices of
+        every parameter, buffer, optimizer state, learning rate, gate and diagnostics row,
+        so that an ended run costs nothing from here on. True when every run has ended."""
+        if self._take_all(self.flush_all(), start, progress):
+            return True
+        live = [m for m, run in enumerate(self.runs) if run.status is None]
+        if len(live) == len(self.runs) or dist.active():  # DDP's buckets keep their shapes
+            return False
+        index = torch.tensor(live, device=self.device)
+        with torch.no_grad():
+            for p in self.model.parameters():  # each once: the tied head is the embedding
+                p.data, p.grad = p.data.index_select(0, index), None
+            for module in self.model.modules():
+                if isinstance(module, MemberModule):
+                    for name, b in module._buffers.items():
+                        if b is not None:
+                            module._buffers[name] = b.index_select(0, index)
+        self.optimizer.keep(live)
+        self.gradients.members = len(live)
+        self.diag.keep(live)
+        self.lrs = self.lrs.index_select(1, index)
+        self.clips, self.halted = self.clips[index], self.halted[index]
+        self.frozen = self.frozen[index]
+        self.z_loss = tuple(self.z_loss[m] for m in live)
+        self.runs = [self.runs[m] for m in live]
+        self.members = len(live)
+        self.buffers = StepBuffers(self.device)  # arrays of the new number of rows
+        log.info("the pack goes on with its %d runs that have not ended", self.members)
+        return False
 
     def _shown(self) -> Run | None:
         """The run whose rows the progress bar shows: the first that has not ended."""

@@ -72,5 +72,7 @@ def test_only_the_member_keys_may_differ(lr_sweep):
     assert plan_packs([one, one, one], 2) == [[0, 1], [2]]
     dropout = {**one, "model": {**one["model"], "dropout": 0.1}}
     assert plan_packs([dropout, dropout, one], 8) == [[0], [1], [2]]  # with dropout: alone
+    removal = {**one, "diag": {**one["diag"], "layer_removal": True}}
+    assert plan_packs([removal, removal, one, one], 8) == [[0], [1], [2, 3]]
     with pytest.raises(ValueError, match="max_members"):
         plan_packs([one], 0)

@@ -48,6 +48,25 @@ def steps(trainer: Trainer) -> list[list[float | None]]:
     return losses
 
 
+def clean_and_poisoned() -> tuple[Trainer, Trainer, torch.utils.hooks.RemovableHandle]:
+    """Two packs of RUNS (divergence.action=stop); in the second, member 1's first block
+    outputs NaN in the third training forward pass (step 3)."""
+    split = tokens()
+    runs = [[*run, "divergence.action=stop"] for run in RUNS]
+    clean = Trainer.pack([Run(config(run)) for run in runs], split)
+    poisoned = Trainer.pack([Run(config(run)) for run in runs], split)
+    calls = {"n": 0}
+
+    def poison(module, args, out):  # noqa: ANN001
+        calls["n"] += 1
+        if calls["n"] == 3 and out.shape[0] == 3:  # step 3, while member 1 is in the pack
+            out = out.clone()
+            out[1] = math.nan
+        return out
+
+    return clean, poisoned, poisoned.model.blocks[0].register_forward_hook(poison)
+
+
 def test_each_run_of_a_pack_trains_as_it_does_alone():
     """float64: after 6 steps every parameter of every member within 1e-10 of the run
     trained alone, and every step's loss within 1e-10; the members differ."""
@@ -77,20 +96,7 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on_untouched():
     """A NaN in member 1's forward pass at step 3 (divergence.action=stop): its run ends
     there, diverged (non-finite), its weights stay those after step 2; members 0 and 2
     end bit-identical to a pack without the NaN."""
-    split = tokens()
-    runs = [[*run, "divergence.action=stop"] for run in RUNS]
-    clean = Trainer.pack([Run(config(run)) for run in runs], split)
-    poisoned = Trainer.pack([Run(config(run)) for run in runs], split)
-    calls = {"n": 0}
-
-    def poison(module, args, out):  # noqa: ANN001
-        calls["n"] += 1
-        if calls["n"] == 3:  # the third training forward: step 3
-            out = out.clone()
-            out[1] = math.nan
-        return out
-
-    handle = poisoned.model.blocks[0].register_forward_hook(poison)
+    clean, poisoned, handle = clean_and_poisoned()
     results = []
     for trainer in (clean, poisoned):
         history = []
@@ -121,3 +127,22 @@ def test_a_pack_refuses_runs_that_cannot_share_it():
         Trainer.pack([Run(config(["depth=2"])), Run(config(["depth=3"]))], split)
     with pytest.raises(ValueError, match="dropout"):
         Trainer.pack([Run(config(["model.dropout=0.1", f"seed={s}"])) for s in (0, 1)], split)
+
+
+def test_a_pack_drops_its_ended_runs_and_the_others_end_as_they_would():
+    """fit(): member 1 fed a NaN at step 3 ends there (diverged, 2 updates taken) and leaves
+    the pack, which trains on with 2 members; those end as in a pack where nothing ended
+    (within float32 rounding: a pack of 2 against a pack of 3)."""
+    clean, poisoned, handle = clean_and_poisoned()
+    clean.fit()
+    poisoned.fit()
+    handle.remove()
+    statuses = [run.summary.status for run in poisoned.all_runs]
+    assert statuses == ["completed", "diverged", "completed"]
+    assert poisoned.all_runs[1].summary.steps == 2 and poisoned.all_runs[1].summary.val_loss is None
+    assert poisoned.members == 2 and poisoned.model.members == 2 and clean.members == 3
+    for mine, theirs in ((0, 0), (1, 2)):
+        a, b = member_state(poisoned.model, mine), member_state(clean.model, theirs)
+        assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in b), (mine, theirs)
+        run, other = poisoned.runs[mine].summary, clean.all_runs[theirs].summary
+        assert run.val_loss == pytest.approx(other.val_loss, rel=1e-5)

@@ -444,6 +444,17 @@ class Diagnostics:
             for mine, saved in zip(self.initial[k], ts, strict=True):
                 mine[member].copy_(saved.reshape(mine.shape[1:]))
 
+    @torch.no_grad()
+    def keep(self, members: list[int]) -> None:
+        """Only these members from now on (a pack that dropped its ended runs)."""
+        self.histories = [self.histories[m] for m in members]
+        self.members = len(members)
+        if self.initial is not None:
+            index = torch.tensor(members, device=self.params[0].device)
+            self.initial = {
+                k: [t.index_select(0, index) for t in ts] for k, ts in self.initial.items()
+            }
+
     def recent(self, member: int = 0) -> list[dict[str, Any]]:
         """A member's ring buffer: its per-layer statistics of the last `divergence.history`
         steps."""

@@ -103,6 +103,16 @@ class MemberAdamW:
                     maximize=False,
                 )
 
+    @torch.no_grad()
+    def keep(self, members: list[int]) -> None:
+        """Only these members from now on (their parameters sliced alike by the caller)."""
+        index = torch.tensor(members, device=self.steps.device)
+        self.exp_avg = [t.index_select(0, index) for t in self.exp_avg]
+        self.exp_avg_sq = [t.index_select(0, index) for t in self.exp_avg_sq]
+        self.steps = self.steps.index_select(0, index)
+        self.settings = [self.settings[m] for m in members]
+        self.members = len(members)
+
     def _step_unfused(self, lrs: list[float], skips: list[float]) -> None:
         for m, settings in enumerate(self.settings):
             if skips[m]:

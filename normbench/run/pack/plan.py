@@ -8,7 +8,8 @@ betas, eps, clipping, z-loss). `plan_packs` groups a sweep's resolved configs by
 else, in the order the sweep lists them, and splits each group into packs of at most
 `max_members`; a job that shares its architecture with no other is a pack of one, and so is
 a job with dropout (`model.dropout` > 0: a pack draws its masks from one random stream, so
-its runs would not be those alone).
+its runs would not be those alone) or with `diag.layer_removal` (measured on a run alone's
+model after training).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def architecture_key(config: dict[str, Any]) -> str:
 
 
 def packable(config: dict[str, Any]) -> bool:
-    """Whether a job may share a pack: not with dropout (one random stream for a pack)."""
-    return not config.get("model", {}).get("dropout")
+    """Whether a job may share a pack: not with dropout (one random stream for a pack), not
+    with diag.layer_removal (measured on a run alone's model)."""
+    dropout = config.get("model", {}).get("dropout")
+    return not dropout and not config.get("diag", {}).get("layer_removal")
 
 
 def plan_packs(configs: list[dict[str, Any]], max_members: int) -> list[list[int]]:
