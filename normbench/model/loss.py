@@ -62,6 +62,22 @@ def _nll_and_softmax(
     return log_z - logits.gather(-1, y.unsqueeze(-1)).squeeze(-1).float(), log_z, p
 
 
+def _product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b member by member, (M, n, k) @ (M, k, m): one member's as one matrix product
+    (faster on a CPU than a batch of one), a pack's as one batched product."""
+    if a.shape[0] == 1:
+        return (a[0] @ b[0]).unsqueeze(0)
+    return torch.bmm(a, b)
+
+
+def _accumulate(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += a @ b member by member, in place (`_product`'s kernels)."""
+    if a.shape[0] == 1:
+        out[0].addmm_(a[0], b[0])
+    else:
+        out.baddbmm_(a, b)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Member by member (h (M, n, d), weight (M, V, d), targets (M, n)): each member's loss
     and HEAD_STATS, in batched products over the members, a chunk of tokens at a time."""
@@ -94,7 +110,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n, chunk):
             hc = h[:, start : start + chunk].to(dtype)
             yc = targets[:, start : start + chunk]
-            logits = torch.bmm(hc, wt)  # (M, c, V)
+            logits = _product(hc, wt)  # (M, c, V)
             nll, log_z, p = _nll_and_softmax(logits, yc, acc if z is not None else None)
             total = nll.sum(1) if z is None else (nll + z * log_z.square()).sum(1)
             sums += torch.stack([total, log_z.sum(1), log_z.square().sum(1)], dim=1)
@@ -108,11 +124,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 rows = torch.arange(yc.numel(), device=h.device)
                 p.view(-1, p.shape[-1])[rows, yc.flatten()] -= 1.0
                 p = p.to(dtype)
-                grad_h[:, start : start + chunk] = torch.bmm(p, w)
+                grad_h[:, start : start + chunk] = _product(p, w)
                 if p.dtype == acc:  # accumulate in place: no (V x d) temporary
-                    grad_w.baddbmm_(p.mT, hc)
+                    _accumulate(grad_w, p.mT, hc)
                 else:
-                    grad_w += torch.bmm(p.mT, hc).to(acc)
+                    grad_w += _product(p.mT, hc).to(acc)
         scale = 1.0 / n if reduction == "mean" else 1.0
         if needs_grad:
             grad_h *= scale
