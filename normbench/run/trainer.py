@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ from normbench.run.pack.optim import MemberAdamW, MemberSettings
 from normbench.run.pack.plan import architecture_key, packable
 from normbench.run.progress import Progress
 from normbench.run.record import checkpoint
-from normbench.run.record.checkpoint import Checkpointer, load_member
+from normbench.run.record.checkpoint import Checkpointer
 from normbench.run.record.summary import FIELDS, Status, Summary
 from normbench.run.record.writer import NullRecord, Record
 from normbench.run.runtime import StopRequest, process_age, resolve_device, tune_cpu_allocator
@@ -198,6 +199,7 @@ class Run:
     monitor: DivergenceMonitor | None = None
     loop: LoopState = field(default_factory=LoopState)
     init_profile: dict[str, Any] | None = None
+    lr_of: Callable[[int], float] | None = None  # the learning rate of update step + 1
     status: Status | None = None  # set when the run ends: its member is frozen from then on
 
 
@@ -295,11 +297,6 @@ class Trainer:
         return self.runs[0].logger
 
     @property
-    def monitor(self) -> DivergenceMonitor:
-        assert self.runs[0].monitor is not None
-        return self.runs[0].monitor
-
-    @property
     def batches(self) -> RandomWindows:
         assert self.runs[0].batches is not None
         return self.runs[0].batches
@@ -307,10 +304,6 @@ class Trainer:
     @property
     def init_profile(self) -> dict[str, Any] | None:
         return self.runs[0].init_profile
-
-    @property
-    def resume(self) -> dict[str, Any] | None:
-        return self.runs[0].resume
 
     def _build(self, tune_allocator: bool) -> None:
         """The device, the precision, and everything the steps need; each member's model
@@ -381,8 +374,9 @@ class Trainer:
         if fused is None:  # torch has fused AdamW kernels for CUDA and (since 2.4) the CPU
             fused = self.device.type in ("cuda", "cpu")
         self.optimizer = MemberAdamW(list(self.model.parameters()), settings, fused=fused)
-        self.lr_of = [schedule(o, t.max_steps) for o in optims]
-        table = [[lr_of(step) for lr_of in self.lr_of] for step in range(t.max_steps)]
+        for run in self.runs:
+            run.lr_of = schedule(run.cfg.optim, t.max_steps)
+        table = [[run.lr_of(step) for run in self.runs] for step in range(t.max_steps)]
         self.lrs = torch.tensor(table, dtype=torch.float32, device=self.device)
         clips = [o.grad_clip if o.grad_clip > 0 else math.inf for o in optims]
         self.clips = torch.tensor(clips, dtype=torch.float32, device=self.device)
@@ -483,7 +477,7 @@ class Trainer:
         with diag.watch(step):
             loss = forward_backward(self.run, x, y, self.precision, self.z_loss)
         values, ok = self.measure(loss, diag)
-        lrs = [lr_of(step - 1) for lr_of in self.lr_of]
+        lrs = [run.lr_of(step - 1) for run in self.runs]  # type: ignore[misc]
         return Pending(step, lrs, diag, diag.full, ok, values, start)
 
     def _measure(self, loss: torch.Tensor, diag: Diagnostics) -> tuple[Values, torch.Tensor]:
@@ -883,10 +877,7 @@ class Trainer:
         precision stay those chosen for this process."""
         run = self.runs[member]
         assert run.batches is not None and run.monitor is not None
-        if self.members == 1:
-            checkpoint.load_model(self.model, saved["model"], str(run.cfg.norm.name))
-        else:
-            load_member(self.model, member, saved["model"], str(run.cfg.norm.name))
+        checkpoint.load_model(self.model, saved["model"], str(run.cfg.norm.name), member)
         self.optimizer.load_member_state_dict(member, saved["optimizer"])
         torch.set_rng_state(saved["rng"]["torch"])
         if self.device.type == "cuda" and saved["rng"]["cuda"]:

@@ -12,6 +12,7 @@ import torch
 
 from normbench.model.members import member_state
 from normbench.run.data.tokens import TokenSplits
+from normbench.run.logger import NullLogger
 from normbench.run.trainer import Run, Trainer
 
 from support import TINY, compose_config
@@ -48,13 +49,23 @@ def steps(trainer: Trainer) -> list[list[float | None]]:
     return losses
 
 
+class Rows(NullLogger):
+    """A logger that keeps the rows it is given."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def log(self, metrics: dict) -> None:
+        self.rows.append(metrics)
+
+
 def clean_and_poisoned() -> tuple[Trainer, Trainer, torch.utils.hooks.RemovableHandle]:
     """Two packs of RUNS (divergence.action=stop); in the second, member 1's first block
     outputs NaN in the third training forward pass (step 3)."""
     split = tokens()
     runs = [[*run, "divergence.action=stop"] for run in RUNS]
     clean = Trainer.pack([Run(config(run)) for run in runs], split)
-    poisoned = Trainer.pack([Run(config(run)) for run in runs], split)
+    poisoned = Trainer.pack([Run(config(run), logger=Rows()) for run in runs], split)
     calls = {"n": 0}
 
     def poison(module, args, out):  # noqa: ANN001
@@ -146,3 +157,7 @@ def test_a_pack_drops_its_ended_runs_and_the_others_end_as_they_would():
         assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in b), (mine, theirs)
         run, other = poisoned.runs[mine].summary, clean.all_runs[theirs].summary
         assert run.val_loss == pytest.approx(other.val_loss, rel=1e-5)
+        # after the pack shrank, each run still logs its own schedule's learning rate
+        logged = [r["lr"] for r in poisoned.runs[mine].logger.rows if "lr" in r]
+        assert logged[-1] == pytest.approx(poisoned.runs[mine].lr_of(STEPS - 1))
+        assert logged[-1] == pytest.approx(clean.all_runs[theirs].lr_of(STEPS - 1))

@@ -69,6 +69,7 @@ class MemberAdamW:
         device = params[0].device
         self.steps = torch.zeros(self.members, len(params), dtype=torch.float32, device=device)
         self.index = {id(p): i for i, p in enumerate(params)}
+        self.at = [[self.index[id(p)] for p in group] for group in self.groups]  # by group
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor, skip: torch.Tensor) -> None:
@@ -77,13 +78,17 @@ class MemberAdamW:
         fused kernel). Unfused (`optim.fused=false`), torch's single-tensor kernels, which
         have no gate: the learning rates and gates are read on the host first."""
         if not self.fused:
-            self._step_unfused(lr.tolist(), skip.tolist())
-            return
+            lrs, skips = lr.tolist(), skip.tolist()
         for m, settings in enumerate(self.settings):
-            for decayed, group in zip((True, False), self.groups, strict=True):
+            if self.fused:
+                kernel = {"fused": True, "found_inf": skip[m], "lr": lr[m]}
+            elif skips[m]:
+                continue
+            else:
+                kernel = {"foreach": False, "lr": lrs[m]}
+            for decayed, group, at in zip((True, False), self.groups, self.at, strict=True):
                 if not group:
                     continue
-                at = [self.index[id(p)] for p in group]
                 adam(
                     [p[m] for p in group],
                     [p.grad[m] for p in group],
@@ -91,16 +96,14 @@ class MemberAdamW:
                     [self.exp_avg_sq[i][m] for i in at],
                     [],
                     [self.steps[m, i] for i in at],
-                    fused=True,
-                    found_inf=skip[m],
                     decoupled_weight_decay=True,
                     amsgrad=False,
                     beta1=settings.betas[0],
                     beta2=settings.betas[1],
-                    lr=lr[m],
                     weight_decay=settings.weight_decay if decayed else 0.0,
                     eps=settings.eps,
                     maximize=False,
+                    **kernel,
                 )
 
     @torch.no_grad()
@@ -113,35 +116,9 @@ class MemberAdamW:
         self.settings = [self.settings[m] for m in members]
         self.members = len(members)
 
-    def _step_unfused(self, lrs: list[float], skips: list[float]) -> None:
-        for m, settings in enumerate(self.settings):
-            if skips[m]:
-                continue
-            for decayed, group in zip((True, False), self.groups, strict=True):
-                if not group:
-                    continue
-                at = [self.index[id(p)] for p in group]
-                adam(
-                    [p[m] for p in group],
-                    [p.grad[m] for p in group],
-                    [self.exp_avg[i][m] for i in at],
-                    [self.exp_avg_sq[i][m] for i in at],
-                    [],
-                    [self.steps[m, i] for i in at],
-                    foreach=False,
-                    decoupled_weight_decay=True,
-                    amsgrad=False,
-                    beta1=settings.betas[0],
-                    beta2=settings.betas[1],
-                    lr=lrs[m],
-                    weight_decay=settings.weight_decay if decayed else 0.0,
-                    eps=settings.eps,
-                    maximize=False,
-                )
-
     def _order(self) -> list[int]:
         """The parameters' indices in torch's numbering of a state dict: group by group."""
-        return [self.index[id(p)] for group in self.groups for p in group]
+        return [i for at in self.at for i in at]
 
     def member_state_dict(self, m: int, template: dict[str, Any] | None = None) -> dict[str, Any]:
         """Member m's state as a single run's `torch.optim.AdamW.state_dict()`: its moments

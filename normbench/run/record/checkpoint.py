@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from normbench.errors import NormbenchError, WriteError
+from normbench.model.members import members
 from normbench.run.record.files import open_own, read_bounded, refuse_link
 from normbench.run.record.files import sha256_file as _sha256
 from normbench.run.record.files import write_atomic as _write_atomic
@@ -219,11 +220,20 @@ def load(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_model(model: torch.nn.Module, weights: dict[str, Any], placement: str) -> None:
-    """A checkpoint's model weights into `model`. Weights that are not this model's parameters
-    (a checkpoint written while the placement was defined otherwise, such as norm=peri before
-    it normalized the embedding) are a one-line CheckpointError, not a partial load."""
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+def load_model(
+    model: torch.nn.Module, weights: dict[str, Any], placement: str, member: int = 0
+) -> None:
+    """A checkpoint's model weights (a run alone's layout) into `model`, or into member
+    `member` of a pack (normbench/model/members.py). Weights that are not this model's
+    parameters (a checkpoint written while the placement was defined otherwise, such as
+    norm=peri before it normalized the embedding) are a one-line CheckpointError, not a
+    partial load."""
+    alone = members(model) == 1
+    if alone:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    else:
+        own = model.state_dict(keep_vars=True)
+        missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own)
     if missing or unexpected:
         names = [*(f"{n} missing" for n in missing), *(f"{n} unexpected" for n in unexpected)]
         more = f", and {len(names) - 2} more" if len(names) > 2 else ""
@@ -232,26 +242,11 @@ def load_model(model: torch.nn.Module, weights: dict[str, Any], placement: str) 
             f"({', '.join(names[:2])}{more}): it was written under an older definition of the "
             "placement; start a new run (another hydra.run.dir, or train.resume=never)"
         )
-
-
-def load_member(
-    model: torch.nn.Module, member: int, weights: dict[str, Any], placement: str
-) -> None:
-    """A checkpoint's model weights (a run alone's layout) into member `member` of a pack
-    (normbench/model/members.py), with `load_model`'s check that they are this model's."""
-    own = model.state_dict(keep_vars=True)
-    missing, unexpected = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own)
-    if missing or unexpected:
-        names = [*(f"{n} missing" for n in missing), *(f"{n} unexpected" for n in unexpected)]
-        raise CheckpointError(
-            f"the checkpoint's model is not this normbench's norm={placement} "
-            f"({', '.join(names[:2])}): start a new run (another hydra.run.dir, or "
-            "train.resume=never)"
-        )
-    with torch.no_grad():
-        for name, value in weights.items():
-            target = own[name][member]
-            target.copy_(value.reshape(target.shape))
+    if not alone:
+        with torch.no_grad():
+            for name, value in weights.items():
+                target = own[name][member]
+                target.copy_(value.reshape(target.shape))
 
 
 def latest(run_dir: Path, owner: str | None = None) -> tuple[Path, dict[str, Any]] | None:
